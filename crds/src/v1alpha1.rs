@@ -1,0 +1,818 @@
+//! The `StreamJob` API, `sluice.dev/v1alpha1`: spec and status types. Pure data, no I/O.
+//!
+//! Every field's doc comment is what `kubectl explain streamjob.spec...` shows, so it is
+//! written for the person writing the YAML. Invariants that span fields are CEL rules
+//! (`x-kubernetes-validations`) so the API server rejects a bad job before anything runs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, SecretKeySelector, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{duration, nonzero_duration, topic_name};
+pub use kube::core::Duration;
+
+/// Client properties that Sluice sets itself; `properties` may not override them.
+pub const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.certificate.pem",
+    "ssl.ca.pem",
+];
+
+/// A stateful stream-processing job: Kafka in, declared steps with keyed state, Kafka out.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "StreamJob",
+    plural = "streamjobs",
+    shortname = "sj",
+    category = "sluice",
+    namespaced,
+    status = "StreamJobStatus",
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.parallelism",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".spec.parallelism"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyWorkers"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
+    printcolumn(
+        name = "Last-Checkpoint",
+        type_ = "date",
+        json_path = ".status.lastCheckpoint.time"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 52").message(
+        "metadata.name must be at most 52 characters: it names the StatefulSet, whose pods add a suffix"
+    ),
+)]
+#[x_kube(
+    validation = Rule::new("!self.source.kafka.topics.exists(t, t == self.sink.kafka.topic)").message(
+        "sink.kafka.topic must not be one of source.kafka.topics: a job that reads its own output loops forever"
+    ),
+    validation = Rule::new("!has(self.deadLetter) || (self.deadLetter.topic != self.sink.kafka.topic && !self.source.kafka.topics.exists(t, t == self.deadLetter.topic))").message(
+        "deadLetter.topic must differ from sink.kafka.topic and from every source topic"
+    ),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobSpec {
+    /// Number of worker pods. Task `p` (partition `p` of every input topic) runs on worker
+    /// `p mod parallelism`, so more workers than partitions leaves workers idle.
+    /// `kubectl scale streamjob/<name> --replicas=N` changes this field.
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallelism: i32,
+
+    /// Worker container image. Defaults to the worker image the operator was released with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Where records come from.
+    pub source: Source,
+
+    /// How event time is read from records; without it the Kafka record timestamp is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTime>,
+
+    /// The processing steps, applied in order to every record. Empty: records are copied
+    /// from the source to the sink unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub steps: Vec<Step>,
+
+    /// Where results go.
+    pub sink: Sink,
+
+    /// Where records that cannot be processed go, unchanged, with the reason in headers.
+    /// Defaults to the topic `<sink topic>.dlq` on the sink's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetter>,
+
+    /// How and where state and source offsets are checkpointed.
+    pub checkpoint: CheckpointSpec,
+
+    /// The persistent volume each worker keeps its RocksDB state on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
+
+    /// Stop the job: take a final checkpoint, scale to zero workers, keep state and
+    /// checkpoints. Setting it back to false resumes from that checkpoint.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// CPU and memory for each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Additions to the worker pods the operator creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+}
+
+/// The input of a job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// Read from Kafka topics.
+    pub kafka: KafkaSource,
+}
+
+/// Kafka topics to read. All topics must have the same partition count (co-partitioned):
+/// task `p` reads partition `p` of every topic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("self.startingOffsets != 'timestamp' || has(self.startingTimestamp)").message(
+        "startingTimestamp is required when startingOffsets is timestamp"
+    ),
+    validation = Rule::new("!has(self.startingTimestamp) || self.startingOffsets == 'timestamp'").message(
+        "startingTimestamp is only used when startingOffsets is timestamp"
+    ),
+)]
+pub struct KafkaSource {
+    /// Comma-separated `host:port` list of brokers, e.g. `kafka-0.kafka:9092,kafka-1.kafka:9092`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub bootstrap_servers: String,
+
+    /// Topics to read; co-partitioned, at least one, each once.
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub topics: Vec<String>,
+
+    /// Where a task starts when it has no checkpoint yet. Once a checkpoint exists the job
+    /// always resumes from it.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+
+    /// With `startingOffsets: timestamp`: start at the first record at or after this time
+    /// (RFC 3339, e.g. `2026-01-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_timestamp: Option<Time>,
+
+    /// How record values are decoded.
+    #[serde(default)]
+    pub format: Format,
+
+    /// Authentication and encryption towards the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<KafkaAuth>,
+
+    /// Extra librdkafka client properties, e.g. `fetch.max.bytes`. Properties Sluice manages
+    /// itself (bootstrap servers, group, offsets, transactions, credentials) are rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = managed_properties_rule())]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a task with no checkpoint starts reading.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartingOffsets {
+    /// The oldest record still in the topic.
+    #[default]
+    Earliest,
+    /// Only records written after the task first starts.
+    Latest,
+    /// The first record at or after `startingTimestamp`.
+    Timestamp,
+}
+
+/// How a record value is decoded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// A JSON document per record.
+    #[default]
+    Json,
+    /// Debezium change events in JSON (`op`, `before`, `after`, `source`), with or without
+    /// the `schema`/`payload` envelope.
+    DebeziumJson,
+    /// Bytes as they are; steps see the value as a string when it is valid UTF-8.
+    Raw,
+}
+
+/// Authentication towards Kafka. Secrets are read from the job's namespace and passed to
+/// workers as environment variables; they never appear in the rendered job config.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaAuth {
+    /// SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslAuth>,
+    /// TLS encryption, optionally with a client certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsAuth>,
+}
+
+/// SASL username and password, each from a Secret key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaslAuth {
+    /// The SASL mechanism.
+    pub mechanism: SaslMechanism,
+    /// Secret key holding the username.
+    pub username: SecretKeySelector,
+    /// Secret key holding the password.
+    pub password: SecretKeySelector,
+}
+
+/// A SASL mechanism.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// Plain username and password; use it only with TLS.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// TLS towards the brokers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.certificate) == has(self.key)").message(
+    "tls.certificate and tls.key go together: set both for mutual TLS, or neither"
+))]
+pub struct TlsAuth {
+    /// Secret key holding the PEM CA bundle that signs the brokers' certificates.
+    /// Without it the system trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeySelector>,
+    /// Secret key holding the PEM client certificate, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<SecretKeySelector>,
+    /// Secret key holding the PEM client private key, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretKeySelector>,
+}
+
+/// Event time: the time a record describes, which windows and watermarks use.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTime {
+    /// Dotted path of the field in the decoded value holding the event time, e.g.
+    /// `ts_ms` or `after.updated_at`: epoch milliseconds or an RFC 3339 string.
+    /// Without it the Kafka record timestamp is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub field: Option<String>,
+
+    /// How far out of order records may arrive. The watermark trails the largest event
+    /// time seen in a partition by this much.
+    #[serde(default = "zero_duration")]
+    #[schemars(schema_with = "duration")]
+    pub max_out_of_orderness: Duration,
+
+    /// A partition that receives nothing for this long no longer holds back the watermark,
+    /// so windows still close while it is idle. Without it an idle partition stalls windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "nonzero_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// One processing step. Set `name` and exactly one of the step kinds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "[has(self.filter), has(self.map), has(self.materialize), has(self.aggregate), has(self.dedupe)].filter(k, k).size() == 1"
+).message("a step sets exactly one of filter, map, materialize, aggregate or dedupe"))]
+pub struct Step {
+    /// Name of the step, unique in the job (the API server rejects a repeated name). It names the step's state, metrics and the
+    /// `sluice.step` header of the records it dead-letters. Changing it discards the step's state.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Keep only the records for which the expression is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterStep>,
+
+    /// Replace the record's key and/or value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapStep>,
+
+    /// Keep the latest row per key of a change stream (a CDC upsert table) and emit every
+    /// change as a changelog record; deletes become tombstones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub materialize: Option<MaterializeStep>,
+
+    /// Group records by key and aggregate them, optionally over event-time windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateStep>,
+
+    /// Drop records whose key was already seen within a time-to-live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe: Option<DedupeStep>,
+}
+
+/// Keep records for which a CEL expression is true.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterStep {
+    /// CEL expression returning a bool, over `key`, `value`, `headers`, `timestamp`,
+    /// `partition`, `offset` (and `op`, `before`, `after`, `source` for debezium-json),
+    /// e.g. `value.amount > 100`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expr: String,
+}
+
+/// Replace the key and/or value of each record with CEL expressions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.key) || has(self.value)").message(
+    "a map step sets key, value or both"
+))]
+pub struct MapStep {
+    /// CEL expression for the new key, e.g. `value.customer_id`. Unset keeps the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: Option<String>,
+    /// CEL expression for the new value, e.g. `{'id': value.id, 'total': value.qty * value.price}`.
+    /// Unset keeps the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: Option<String>,
+}
+
+/// Materialize a change stream into a table keyed by row key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaterializeStep {
+    /// CEL expression for the row key. Unset uses the record key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: Option<String>,
+}
+
+/// Group records by a key and aggregate them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.allowedLateness) || has(self.window)").message(
+        "allowedLateness applies only to windowed aggregates: add a window or remove it"
+    ),
+    validation = Rule::new("has(self.window) || self.emit == 'on-update'").message(
+        "an aggregate without a window never closes: it must use emit: on-update"
+    ),
+)]
+pub struct AggregateStep {
+    /// CEL expression for the group key, e.g. `value.customer_id`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub group_by: String,
+
+    /// The aggregates computed per group; each becomes a field of the output value, so
+    /// names are unique.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub aggregations: Vec<Aggregation>,
+
+    /// Event-time window. Without one, the aggregate runs over all time and emits on
+    /// every update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+
+    /// How long after a window's end (by watermark) late records still update it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration")]
+    pub allowed_lateness: Option<Duration>,
+
+    /// What happens to records later than `allowedLateness`.
+    #[serde(default)]
+    pub late_records: LateRecords,
+
+    /// When results are emitted. Defaults to `on-close` (one result per window, when the
+    /// watermark passes its end); unwindowed aggregates must use `on-update`.
+    #[serde(default)]
+    pub emit: Emit,
+}
+
+/// One aggregate function over a group.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.__function__ == 'count' || has(self.expr)").message(
+    "every aggregate function except count needs expr"
+))]
+pub struct Aggregation {
+    /// Name of the output field.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    /// The function.
+    pub function: AggregateFunction,
+    /// CEL expression for the aggregated value, e.g. `value.amount`. Not used by `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub expr: Option<String>,
+}
+
+/// An aggregate function.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AggregateFunction {
+    /// Number of records.
+    Count,
+    /// Sum of `expr`.
+    Sum,
+    /// Smallest `expr`.
+    Min,
+    /// Largest `expr`.
+    Max,
+    /// Mean of `expr`.
+    Avg,
+    /// `expr` of the earliest record by event time.
+    First,
+    /// `expr` of the latest record by event time.
+    Last,
+}
+
+/// An event-time window: exactly one of tumbling, hopping or session.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "[has(self.tumbling), has(self.hopping), has(self.session)].filter(k, k).size() == 1"
+).message("a window sets exactly one of tumbling, hopping or session"))]
+pub struct Window {
+    /// Fixed-size, non-overlapping windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tumbling: Option<TumblingWindow>,
+    /// Fixed-size windows that start every `advance`, so they overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hopping: Option<HoppingWindow>,
+    /// Windows per key that close after a gap with no records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionWindow>,
+}
+
+/// Fixed-size, non-overlapping windows aligned to the epoch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TumblingWindow {
+    /// Window length, e.g. `1m`.
+    #[schemars(schema_with = "nonzero_duration")]
+    pub size: Duration,
+}
+
+/// Overlapping fixed-size windows aligned to the epoch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("duration(self.advance) <= duration(self.size)").message(
+    "hopping.advance must not exceed hopping.size, or records between windows would be lost"
+))]
+pub struct HoppingWindow {
+    /// Window length, e.g. `10m`.
+    #[schemars(schema_with = "nonzero_duration")]
+    pub size: Duration,
+    /// How often a window starts, e.g. `1m`.
+    #[schemars(schema_with = "nonzero_duration")]
+    pub advance: Duration,
+}
+
+/// Per-key windows separated by inactivity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionWindow {
+    /// A session closes after this long without records for its key, e.g. `30m`.
+    #[schemars(schema_with = "nonzero_duration")]
+    pub gap: Duration,
+}
+
+/// What happens to records that arrive after their window closed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LateRecords {
+    /// Send them to the dead-letter topic with reason `late`.
+    #[default]
+    DeadLetter,
+    /// Drop them; they are counted in the `sluice_late_records_total` metric.
+    Drop,
+}
+
+/// When an aggregate emits results.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Emit {
+    /// Once per window, when the watermark passes its end.
+    #[default]
+    OnClose,
+    /// After every record that changes the result.
+    OnUpdate,
+}
+
+/// Drop repeated records.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DedupeStep {
+    /// CEL expression for the identity of a record, e.g. `value.event_id`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: String,
+    /// How long a key is remembered, by event time, e.g. `1h`.
+    #[schemars(schema_with = "nonzero_duration")]
+    pub ttl: Duration,
+}
+
+/// The output of a job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sink {
+    /// Write to a Kafka topic.
+    pub kafka: KafkaSink,
+}
+
+/// A Kafka topic to write results to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSink {
+    /// Topic to write to. It should have as many partitions as the source topics: a result
+    /// goes to the partition of the task that produced it.
+    #[schemars(schema_with = "topic_name")]
+    pub topic: String,
+
+    /// Brokers of the output cluster. Defaults to the source's `bootstrapServers` and `auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub bootstrap_servers: Option<String>,
+
+    /// Authentication for the output cluster; only used with `bootstrapServers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<KafkaAuth>,
+
+    /// How record values are encoded: `json`, or `raw` for values that are already bytes.
+    #[serde(default)]
+    pub format: SinkFormat,
+
+    /// `exactly-once`: results and source offsets commit in one Kafka transaction per
+    /// checkpoint, so consumers with `isolation.level=read_committed` see each result once.
+    /// `at-least-once`: an idempotent producer; after a failure some results are written again.
+    /// `none`: fire and forget.
+    #[serde(default)]
+    pub delivery_guarantee: DeliveryGuarantee,
+
+    /// Extra librdkafka producer properties, e.g. `compression.type`. Properties Sluice
+    /// manages itself are rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = managed_properties_rule())]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How result values are encoded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkFormat {
+    /// JSON documents.
+    #[default]
+    Json,
+    /// Strings and bytes as they are; other values as JSON.
+    Raw,
+}
+
+/// Delivery guarantee of the sink.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryGuarantee {
+    /// Kafka transactions aligned with checkpoints.
+    #[default]
+    ExactlyOnce,
+    /// Idempotent producer; replays after failure may duplicate results.
+    AtLeastOnce,
+    /// No retries or acknowledgements beyond the producer's defaults.
+    None,
+}
+
+/// Where records that cannot be processed go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetter {
+    /// Topic on the sink's cluster. Each record keeps its original key and value and gains
+    /// headers `sluice.error.kind`, `sluice.error.message`, `sluice.step` and
+    /// `sluice.source` (`topic/partition/offset`).
+    #[schemars(schema_with = "topic_name")]
+    pub topic: String,
+}
+
+/// Checkpointing of state and source offsets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Object-storage URI under which checkpoints are kept: `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix` or `file:///path` (one machine only).
+    /// The job's checkpoints live under `<storage>/<namespace>/<name>/`. It cannot change
+    /// once set: create a new job to move checkpoints.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^(s3|gs|az)://[^/]+(/.*)?$') || self.matches('^file:///.+$')").message(
+            "checkpoint.storage must be s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix] or file:///path"
+        ),
+        validation = Rule::new("self == oldSelf").message(
+            "checkpoint.storage cannot change: the job's checkpoints live there; create a new StreamJob instead"
+        ),
+    )]
+    pub storage: String,
+
+    /// Time between checkpoints, e.g. `10s`. Results are committed to the sink at each
+    /// checkpoint when the sink is exactly-once, so this is also its output latency.
+    #[serde(default = "default_checkpoint_interval")]
+    #[schemars(schema_with = "nonzero_duration")]
+    pub interval: Duration,
+
+    /// How many completed checkpoints to keep per task; older ones are deleted.
+    #[serde(default = "default_retain")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retain: i32,
+
+    /// S3-compatible endpoint URL, e.g. `http://minio.storage:9000`. Unset uses the
+    /// provider's default endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = "^https?://"))]
+    pub endpoint: Option<String>,
+
+    /// Region of the bucket, for S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+
+    /// Secret whose keys become the workers' object-storage environment, e.g.
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Unset relies on the pod's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<LocalObjectReference>,
+}
+
+/// The persistent volume for each worker's state.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateSpec {
+    /// Size of each worker's volume, e.g. `20Gi`.
+    #[serde(default = "default_state_size")]
+    pub size: Quantity,
+    /// Storage class of the volumes. Unset uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// Additions to the worker pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodTemplateOverrides {
+    /// Extra labels on worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Scheduling constraints of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Service account the pods run as (e.g. for cloud storage identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the worker image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Extra environment variables of the worker container. Names starting with `SLUICE_`
+    /// are reserved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('SLUICE_'))").message(
+        "podTemplate.env names starting with SLUICE_ are reserved for the operator"
+    ))]
+    pub env: Vec<EnvVar>,
+}
+
+/// What the operator observed of a job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobStatus {
+    /// One-word summary: Pending, Running, Rescaling, Suspended, Degraded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// `Ready`, `Progressing`, `Degraded` and `SpecValid`, following Kubernetes conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Number of workers currently running (the scale subresource's replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+
+    /// Label selector of the worker pods, for the scale subresource (HPA, KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Workers that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_workers: Option<i32>,
+
+    /// The oldest of the tasks' latest completed checkpoints: every task has checkpointed
+    /// at least this recently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointRef>,
+
+    /// Records in the source topics not yet processed, summed over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// A completed checkpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointRef {
+    /// Checkpoint id, increasing per task.
+    pub id: i64,
+    /// When it completed.
+    pub time: Time,
+}
+
+/// One-word summary of a job's state.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; workers are not running yet.
+    Pending,
+    /// All workers run and checkpoints advance.
+    Running,
+    /// Workers are being restarted with a new parallelism.
+    Rescaling,
+    /// Suspended: no workers, state kept.
+    Suspended,
+    /// Running, but something needs attention; see the Degraded condition.
+    Degraded,
+    /// The spec cannot run; see the SpecValid condition.
+    Failed,
+}
+
+fn managed_properties_rule() -> kube::core::Rule {
+    let keys = MANAGED_KAFKA_PROPERTIES
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    kube::core::Rule::new(format!("!self.exists(k, k in [{keys}])")).message(
+        "properties may not set what Sluice manages: bootstrap.servers, group.id, offsets, \
+         isolation.level, transactions, security.protocol and credentials; use bootstrapServers, \
+         deliveryGuarantee and auth instead",
+    )
+}
+
+fn zero_duration() -> Duration {
+    std::time::Duration::ZERO.into()
+}
+
+fn default_checkpoint_interval() -> Duration {
+    std::time::Duration::from_secs(10).into()
+}
+
+fn default_retain() -> i32 {
+    3
+}
+
+fn default_state_size() -> Quantity {
+    Quantity("10Gi".into())
+}
