@@ -330,17 +330,16 @@ fn check_object(
         .get("x-kubernetes-preserve-unknown-fields")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    // The API server owns metadata beyond name/generateName; it is not part of the CRD schema.
-    let is_root = path.is_empty();
     for (name, field) in fields {
         let field_path = child(path, name);
+        // The API server checks apiVersion, kind and metadata itself; the CRD schema does not.
+        let is_api_field =
+            path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
         if let Some(s) = properties.and_then(|p| p.get(name)) {
             check_node(s, field, &field_path, errors);
         } else if let Some(s) = additional {
             check_node(s, field, &field_path, errors);
-        } else if !preserve
-            && !(is_root && matches!(name.as_str(), "apiVersion" | "kind" | "metadata"))
-        {
+        } else if !(preserve || is_api_field) {
             errors.push(FieldError {
                 path: field_path,
                 message: format!("unknown field \"{name}\""),
