@@ -1,6 +1,5 @@
-//! `sluice-worker`: the processing pod and the local (embedded) runner. Not built yet.
+//! `sluice-worker`: see [`sluice_worker::cli`].
 
-fn main() -> std::process::ExitCode {
-    eprintln!("sluice-worker: the worker core is not built yet; see the project's issue list");
-    std::process::ExitCode::from(2)
+fn main() -> anyhow::Result<()> {
+    sluice_worker::cli::main()
 }

@@ -1,0 +1,136 @@
+//! `sluice-cdc-gen`: loads the CDC benchmark workload into a topic, printing progress.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use sluice_e2e::cdc;
+
+struct Args {
+    bootstrap: String,
+    topic: String,
+    partitions: u32,
+    keys: u64,
+    events: Option<u64>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        bootstrap: std::env::var("SLUICE_KAFKA_BOOTSTRAP")
+            .unwrap_or_else(|_| "127.0.0.1:19092".into()),
+        topic: "cdc.customers".into(),
+        partitions: 12,
+        keys: 10_000,
+        events: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bootstrap" => args.bootstrap = value()?,
+            "--topic" => args.topic = value()?,
+            "--partitions" => {
+                args.partitions = value()?.parse().map_err(|e| format!("--partitions: {e}"))?
+            }
+            "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
+            "--events" => {
+                args.events = Some(value()?.parse().map_err(|e| format!("--events: {e}"))?)
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N]\n\
+                     Writes create → update ×4 → delete for each of K keys (6K events, or the first N)."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice-cdc-gen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &args.bootstrap);
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(
+                &args.topic,
+                args.partitions as i32,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("CreateTopics request");
+    for result in created {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => panic!("cannot create {topic}: {code}"),
+        }
+    }
+
+    let producer: ThreadedProducer<DefaultProducerContext> = config
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let total = args
+        .events
+        .unwrap_or(args.keys * cdc::EVENTS_PER_KEY)
+        .min(args.keys * cdc::EVENTS_PER_KEY);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    for i in 0..total {
+        let (key, step) = cdc::position(i, args.keys);
+        let k = cdc::key(key);
+        let v = cdc::event(key, step);
+        let mut record = BaseRecord::to(&args.topic)
+            .key(k.as_bytes())
+            .payload(v.as_bytes())
+            .partition(cdc::partition(key, args.partitions));
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "sluice-cdc-gen: {i}/{total} events ({:.0}/s)",
+                i as f64 / started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .expect("every event acknowledged");
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "sluice-cdc-gen: wrote {total} events for {} keys to {} ({} partitions) in {seconds:.1} s ({:.0}/s)",
+        args.keys,
+        args.topic,
+        args.partitions,
+        total as f64 / seconds
+    );
+}

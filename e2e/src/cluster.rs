@@ -1,0 +1,332 @@
+//! Test harness for real worker processes: writes a job, starts and SIGKILLs `sluice-worker run`
+//! processes, reads topics back, and reads tasks' committed state from the checkpoint store
+//! without taking the tasks over. Process, Kafka and object-store I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_worker::checkpoint::descriptor::Descriptor;
+use sluice_worker::checkpoint::layout::{FileKind, JobLayout};
+use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
+use sluice_worker::state::StateBackend;
+use sluice_worker::state::rocks::RocksState;
+
+use crate::TestEnv;
+
+/// A small deterministic random source (xorshift), seeded and printed so a run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `SLUICE_TEST_SEED`, or the clock.
+    pub fn from_env() -> Self {
+        let seed = std::env::var("SLUICE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("random seed: SLUICE_TEST_SEED={seed}");
+        Self(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// A CDC materialize job over `input`, writing `output`, checkpointing to the S3 server.
+pub struct JobFiles {
+    /// The job manifest.
+    pub manifest: PathBuf,
+    /// Namespace and name.
+    pub namespace: String,
+    /// Job name.
+    pub name: String,
+    /// `s3://bucket/prefix`.
+    pub storage: String,
+}
+
+/// Writes a materialize job manifest into `dir`.
+pub fn write_materialize_job(
+    env: &TestEnv,
+    dir: &Path,
+    name: &str,
+    input: &str,
+    output: &str,
+    interval: &str,
+) -> JobFiles {
+    let storage = format!("s3://{}/{name}", env.s3_bucket);
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: {name}, namespace: e2e}}
+spec:
+  parallelism: 3
+  source:
+    kafka: {{bootstrapServers: "{bootstrap}", topics: ["{input}"], format: debezium-json}}
+  steps:
+    - name: table
+      materialize: {{}}
+  sink:
+    kafka: {{topic: "{output}", deliveryGuarantee: at-least-once}}
+  checkpoint:
+    storage: "{storage}"
+    endpoint: "{endpoint}"
+    interval: {interval}
+    retain: 3
+"#,
+            bootstrap = env.kafka_bootstrap,
+            endpoint = env.s3_endpoint,
+        ),
+    )
+    .expect("write job manifest");
+    JobFiles {
+        manifest,
+        namespace: "e2e".into(),
+        name: name.into(),
+        storage,
+    }
+}
+
+/// Worker processes of one job, each with its own state directory (its "volume").
+pub struct Workers {
+    binary: PathBuf,
+    manifest: PathBuf,
+    dir: PathBuf,
+    parallelism: u32,
+    children: HashMap<u32, Child>,
+    starts: u32,
+}
+
+impl Workers {
+    /// Workers of `job` running `binary`, with volumes and logs under `dir`.
+    pub fn new(binary: &Path, job: &JobFiles, dir: &Path, parallelism: u32) -> Self {
+        Self {
+            binary: binary.to_path_buf(),
+            manifest: job.manifest.clone(),
+            dir: dir.to_path_buf(),
+            parallelism,
+            children: HashMap::new(),
+            starts: 0,
+        }
+    }
+
+    /// The volume of worker `ordinal`.
+    pub fn volume(&self, ordinal: u32) -> PathBuf {
+        self.dir.join(format!("worker-{ordinal}"))
+    }
+
+    /// Starts worker `ordinal` (its volume is kept across restarts).
+    pub fn start(&mut self, ordinal: u32) {
+        self.starts += 1;
+        let log = self.dir.join(format!("worker-{ordinal}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open worker log");
+        let child = Command::new(&self.binary)
+            .args(["run", "--http-addr", "127.0.0.1:0"])
+            .arg("--job")
+            .arg(&self.manifest)
+            .arg("--ordinal")
+            .arg(ordinal.to_string())
+            .arg("--parallelism")
+            .arg(self.parallelism.to_string())
+            .arg("--state-dir")
+            .arg(self.volume(ordinal))
+            .env("HOSTNAME", format!("worker-{ordinal}-start{}", self.starts))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("start sluice-worker");
+        self.children.insert(ordinal, child);
+    }
+
+    /// SIGKILLs worker `ordinal` and reaps it.
+    pub fn kill(&mut self, ordinal: u32) {
+        if let Some(mut child) = self.children.remove(&ordinal) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs every worker (final checkpoints) and waits for them to exit.
+    pub fn stop_all(&mut self) {
+        for child in self.children.values() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (ordinal, mut child) in self.children.drain() {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        assert!(status.success(), "worker {ordinal} exited with {status}");
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        panic!("worker {ordinal} did not stop within 60 s of SIGTERM");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Exits of workers that died on their own (not killed by the test), as (ordinal, status).
+    pub fn crashed(&mut self) -> Vec<(u32, std::process::ExitStatus)> {
+        self.children
+            .iter_mut()
+            .filter_map(|(o, c)| c.try_wait().ok().flatten().map(|s| (*o, s)))
+            .collect()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The latest value per key of a topic (a tombstone reads as `None`), per partition, and the
+/// end offset of each partition.
+pub type Table = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Reads a whole topic and folds it into the latest value per key, one table per partition.
+pub fn read_table(env: &TestEnv, topic: &str, partitions: u32) -> Vec<Table> {
+    let consumer: BaseConsumer = env
+        .kafka_config()
+        .set("group.id", crate::unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut ends = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.push(high);
+        assignment
+            .add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut tables = vec![Table::new(); partitions as usize];
+    let mut positions = vec![0i64; partitions as usize];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while positions.iter().zip(&ends).any(|(p, e)| p < e) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} timed out at {positions:?} of {ends:?}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.expect("fetch");
+        let p = message.partition() as usize;
+        positions[p] = message.offset() + 1;
+        let key = message.key().expect("keyed records").to_vec();
+        tables[p].insert(key, message.payload().map(<[u8]>::to_vec));
+    }
+    tables
+}
+
+/// End offsets of each partition of `topic`.
+pub fn end_offsets(env: &TestEnv, topic: &str, partitions: u32) -> Vec<i64> {
+    let consumer: BaseConsumer = env.kafka_config().create().expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Reads the committed checkpoint of every task without taking any over.
+pub struct Checkpoints {
+    store: CheckpointStore,
+    layout: JobLayout,
+}
+
+impl Checkpoints {
+    /// The checkpoints of `job`.
+    pub fn of(env: &TestEnv, job: &JobFiles) -> Self {
+        let options = StoreOptions {
+            endpoint: Some(env.s3_endpoint.clone()),
+            region: None,
+        };
+        let store = CheckpointStore::open(&job.storage, &options).expect("checkpoint store");
+        let layout = JobLayout::new(store.prefix(), &job.namespace, &job.name);
+        Self { store, layout }
+    }
+
+    /// HEAD's descriptor of `task`, if it has one.
+    pub async fn head(&self, task: u32) -> Option<Descriptor> {
+        let t = self.layout.task(task);
+        let (head, _) = self.store.read_head(&t).await.expect("read HEAD")?;
+        let id = head.checkpoint?;
+        Some(
+            self.store
+                .read_descriptor(&t, id)
+                .await
+                .expect("read descriptor"),
+        )
+    }
+
+    /// The rows in `task`'s committed state: downloads HEAD's files into `dir` and opens them.
+    pub async fn state(&self, task: u32, dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let Some(descriptor) = self.head(task).await else {
+            return BTreeMap::new();
+        };
+        let t = self.layout.task(task);
+        std::fs::create_dir_all(dir).expect("state dir");
+        for file in &descriptor.files {
+            self.store
+                .get_file(
+                    &t.file(&file.hash, FileKind::of(&file.name)),
+                    &dir.join(&file.name),
+                )
+                .await
+                .expect("download state file");
+        }
+        let state = RocksState::open(dir).expect("open downloaded state");
+        let mut rows = BTreeMap::new();
+        state
+            .scan_prefix(&[], &mut |k, v| {
+                if let Some((_, key)) = sluice_worker::keys::decode(k) {
+                    rows.insert(key.to_vec(), v.to_vec());
+                }
+                true
+            })
+            .expect("scan state");
+        rows
+    }
+}

@@ -1,0 +1,120 @@
+//! What a checkpoint and a task's HEAD say, as stored. Pure data and (de)serialization.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::assignment::TaskId;
+
+/// Increasing number of a task's checkpoints. 0 is never used: the first checkpoint is 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CheckpointId(pub u64);
+
+impl CheckpointId {
+    /// The id after this one.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Ownership generation of a task. Taking a task over bumps it in HEAD with a conditional
+/// write; a worker whose epoch is no longer HEAD's has lost the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Hex content hash (BLAKE3) of a state file: its name in object storage.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContentHash(pub String);
+
+/// A task's HEAD: who owns it and which checkpoint is the latest committed one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Head {
+    /// The owner's epoch.
+    pub epoch: Epoch,
+    /// Who took the task at this epoch (pod name or `local`), for people reading it.
+    pub owner: String,
+    /// The latest committed checkpoint; none before the first one.
+    pub checkpoint: Option<CheckpointId>,
+}
+
+/// One file of a RocksDB checkpoint directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateFile {
+    /// File name inside the RocksDB directory, e.g. `000042.sst` or `MANIFEST-000005`.
+    pub name: String,
+    /// Content hash; the object's name.
+    pub hash: ContentHash,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// An immutable checkpoint descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// Descriptor format version.
+    pub format: u32,
+    /// This checkpoint.
+    pub id: CheckpointId,
+    /// The task it belongs to.
+    pub task: TaskId,
+    /// Epoch of the owner that wrote it.
+    pub epoch: Epoch,
+    /// Wall-clock time it was taken, in milliseconds since the epoch.
+    pub created_at_ms: i64,
+    /// Per source topic: the next offset to read in partition `task`.
+    pub source_offsets: BTreeMap<String, i64>,
+    /// The RocksDB files that make up the state.
+    pub files: Vec<StateFile>,
+    /// The task's watermark when it was taken (event time, ms), if any.
+    pub watermark_ms: Option<i64>,
+    /// Fingerprint of the steps that wrote the state; restoring into different steps is refused.
+    pub pipeline_fingerprint: String,
+    /// Records the task had consumed in total, for progress reporting.
+    pub records_in: u64,
+}
+
+/// The descriptor format this build writes and reads.
+pub const DESCRIPTOR_FORMAT: u32 = 1;
+
+impl Descriptor {
+    /// Total bytes of the state files.
+    pub fn state_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_is_stored_as_readable_json() {
+        let head = Head {
+            epoch: Epoch(3),
+            owner: "orders-1".into(),
+            checkpoint: Some(CheckpointId(17)),
+        };
+        let json = serde_json::to_string(&head).unwrap();
+        assert_eq!(json, r#"{"epoch":3,"owner":"orders-1","checkpoint":17}"#);
+        assert_eq!(serde_json::from_str::<Head>(&json).unwrap(), head);
+    }
+}

@@ -1,0 +1,477 @@
+//! Checkpoints of one task: take the task over (fence the previous owner), restore its state,
+//! and commit new checkpoints (upload → descriptor → HEAD → retention). Object-store and file
+//! I/O; every decision is made by the pure functions in [`plan`].
+//!
+//! On the volume, a task keeps `checkpoints/<id>/` (a RocksDB checkpoint, hard links) and
+//! `checkpoints/<id>.committed` once HEAD pointed at it with this owner's epoch. Only a
+//! committed local checkpoint is used for local recovery: an uncommitted one may hold the
+//! state of an attempt that lost its task.
+
+pub mod descriptor;
+pub mod layout;
+pub mod plan;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info, warn};
+
+use crate::assignment::TaskId;
+use descriptor::{
+    CheckpointId, ContentHash, DESCRIPTOR_FORMAT, Descriptor, Epoch, Head, StateFile,
+};
+use layout::{FileKind, TaskLayout};
+use plan::RestorePlan;
+use store::{CheckpointStore, HeadVersion, StoreError};
+
+/// Failures of checkpointing.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Another owner took the task: stop it at once and commit nothing more.
+    #[error("task {task} was taken over by another owner (our epoch {epoch})")]
+    Fenced { task: TaskId, epoch: Epoch },
+    /// The checkpoint was written by different steps than this job has now.
+    #[error(
+        "checkpoint {id} of task {task} was written by a different pipeline ({found}, expected {expected}): \
+         changing steps needs a new job or state migration"
+    )]
+    PipelineChanged {
+        task: TaskId,
+        id: CheckpointId,
+        found: String,
+        expected: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The state backend failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a task restored from.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    /// How the state was obtained.
+    pub plan: RestorePlan,
+    /// The checkpoint restored, if any.
+    pub descriptor: Option<Descriptor>,
+}
+
+/// The checkpoints of one task, owned by this worker at `epoch`.
+pub struct TaskCheckpoints {
+    store: CheckpointStore,
+    layout: TaskLayout,
+    task: TaskId,
+    epoch: Epoch,
+    owner: String,
+    head: Head,
+    head_version: HeadVersion,
+    /// The checkpoint HEAD points at, once known.
+    committed: Option<Descriptor>,
+    next_id: CheckpointId,
+    retain: usize,
+    /// `<task dir>/checkpoints` on the volume.
+    local: PathBuf,
+    /// Hashes of SSTs already hashed: SSTs are immutable, so name → hash holds.
+    sst_hashes: HashMap<String, (ContentHash, u64)>,
+}
+
+impl TaskCheckpoints {
+    /// Takes task `task` over: bumps the epoch in HEAD with a conditional write, which fences
+    /// every earlier owner. `local` is the task's checkpoint directory on the volume.
+    pub async fn take_over(
+        store: CheckpointStore,
+        layout: TaskLayout,
+        task: TaskId,
+        owner: &str,
+        retain: usize,
+        local: PathBuf,
+    ) -> Result<Self, CheckpointError> {
+        std::fs::create_dir_all(&local).map_err(io(&local))?;
+        let mut attempts = 0;
+        let (head, head_version) = loop {
+            attempts += 1;
+            let current = store.read_head(&layout).await?;
+            let head = Head {
+                epoch: Epoch(current.as_ref().map_or(0, |(h, _)| h.epoch.0) + 1),
+                owner: owner.to_string(),
+                checkpoint: current.as_ref().and_then(|(h, _)| h.checkpoint),
+            };
+            match store
+                .write_head(&layout, &head, current.as_ref().map(|(_, v)| v))
+                .await
+            {
+                Ok(version) => break (head, version),
+                Err(StoreError::Conflict { .. }) if attempts < 10 => {
+                    debug!(task, attempts, "HEAD changed during takeover; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let present = store.list_checkpoints(&layout).await?;
+        let next_id = plan::next_checkpoint_id(head.checkpoint, &present);
+        info!(task, epoch = %head.epoch, checkpoint = ?head.checkpoint.map(|c| c.0), "took task over");
+        Ok(Self {
+            store,
+            layout,
+            task,
+            epoch: head.epoch,
+            owner: owner.to_string(),
+            head,
+            head_version,
+            committed: None,
+            next_id,
+            retain: retain.max(1),
+            local,
+            sst_hashes: HashMap::new(),
+        })
+    }
+
+    /// This owner's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The id the next checkpoint will have; local checkpoints are created under it.
+    pub fn next_id(&self) -> CheckpointId {
+        self.next_id
+    }
+
+    /// Where the local checkpoint `id` lives on the volume.
+    pub fn local_dir(&self, id: CheckpointId) -> PathBuf {
+        local_dir(&self.local, id)
+    }
+
+    fn committed_marker(&self, id: CheckpointId) -> PathBuf {
+        self.local.join(format!("{}.committed", id.0))
+    }
+
+    /// Restores HEAD's checkpoint into the live directory `live` (from the volume when it
+    /// holds that committed checkpoint, otherwise from the store), after checking it was
+    /// written by the same pipeline. Other local checkpoints are removed.
+    pub async fn restore(
+        &mut self,
+        live: &Path,
+        fingerprint: &str,
+    ) -> Result<Restored, CheckpointError> {
+        let on_volume: Vec<CheckpointId> = self
+            .head
+            .checkpoint
+            .filter(|id| self.committed_marker(*id).exists() && self.local_dir(*id).is_dir())
+            .into_iter()
+            .collect();
+        let plan = plan::restore_plan(Some(&self.head), &on_volume);
+        let keep = match plan {
+            RestorePlan::Fresh => None,
+            RestorePlan::Local(id) | RestorePlan::Download(id) => Some(id),
+        };
+        self.remove_local_checkpoints_except(keep)?;
+        let descriptor = match plan {
+            RestorePlan::Fresh => {
+                if live.exists() {
+                    std::fs::remove_dir_all(live).map_err(io(live))?;
+                }
+                None
+            }
+            RestorePlan::Local(id) | RestorePlan::Download(id) => {
+                let descriptor = self.store.read_descriptor(&self.layout, id).await?;
+                if descriptor.pipeline_fingerprint != fingerprint {
+                    return Err(CheckpointError::PipelineChanged {
+                        task: self.task,
+                        id,
+                        found: descriptor.pipeline_fingerprint.clone(),
+                        expected: fingerprint.to_string(),
+                    });
+                }
+                if matches!(plan, RestorePlan::Download(_)) {
+                    self.download(&descriptor).await?;
+                }
+                crate::state::live_dir_from_checkpoint(&self.local_dir(id), live)?;
+                for file in &descriptor.files {
+                    if FileKind::of(&file.name) == FileKind::Sst {
+                        self.sst_hashes
+                            .insert(file.name.clone(), (file.hash.clone(), file.size));
+                    }
+                }
+                Some(descriptor)
+            }
+        };
+        info!(task = self.task, plan = ?plan, "restored task state");
+        self.committed = descriptor.clone();
+        Ok(Restored { plan, descriptor })
+    }
+
+    async fn download(&self, descriptor: &Descriptor) -> Result<(), CheckpointError> {
+        let target = self.local_dir(descriptor.id);
+        let partial = self.local.join(format!("{}.download", descriptor.id.0));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+        for file in &descriptor.files {
+            let path = self.layout.file(&file.hash, FileKind::of(&file.name));
+            self.store
+                .get_file(&path, &partial.join(&file.name))
+                .await?;
+        }
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(io(&target))?;
+        }
+        std::fs::rename(&partial, &target).map_err(io(&target))?;
+        std::fs::write(self.committed_marker(descriptor.id), b"").map_err(io(&target))?;
+        Ok(())
+    }
+
+    fn remove_local_checkpoints_except(
+        &self,
+        keep: Option<CheckpointId>,
+    ) -> Result<(), CheckpointError> {
+        for entry in std::fs::read_dir(&self.local).map_err(io(&self.local))? {
+            let path = entry.map_err(io(&self.local))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let id = name
+                .split('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .map(CheckpointId);
+            if id.is_some()
+                && id == keep
+                && (path.is_dir() || name.ends_with(".committed"))
+                && !name.ends_with(".download")
+            {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the local checkpoint `id` (already written to [`Self::local_dir`]): uploads the
+    /// files the previous checkpoint lacks, creates the descriptor, advances HEAD with a
+    /// conditional write, then applies retention. [`CheckpointError::Fenced`] means the task
+    /// was lost: commit nothing more for it.
+    pub async fn commit(
+        &mut self,
+        id: CheckpointId,
+        source_offsets: BTreeMap<String, i64>,
+        watermark_ms: Option<i64>,
+        records_in: u64,
+        fingerprint: &str,
+    ) -> Result<Descriptor, CheckpointError> {
+        let dir = self.local_dir(id);
+        let files = self.hash_files(&dir).await?;
+        let descriptor = Descriptor {
+            format: DESCRIPTOR_FORMAT,
+            id,
+            task: self.task,
+            epoch: self.epoch,
+            created_at_ms: now_ms(),
+            source_offsets,
+            files,
+            watermark_ms,
+            pipeline_fingerprint: fingerprint.to_string(),
+            records_in,
+        };
+        for file in plan::files_to_upload(&descriptor.files, self.committed.as_ref()) {
+            let path = self.layout.file(&file.hash, FileKind::of(&file.name));
+            self.store.put_file(&path, &dir.join(&file.name)).await?;
+        }
+        crate::failpoint::hit("checkpoint-after-files");
+        self.next_id = id.next();
+        match self
+            .store
+            .create_descriptor(&self.layout, &descriptor)
+            .await
+        {
+            Ok(()) => {}
+            // Only a fenced zombie or a leftover of a killed attempt can hold this id; either
+            // way HEAD decides, and the next checkpoint takes a fresh id.
+            Err(StoreError::DescriptorExists { .. }) => {
+                let present = self.store.list_checkpoints(&self.layout).await?;
+                self.next_id = plan::next_checkpoint_id(self.head.checkpoint, &present);
+                self.check_still_owner().await?;
+                return Err(StoreError::DescriptorExists {
+                    path: self.layout.descriptor(id).to_string(),
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        crate::failpoint::hit("checkpoint-after-descriptor");
+        let head = Head {
+            epoch: self.epoch,
+            owner: self.owner.clone(),
+            checkpoint: Some(id),
+        };
+        match self
+            .store
+            .write_head(&self.layout, &head, Some(&self.head_version))
+            .await
+        {
+            Ok(version) => {
+                self.head = head;
+                self.head_version = version;
+            }
+            Err(StoreError::Conflict { .. }) => {
+                return Err(CheckpointError::Fenced {
+                    task: self.task,
+                    epoch: self.epoch,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        std::fs::write(self.committed_marker(id), b"").map_err(io(&dir))?;
+        self.committed = Some(descriptor.clone());
+        if let Err(e) = self.apply_retention().await {
+            warn!(task = self.task, checkpoint = id.0, error = %e, "checkpoint retention failed; will retry next time");
+        }
+        Ok(descriptor)
+    }
+
+    async fn check_still_owner(&mut self) -> Result<(), CheckpointError> {
+        match self.store.read_head(&self.layout).await? {
+            Some((head, _)) if head.epoch == self.epoch => Ok(()),
+            _ => Err(CheckpointError::Fenced {
+                task: self.task,
+                epoch: self.epoch,
+            }),
+        }
+    }
+
+    async fn apply_retention(&mut self) -> Result<(), CheckpointError> {
+        let Some(head) = self.head.checkpoint else {
+            return Ok(());
+        };
+        // Local: only HEAD's checkpoint is worth keeping on the volume.
+        for entry in std::fs::read_dir(&self.local).map_err(io(&self.local))? {
+            let path = entry.map_err(io(&self.local))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let id: Option<u64> = name.split('.').next().and_then(|n| n.parse().ok());
+            if id.is_some_and(|id| id < head.0) {
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(io(&path))?;
+            }
+        }
+        self.sst_hashes.retain(|name, _| {
+            self.committed
+                .as_ref()
+                .is_some_and(|d| d.files.iter().any(|f| &f.name == name))
+        });
+        // Object store: descriptors beyond `retain`, and files only they reference.
+        let present = self.store.list_checkpoints(&self.layout).await?;
+        let expired = plan::expired_checkpoints(&present, head, self.retain, &[]);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut expired_descriptors = Vec::new();
+        for id in &expired {
+            match self.store.read_descriptor(&self.layout, *id).await {
+                Ok(d) => expired_descriptors.push(d),
+                Err(StoreError::Store(object_store::Error::NotFound { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut kept = Vec::new();
+        for id in present.iter().filter(|id| !expired.contains(id)) {
+            match self.store.read_descriptor(&self.layout, *id).await {
+                Ok(d) => kept.push(d),
+                Err(StoreError::Store(object_store::Error::NotFound { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let files = plan::unreferenced_files(
+            &expired_descriptors.iter().collect::<Vec<_>>(),
+            &kept.iter().collect::<Vec<_>>(),
+        );
+        let paths: Vec<_> = files
+            .iter()
+            .map(|(hash, kind)| self.layout.file(hash, *kind))
+            .collect();
+        // Descriptors go first: a descriptor must never name a deleted file.
+        let descriptors: Vec<_> = expired
+            .iter()
+            .map(|id| self.layout.descriptor(*id))
+            .collect();
+        self.store.delete(&descriptors).await?;
+        self.store.delete(&paths).await?;
+        debug!(
+            task = self.task,
+            expired = expired.len(),
+            files = files.len(),
+            "applied checkpoint retention"
+        );
+        Ok(())
+    }
+
+    async fn hash_files(&mut self, dir: &Path) -> Result<Vec<StateFile>, CheckpointError> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let cached = self.sst_hashes.get(&name).cloned();
+            let (hash, size) = match cached {
+                Some(known) => known,
+                None => {
+                    let hashed = tokio::task::spawn_blocking(move || hash_file(&path))
+                        .await
+                        .map_err(|e| io(dir)(std::io::Error::other(e)))??;
+                    if FileKind::of(&name) == FileKind::Sst {
+                        self.sst_hashes.insert(name.clone(), hashed.clone());
+                    }
+                    hashed
+                }
+            };
+            files.push(StateFile { name, hash, size });
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+}
+
+/// Where local checkpoint `id` lives inside a task's checkpoint directory `local`.
+pub fn local_dir(local: &Path, id: CheckpointId) -> PathBuf {
+    local.join(id.0.to_string())
+}
+
+fn hash_file(path: &Path) -> Result<(ContentHash, u64), CheckpointError> {
+    let mut hasher = blake3::Hasher::new();
+    let size = hasher.update_mmap(path).map_err(io(path))?.count();
+    Ok((ContentHash(hasher.finalize().to_hex().to_string()), size))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

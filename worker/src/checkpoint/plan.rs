@@ -1,0 +1,234 @@
+//! Checkpoint decisions: the next id, what to upload, what retention deletes, how a task
+//! restores. Pure: callers do the object-store I/O these decisions ask for.
+
+use std::collections::BTreeSet;
+
+use crate::checkpoint::descriptor::{CheckpointId, ContentHash, Descriptor, Head, StateFile};
+use crate::checkpoint::layout::FileKind;
+
+/// The id of a task's next checkpoint: above HEAD's and above every descriptor present, since
+/// descriptors are created with `If-None-Match: *` and never overwritten (a killed upload or
+/// a fenced zombie may have left ids above HEAD).
+pub fn next_checkpoint_id(head: Option<CheckpointId>, present: &[CheckpointId]) -> CheckpointId {
+    let highest = present.iter().copied().chain(head).max();
+    highest.map_or(CheckpointId(1), CheckpointId::next)
+}
+
+/// Files of a new checkpoint not yet in object storage. Files are immutable and named by
+/// content, so what the previous committed checkpoint references is there already (retention
+/// never deletes HEAD's files).
+pub fn files_to_upload<'a>(
+    new: &'a [StateFile],
+    previous: Option<&Descriptor>,
+) -> Vec<&'a StateFile> {
+    let uploaded: BTreeSet<&ContentHash> = previous
+        .map(|d| d.files.iter().map(|f| &f.hash).collect())
+        .unwrap_or_default();
+    new.iter().filter(|f| !uploaded.contains(&f.hash)).collect()
+}
+
+/// Descriptors retention deletes once HEAD points at `head`: those below HEAD outside the
+/// `retain` newest (HEAD counts as one). HEAD itself, anything above it (a pending exactly-once
+/// descriptor, or another owner's work after a takeover) and `protected` ids (restores in
+/// flight) are never deleted.
+pub fn expired_checkpoints(
+    present: &[CheckpointId],
+    head: CheckpointId,
+    retain: usize,
+    protected: &[CheckpointId],
+) -> Vec<CheckpointId> {
+    let mut older: Vec<CheckpointId> = present.iter().copied().filter(|id| *id < head).collect();
+    older.sort_unstable_by(|a, b| b.cmp(a));
+    older.dedup();
+    older
+        .into_iter()
+        .skip(retain.saturating_sub(1))
+        .filter(|id| !protected.contains(id))
+        .collect()
+}
+
+/// Files that only `expired` descriptors reference, to delete with them.
+pub fn unreferenced_files(
+    expired: &[&Descriptor],
+    kept: &[&Descriptor],
+) -> Vec<(ContentHash, FileKind)> {
+    let in_use: BTreeSet<&ContentHash> = kept
+        .iter()
+        .flat_map(|d| d.files.iter().map(|f| &f.hash))
+        .collect();
+    let mut out: Vec<(ContentHash, FileKind)> = expired
+        .iter()
+        .flat_map(|d| d.files.iter())
+        .filter(|f| !in_use.contains(&f.hash))
+        .map(|f| (f.hash.clone(), FileKind::of(&f.name)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// How a task gets its state when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestorePlan {
+    /// No checkpoint yet: empty state, starting offsets from the spec.
+    Fresh,
+    /// The volume still holds this checkpoint: open it, download nothing.
+    Local(CheckpointId),
+    /// Download this checkpoint's files from object storage.
+    Download(CheckpointId),
+}
+
+/// Restores HEAD's checkpoint, from the volume when the volume has exactly that one. Never
+/// anything newer than HEAD (not committed) nor older (retention may be deleting it).
+pub fn restore_plan(head: Option<&Head>, on_volume: &[CheckpointId]) -> RestorePlan {
+    match head.and_then(|h| h.checkpoint) {
+        None => RestorePlan::Fresh,
+        Some(id) if on_volume.contains(&id) => RestorePlan::Local(id),
+        Some(id) => RestorePlan::Download(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::checkpoint::descriptor::{DESCRIPTOR_FORMAT, Epoch};
+
+    fn ids(v: &[u64]) -> Vec<CheckpointId> {
+        v.iter().copied().map(CheckpointId).collect()
+    }
+
+    fn file(name: &str, hash: &str) -> StateFile {
+        StateFile {
+            name: name.into(),
+            hash: ContentHash(hash.into()),
+            size: 1,
+        }
+    }
+
+    fn descriptor(id: u64, files: Vec<StateFile>) -> Descriptor {
+        Descriptor {
+            format: DESCRIPTOR_FORMAT,
+            id: CheckpointId(id),
+            task: 0,
+            epoch: Epoch(1),
+            created_at_ms: 0,
+            source_offsets: BTreeMap::new(),
+            files,
+            watermark_ms: None,
+            pipeline_fingerprint: String::new(),
+            records_in: 0,
+        }
+    }
+
+    #[test]
+    fn the_first_checkpoint_is_one_and_ids_never_repeat() {
+        assert_eq!(next_checkpoint_id(None, &[]), CheckpointId(1));
+        assert_eq!(
+            next_checkpoint_id(Some(CheckpointId(4)), &ids(&[2, 3, 4])),
+            CheckpointId(5)
+        );
+        // A killed upload left descriptor 6 above HEAD 4: the next one is 7, never 5 or 6 again.
+        assert_eq!(
+            next_checkpoint_id(Some(CheckpointId(4)), &ids(&[3, 4, 6])),
+            CheckpointId(7)
+        );
+    }
+
+    #[test]
+    fn only_files_the_previous_checkpoint_lacks_are_uploaded() {
+        let previous = descriptor(1, vec![file("1.sst", "a"), file("2.sst", "b")]);
+        let new = vec![
+            file("2.sst", "b"),
+            file("3.sst", "c"),
+            file("MANIFEST-9", "m"),
+        ];
+        let upload: Vec<&str> = files_to_upload(&new, Some(&previous))
+            .iter()
+            .map(|f| f.hash.0.as_str())
+            .collect();
+        assert_eq!(upload, vec!["c", "m"]);
+        assert_eq!(files_to_upload(&new, None).len(), 3);
+    }
+
+    #[test]
+    fn retention_keeps_head_and_the_newest_before_it() {
+        let present = ids(&[1, 2, 3, 4, 5]);
+        assert_eq!(
+            expired_checkpoints(&present, CheckpointId(5), 3, &[]),
+            ids(&[2, 1])
+        );
+        assert_eq!(
+            expired_checkpoints(&present, CheckpointId(5), 1, &[]),
+            ids(&[4, 3, 2, 1])
+        );
+        assert_eq!(
+            expired_checkpoints(&present, CheckpointId(5), 10, &[]),
+            ids(&[])
+        );
+    }
+
+    #[test]
+    fn retention_never_deletes_head_anything_newer_or_a_protected_checkpoint() {
+        // 7 may be a pending exactly-once descriptor or a new owner's work; 2 is being restored.
+        let present = ids(&[1, 2, 3, 5, 7]);
+        let expired = expired_checkpoints(&present, CheckpointId(5), 1, &ids(&[2]));
+        assert_eq!(expired, ids(&[3, 1]));
+        for keep in [5, 7, 2] {
+            assert!(!expired.contains(&CheckpointId(keep)), "deleted {keep}");
+        }
+        // retain 0 is treated as 1: HEAD is the last restorable checkpoint.
+        assert!(!expired_checkpoints(&present, CheckpointId(5), 0, &[]).contains(&CheckpointId(5)));
+    }
+
+    #[test]
+    fn files_still_referenced_by_a_kept_checkpoint_survive() {
+        let old = descriptor(
+            1,
+            vec![
+                file("1.sst", "a"),
+                file("2.sst", "b"),
+                file("CURRENT", "c1"),
+            ],
+        );
+        let kept = descriptor(
+            2,
+            vec![
+                file("2.sst", "b"),
+                file("3.sst", "d"),
+                file("CURRENT", "c2"),
+            ],
+        );
+        assert_eq!(
+            unreferenced_files(&[&old], &[&kept]),
+            vec![
+                (ContentHash("a".into()), FileKind::Sst),
+                (ContentHash("c1".into()), FileKind::Meta)
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_prefers_the_volume_only_when_it_holds_heads_checkpoint() {
+        let head = |id| Head {
+            epoch: Epoch(2),
+            owner: "w".into(),
+            checkpoint: id,
+        };
+        assert_eq!(restore_plan(None, &[]), RestorePlan::Fresh);
+        assert_eq!(
+            restore_plan(Some(&head(None)), &ids(&[3])),
+            RestorePlan::Fresh
+        );
+        assert_eq!(
+            restore_plan(Some(&head(Some(CheckpointId(4)))), &ids(&[3, 4])),
+            RestorePlan::Local(CheckpointId(4))
+        );
+        // The volume has only a newer, uncommitted one: never restore past HEAD.
+        assert_eq!(
+            restore_plan(Some(&head(Some(CheckpointId(4)))), &ids(&[5])),
+            RestorePlan::Download(CheckpointId(4))
+        );
+    }
+}

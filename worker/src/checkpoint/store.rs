@@ -1,0 +1,350 @@
+//! Object-storage I/O for checkpoints: HEAD with conditional writes, immutable descriptors and
+//! state files. The only module here that talks to the store.
+//!
+//! HEAD is written only conditionally: `If-Match` on the ETag read (S3, GCS, Azure) or, on
+//! `file://`, under an exclusive lock of `HEAD.lock` comparing the bytes read. Descriptors are
+//! created with `If-None-Match: *` and never overwritten. State files are named by content, so
+//! writing one twice writes the same bytes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use crate::checkpoint::descriptor::{Descriptor, Head};
+use crate::checkpoint::layout::TaskLayout;
+
+/// Failures talking to the checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage URI cannot be used.
+    #[error("checkpoint storage {uri}: {message}")]
+    Config { uri: String, message: String },
+    /// Someone else changed HEAD since it was read: this worker no longer owns the task.
+    #[error("HEAD {path} changed since it was read: another owner took the task")]
+    Conflict { path: String },
+    /// A descriptor with this id exists already.
+    #[error("checkpoint descriptor {path} exists already")]
+    DescriptorExists { path: String },
+    /// A stored object does not hold what it should.
+    #[error("{path} is corrupt: {message}")]
+    Corrupt { path: String, message: String },
+    /// The store failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// A local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What HEAD looked like when read; a conditional write succeeds only if it is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadVersion {
+    /// The ETag of the object.
+    ETag(String),
+    /// The exact bytes of the file (`file://`).
+    Bytes(Vec<u8>),
+}
+
+/// Object-store settings beyond the URI, from the StreamJob spec.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// S3-compatible endpoint URL.
+    pub endpoint: Option<String>,
+    /// Bucket region.
+    pub region: Option<String>,
+}
+
+/// The checkpoint store of one job.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    objects: Arc<dyn ObjectStore>,
+    /// Path of the URI inside the store (the bucket prefix); empty for `file://`.
+    prefix: Path,
+    /// Root directory for `file://`, where HEAD writes are done under a file lock.
+    local_root: Option<PathBuf>,
+}
+
+impl CheckpointStore {
+    /// Opens `uri` (`file:///dir`, `s3://bucket/prefix`, `gs://…`, `az://…`). Credentials come
+    /// from the environment only.
+    pub fn open(uri: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let config = |message: String| StoreError::Config {
+            uri: uri.to_string(),
+            message,
+        };
+        let url = url::Url::parse(uri).map_err(|e| config(e.to_string()))?;
+        match url.scheme() {
+            "file" => {
+                let root = PathBuf::from(url.path());
+                std::fs::create_dir_all(&root).map_err(|e| config(e.to_string()))?;
+                let objects =
+                    LocalFileSystem::new_with_prefix(&root).map_err(|e| config(e.to_string()))?;
+                Ok(Self {
+                    objects: Arc::new(objects),
+                    prefix: Path::from(""),
+                    local_root: Some(root),
+                })
+            }
+            "s3" | "s3a" => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_url(uri)
+                    .with_conditional_put(S3ConditionalPut::ETagMatch);
+                if let Some(endpoint) = &options.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(region) = &options.region {
+                    builder = builder.with_region(region);
+                }
+                let objects = builder.build().map_err(|e| config(e.to_string()))?;
+                Ok(Self {
+                    objects: Arc::new(objects),
+                    prefix: Path::from(url.path().trim_start_matches('/')),
+                    local_root: None,
+                })
+            }
+            other => Err(config(format!(
+                "unsupported scheme {other}: use file:// or s3:// (gs:// and az:// are not built in yet)"
+            ))),
+        }
+    }
+
+    /// The path inside the store under which jobs keep their checkpoints.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// Reads a task's HEAD, with the version a conditional write must match.
+    pub async fn read_head(
+        &self,
+        task: &TaskLayout,
+    ) -> Result<Option<(Head, HeadVersion)>, StoreError> {
+        let path = task.head();
+        let result = match self.objects.get(&path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let e_tag = result.meta.e_tag.clone();
+        let bytes = result.bytes().await?;
+        let head = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let version = match (&self.local_root, e_tag) {
+            (None, Some(tag)) => HeadVersion::ETag(tag),
+            _ => HeadVersion::Bytes(bytes.to_vec()),
+        };
+        Ok(Some((head, version)))
+    }
+
+    /// Writes HEAD if it is still at `expected` (`None`: if there is no HEAD yet). Returns the
+    /// new version, or [`StoreError::Conflict`] when someone else wrote it first.
+    pub async fn write_head(
+        &self,
+        task: &TaskLayout,
+        head: &Head,
+        expected: Option<&HeadVersion>,
+    ) -> Result<HeadVersion, StoreError> {
+        let path = task.head();
+        let body = serde_json::to_vec(head).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        if let Some(root) = &self.local_root {
+            let file = root.join(path.as_ref());
+            let expected = expected.cloned();
+            let written = body.clone();
+            return tokio::task::spawn_blocking(move || {
+                write_local_head(&file, &written, expected.as_ref())
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                path: path.to_string(),
+                source: std::io::Error::other(e),
+            })?
+            .map(|()| HeadVersion::Bytes(body));
+        }
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(HeadVersion::ETag(tag)) => PutMode::Update(UpdateVersion {
+                e_tag: Some(tag.clone()),
+                version: None,
+            }),
+            Some(HeadVersion::Bytes(_)) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_string(),
+                    message: "the store returned no ETag for HEAD".into(),
+                });
+            }
+        };
+        match self
+            .objects
+            .put_opts(&path, PutPayload::from(body), PutOptions::from(mode))
+            .await
+        {
+            Ok(result) => result
+                .e_tag
+                .map(HeadVersion::ETag)
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: path.to_string(),
+                    message: "the store returned no ETag for HEAD".into(),
+                }),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(StoreError::Conflict {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a descriptor; fails with [`StoreError::DescriptorExists`] rather than overwrite.
+    pub async fn create_descriptor(
+        &self,
+        task: &TaskLayout,
+        descriptor: &Descriptor,
+    ) -> Result<(), StoreError> {
+        let path = task.descriptor(descriptor.id);
+        let body = serde_json::to_vec_pretty(descriptor).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        match self
+            .objects
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(StoreError::DescriptorExists {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a descriptor.
+    pub async fn read_descriptor(
+        &self,
+        task: &TaskLayout,
+        id: crate::checkpoint::descriptor::CheckpointId,
+    ) -> Result<Descriptor, StoreError> {
+        let path = task.descriptor(id);
+        let bytes = self.objects.get(&path).await?.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The descriptor ids present for a task.
+    pub async fn list_checkpoints(
+        &self,
+        task: &TaskLayout,
+    ) -> Result<Vec<crate::checkpoint::descriptor::CheckpointId>, StoreError> {
+        use futures::TryStreamExt;
+        let prefix = task.checkpoints();
+        let listed: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        let mut ids: Vec<_> = listed
+            .iter()
+            .filter_map(|meta| TaskLayout::descriptor_id(&meta.location))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Uploads a local file to `path`.
+    pub async fn put_file(&self, path: &Path, local: &std::path::Path) -> Result<(), StoreError> {
+        let bytes = tokio::fs::read(local)
+            .await
+            .map_err(|source| StoreError::Io {
+                path: local.display().to_string(),
+                source,
+            })?;
+        self.objects.put(path, PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Downloads `path` into the local file `local`.
+    pub async fn get_file(&self, path: &Path, local: &std::path::Path) -> Result<(), StoreError> {
+        let bytes = self.objects.get(path).await?.bytes().await?;
+        tokio::fs::write(local, &bytes)
+            .await
+            .map_err(|source| StoreError::Io {
+                path: local.display().to_string(),
+                source,
+            })
+    }
+
+    /// Deletes objects; ones already gone are fine.
+    pub async fn delete(&self, paths: &[Path]) -> Result<(), StoreError> {
+        for path in paths {
+            match self.objects.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Conditional write of a local HEAD file: under an exclusive lock of `HEAD.lock`, the file
+/// must hold exactly `expected` (or not exist when `expected` is `None`); the new content is
+/// written to a temporary file and renamed over it.
+fn write_local_head(
+    file: &std::path::Path,
+    body: &[u8],
+    expected: Option<&HeadVersion>,
+) -> Result<(), StoreError> {
+    let io = |source: std::io::Error| StoreError::Io {
+        path: file.display().to_string(),
+        source,
+    };
+    let dir = file
+        .parent()
+        .ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let lock = std::fs::File::create(dir.join("HEAD.lock")).map_err(io)?;
+    lock.lock().map_err(io)?;
+    let current = match std::fs::read(file) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    let unchanged = match (expected, &current) {
+        (None, None) => true,
+        (Some(HeadVersion::Bytes(want)), Some(have)) => want == have,
+        _ => false,
+    };
+    if !unchanged {
+        return Err(StoreError::Conflict {
+            path: file.display().to_string(),
+        });
+    }
+    let tmp = dir.join("HEAD.tmp");
+    std::fs::write(&tmp, body).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, file).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}

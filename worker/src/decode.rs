@@ -1,0 +1,168 @@
+//! Decoding record values into changes. Pure, and zero-copy for Debezium rows: `before` and
+//! `after` stay the raw JSON bytes of the record, so materializing a row copies it once, into state.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What a change event does to its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `c`: a row was inserted.
+    Create,
+    /// `u`: a row was updated.
+    Update,
+    /// `d`: a row was deleted.
+    Delete,
+    /// `r`: a row was read by the initial snapshot.
+    Read,
+}
+
+/// One decoded Debezium change, borrowing from the record value.
+#[derive(Clone, Copy, Debug)]
+pub struct Change<'a> {
+    /// What happened.
+    pub op: Op,
+    /// The row before the change (raw JSON), when the connector sends it.
+    pub before: Option<&'a RawValue>,
+    /// The row after the change (raw JSON); `None` for deletes.
+    pub after: Option<&'a RawValue>,
+}
+
+/// Why a record could not be decoded. Its `kind` becomes the dead-letter header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The value is not JSON.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// The value is JSON but not a Debezium change event.
+    #[error("not a Debezium change event: {0}")]
+    NotAChangeEvent(String),
+    /// `op` is not one of c, u, d, r.
+    #[error("unknown Debezium op {0:?}: expected c, u, d or r")]
+    UnknownOp(String),
+    /// A create, update or read without an `after` row.
+    #[error("op {0:?} has no after row")]
+    MissingAfter(&'static str),
+}
+
+impl DecodeError {
+    /// Short machine-readable kind, for the `sluice.error.kind` header and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid-json",
+            Self::NotAChangeEvent(_) => "not-a-change-event",
+            Self::UnknownOp(_) => "unknown-op",
+            Self::MissingAfter(_) => "missing-after",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    after: Option<&'a RawValue>,
+    /// Set when the converter wraps the event as `{"schema": ..., "payload": ...}`.
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Decodes a Debezium JSON change event, with or without the `schema`/`payload` envelope.
+pub fn debezium(value: &[u8]) -> Result<Change<'_>, DecodeError> {
+    let outer: Envelope<'_> = parse(value)?;
+    let event = match outer.payload {
+        Some(payload) if outer.op.is_none() => parse(payload.get().as_bytes())?,
+        _ => outer,
+    };
+    let op = match event.op.as_deref() {
+        Some("c") => Op::Create,
+        Some("u") => Op::Update,
+        Some("d") => Op::Delete,
+        Some("r") => Op::Read,
+        Some(other) => return Err(DecodeError::UnknownOp(other.to_string())),
+        None => return Err(DecodeError::NotAChangeEvent("no op field".into())),
+    };
+    let after = event.after.filter(|raw| raw.get() != "null");
+    if after.is_none() && op != Op::Delete {
+        return Err(DecodeError::MissingAfter(match op {
+            Op::Create => "c",
+            Op::Update => "u",
+            _ => "r",
+        }));
+    }
+    Ok(Change {
+        op,
+        before: event.before.filter(|raw| raw.get() != "null"),
+        after,
+    })
+}
+
+fn parse<'a>(bytes: &'a [u8]) -> Result<Envelope<'a>, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            DecodeError::NotAChangeEvent(e.to_string())
+        } else {
+            DecodeError::InvalidJson(e.to_string())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_create_event_keeps_the_after_row_bytes() {
+        let value =
+            br#"{"before":null,"after":{"id":1,"name":"a \"quoted\" name"},"op":"c","ts_ms":5}"#;
+        let change = debezium(value).unwrap();
+        assert_eq!(change.op, Op::Create);
+        assert!(change.before.is_none());
+        assert_eq!(
+            change.after.unwrap().get(),
+            r#"{"id":1,"name":"a \"quoted\" name"}"#
+        );
+    }
+
+    #[test]
+    fn the_schema_payload_envelope_is_unwrapped() {
+        let value = br#"{"schema":{"type":"struct","fields":[]},"payload":{"before":{"id":1},"after":{"id":1,"v":2},"op":"u","source":{"lsn":7}}}"#;
+        let change = debezium(value).unwrap();
+        assert_eq!(change.op, Op::Update);
+        assert_eq!(change.before.unwrap().get(), r#"{"id":1}"#);
+        assert_eq!(change.after.unwrap().get(), r#"{"id":1,"v":2}"#);
+    }
+
+    #[test]
+    fn deletes_have_no_after_row() {
+        let change = debezium(br#"{"before":{"id":1},"after":null,"op":"d"}"#).unwrap();
+        assert_eq!(change.op, Op::Delete);
+        assert!(change.after.is_none());
+    }
+
+    #[test]
+    fn snapshot_reads_count_as_rows() {
+        assert_eq!(
+            debezium(br#"{"after":{"id":1},"op":"r"}"#).unwrap().op,
+            Op::Read
+        );
+    }
+
+    #[test]
+    fn bad_events_say_what_is_wrong() {
+        let kind = |v: &[u8]| debezium(v).unwrap_err().kind();
+        assert_eq!(kind(b"{not json"), "invalid-json");
+        assert_eq!(kind(b"[1,2]"), "not-a-change-event");
+        assert_eq!(kind(br#"{"after":{"id":1}}"#), "not-a-change-event");
+        assert_eq!(kind(br#"{"op":"x","after":{}}"#), "unknown-op");
+        assert_eq!(kind(br#"{"op":"t"}"#), "unknown-op");
+        assert_eq!(kind(br#"{"op":"c","after":null}"#), "missing-after");
+        assert_eq!(kind(br#"{"op":5}"#), "not-a-change-event");
+        assert_eq!(kind(&[0xff, 0xfe]), "invalid-json");
+    }
+}

@@ -1,0 +1,344 @@
+//! Kafka clients of a task: the source consumer (manual assignment, no group rebalancing) and
+//! the sink producer with its dead-letter records. Network I/O.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_crds::v1alpha1::{DeliveryGuarantee, StartingOffsets};
+
+use crate::assignment::TaskId;
+use crate::job::Job;
+
+/// Failures of the Kafka clients that stop a task.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaClientError {
+    /// A client call failed.
+    #[error("kafka: {context}: {source}")]
+    Client {
+        context: &'static str,
+        source: KafkaError,
+    },
+    /// Records were not acknowledged: the checkpoint must not cover them.
+    #[error(
+        "{failed} records were not acknowledged by the broker; restarting from the last checkpoint"
+    )]
+    Undelivered { failed: u64 },
+    /// The topics do not fit the task model.
+    #[error("{0}")]
+    Topology(String),
+}
+
+fn client(context: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
+    move |source| KafkaClientError::Client { context, source }
+}
+
+/// Client settings shared by consumer and producer: brokers and extra properties.
+pub fn base_config(
+    bootstrap: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+}
+
+/// The consumer group used for lag visibility (offsets are committed for it, never read back
+/// for assignment): `sluice-<namespace>-<job>`.
+pub fn group_id(job: &Job) -> String {
+    format!("sluice-{}-{}", job.namespace, job.name)
+}
+
+/// Number of partitions of the source topics, which must all have the same count.
+pub fn source_partitions(job: &Job) -> Result<u32, KafkaClientError> {
+    let kafka = &job.spec.source.kafka;
+    let consumer: BaseConsumer = base_config(&kafka.bootstrap_servers, &kafka.properties)
+        .create()
+        .map_err(client("creating metadata consumer"))?;
+    let mut counts = Vec::new();
+    for topic in &kafka.topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(client("fetching source topic metadata"))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as u32);
+        if partitions == 0 {
+            return Err(KafkaClientError::Topology(format!(
+                "source topic {topic} does not exist or has no partitions"
+            )));
+        }
+        counts.push((topic.as_str(), partitions));
+    }
+    let first = counts[0].1;
+    if counts.iter().any(|(_, n)| *n != first) {
+        return Err(KafkaClientError::Topology(format!(
+            "source topics must be co-partitioned (same partition count), found {counts:?}"
+        )));
+    }
+    Ok(first)
+}
+
+/// A consumer of partition `task` of every source topic, starting at `offsets` (next offset
+/// per topic) or, for topics without one, where `startingOffsets` says.
+pub fn task_consumer(
+    job: &Job,
+    task: TaskId,
+    offsets: &std::collections::BTreeMap<String, i64>,
+) -> Result<BaseConsumer, KafkaClientError> {
+    let kafka = &job.spec.source.kafka;
+    let consumer: BaseConsumer = base_config(&kafka.bootstrap_servers, &kafka.properties)
+        .set("group.id", group_id(job))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .set_if_absent("fetch.wait.max.ms", "100")
+        .set_if_absent("queued.min.messages", "20000")
+        .create()
+        .map_err(client("creating consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in &kafka.topics {
+        let offset = match offsets.get(topic) {
+            Some(next) => Offset::Offset(*next),
+            None => match kafka.starting_offsets {
+                StartingOffsets::Earliest => Offset::Beginning,
+                StartingOffsets::Latest => Offset::End,
+                StartingOffsets::Timestamp => {
+                    let ms = kafka
+                        .starting_timestamp
+                        .as_ref()
+                        .map_or(0, |t| t.0.as_millisecond());
+                    let mut query = TopicPartitionList::new();
+                    query
+                        .add_partition_offset(topic, task as i32, Offset::Offset(ms))
+                        .map_err(client("building timestamp query"))?;
+                    let found = consumer
+                        .offsets_for_times(query, Duration::from_secs(30))
+                        .map_err(client("looking up starting timestamp"))?;
+                    found
+                        .find_partition(topic, task as i32)
+                        .map_or(Offset::End, |e| e.offset())
+                }
+            },
+        };
+        assignment
+            .add_partition_offset(topic, task as i32, offset)
+            .map_err(client("building assignment"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(client("assigning partitions"))?;
+    Ok(consumer)
+}
+
+trait SetIfAbsent {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self;
+}
+
+impl SetIfAbsent for ClientConfig {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+/// Counts records the broker did not acknowledge.
+#[derive(Clone, Default)]
+pub struct DeliveryTracker {
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!(%error, "record not delivered");
+            }
+        }
+    }
+}
+
+/// The sink of a task: output records to partition `task` of the sink topic, bad records to
+/// the dead-letter topic.
+pub struct Sink {
+    producer: ThreadedProducer<DeliveryTracker>,
+    tracker: DeliveryTracker,
+    topic: String,
+    dead_letter_topic: String,
+    partition: i32,
+}
+
+/// Where an output record came from, written as the `sluice.source` header.
+pub struct Source<'a> {
+    /// `topic/partition/offset`.
+    pub header: &'a str,
+}
+
+impl Sink {
+    /// A producer for task `task` with the job's delivery guarantee (exactly-once is not
+    /// built yet and runs as at-least-once).
+    pub fn new(job: &Job, task: TaskId) -> Result<Self, KafkaClientError> {
+        let kafka = &job.spec.sink.kafka;
+        let bootstrap = kafka
+            .bootstrap_servers
+            .as_deref()
+            .unwrap_or(&job.spec.source.kafka.bootstrap_servers);
+        let mut config = base_config(bootstrap, &kafka.properties);
+        match kafka.delivery_guarantee {
+            DeliveryGuarantee::ExactlyOnce | DeliveryGuarantee::AtLeastOnce => {
+                config.set("enable.idempotence", "true").set("acks", "all");
+            }
+            DeliveryGuarantee::None => {
+                config.set("enable.idempotence", "false").set("acks", "1");
+            }
+        }
+        config
+            .set_if_absent("linger.ms", "5")
+            .set_if_absent("queue.buffering.max.messages", "500000")
+            .set_if_absent("batch.num.messages", "10000");
+        let tracker = DeliveryTracker::default();
+        let producer = config
+            .create_with_context(tracker.clone())
+            .map_err(client("creating producer"))?;
+        Ok(Self {
+            producer,
+            tracker,
+            topic: kafka.topic.clone(),
+            dead_letter_topic: job.dead_letter_topic(),
+            partition: task as i32,
+        })
+    }
+
+    /// Enqueues an output record; waits while the producer's queue is full.
+    #[inline]
+    pub fn send(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        source: &Source<'_>,
+    ) -> Result<(), KafkaClientError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "sluice.source",
+            value: Some(source.header),
+        });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .partition(self.partition)
+            .headers(headers);
+        record.key = key;
+        record.payload = value;
+        self.enqueue(record)
+    }
+
+    /// Enqueues a record to the dead-letter topic: original key and value, and the reason.
+    pub fn dead_letter(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        kind: &str,
+        message: &str,
+        step: &str,
+        source: &Source<'_>,
+    ) -> Result<(), KafkaClientError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "sluice.error.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "sluice.error.message",
+                value: Some(message),
+            })
+            .insert(Header {
+                key: "sluice.step",
+                value: Some(step),
+            })
+            .insert(Header {
+                key: "sluice.source",
+                value: Some(source.header),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dead_letter_topic)
+            .partition(self.partition)
+            .headers(headers);
+        record.key = key;
+        record.payload = value;
+        self.enqueue(record)
+    }
+
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaClientError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(client("producing")(e)),
+            }
+        }
+    }
+
+    /// Waits until every enqueued record is acknowledged; fails if any was not.
+    pub fn flush(&self) -> Result<(), KafkaClientError> {
+        self.producer
+            .flush(Duration::from_secs(120))
+            .map_err(client("flushing producer"))?;
+        match self.tracker.failed.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            failed => Err(KafkaClientError::Undelivered { failed }),
+        }
+    }
+}
+
+/// Creates the sink and dead-letter topics with `partitions` partitions when they are missing,
+/// as Kafka Streams does for its internal topics.
+pub async fn ensure_sink_topics(job: &Job, partitions: u32) -> Result<(), KafkaClientError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let kafka = &job.spec.sink.kafka;
+    let bootstrap = kafka
+        .bootstrap_servers
+        .as_deref()
+        .unwrap_or(&job.spec.source.kafka.bootstrap_servers);
+    let admin: AdminClient<_> = base_config(bootstrap, &kafka.properties)
+        .create()
+        .map_err(client("creating admin client"))?;
+    let dead_letter = job.dead_letter_topic();
+    let topics = [
+        NewTopic::new(&kafka.topic, partitions as i32, TopicReplication::Fixed(-1)),
+        NewTopic::new(&dead_letter, partitions as i32, TopicReplication::Fixed(-1)),
+    ];
+    let results = admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .map_err(client("creating sink topics"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions, "created sink topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaClientError::Topology(format!(
+                    "cannot create sink topic {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The Sluice worker: partition tasks with keyed state, checkpoints on object storage, Kafka in
+//! and out. `main.rs` is the CLI; everything else is here so tests and benchmarks can use it.
+
+pub mod assignment;
+pub mod checkpoint;
+pub mod cli;
+pub mod decode;
+pub mod failpoint;
+pub mod http;
+pub mod job;
+pub mod kafka;
+pub mod keys;
+pub mod metrics;
+pub mod pipeline;
+pub mod state;
+pub mod task;
+pub mod worker;

@@ -1,0 +1,198 @@
+//! A worker process: owns tasks `p` with `p mod N == ordinal`, runs each on its own thread,
+//! restarts a failed task from its last checkpoint, drops a task another owner took, serves
+//! `/metrics`, `/healthz` and `/readyz`, and on SIGTERM stops every task after a final checkpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use object_store::path::Path as ObjectPath;
+use tracing::{error, info, warn};
+
+use crate::assignment::{self, TaskId};
+use crate::checkpoint::layout::JobLayout;
+use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
+use crate::job::{Job, JobError};
+use crate::kafka::{self, KafkaClientError};
+use crate::metrics::{Metrics, TaskLabels};
+use crate::state::StateBackend;
+use crate::task::{self, TaskEnv};
+
+/// Failures that keep a worker from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The job cannot run.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The checkpoint store cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Kafka cannot be used.
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    /// The process failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which state backend tasks use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// RocksDB on the volume.
+    Rocksdb,
+    /// In memory, checkpointed as one file (tests and benchmarks).
+    Memory,
+}
+
+/// Everything a worker needs to run.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The job.
+    pub job: Job,
+    /// This worker's ordinal.
+    pub ordinal: u32,
+    /// Number of workers.
+    pub parallelism: u32,
+    /// Directory on the volume for task state.
+    pub state_dir: PathBuf,
+    /// Owner name written to HEAD.
+    pub owner: String,
+    /// Address of the HTTP endpoints.
+    pub http_addr: SocketAddr,
+    /// Checkpoint storage URI (the spec's, or a local override).
+    pub checkpoint_storage: String,
+    /// State backend.
+    pub backend: Backend,
+}
+
+/// Runs the worker until SIGTERM/SIGINT (final checkpoints) or until every task was taken over.
+pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sluice-io")
+        .build()?;
+    let job = Arc::new(config.job.clone());
+    // Refuse steps this build cannot run before touching anything.
+    crate::pipeline::Pipeline::new(&job)?;
+    let options = StoreOptions {
+        endpoint: job.spec.checkpoint.endpoint.clone(),
+        region: job.spec.checkpoint.region.clone(),
+    };
+    let store = CheckpointStore::open(&config.checkpoint_storage, &options)?;
+    let layout = JobLayout::new(
+        &ObjectPath::from(store.prefix().as_ref()),
+        &job.namespace,
+        &job.name,
+    );
+    let partitions = kafka::source_partitions(&job)?;
+    runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?;
+    if job.spec.sink.kafka.delivery_guarantee
+        == sluice_crds::v1alpha1::DeliveryGuarantee::ExactlyOnce
+    {
+        warn!(
+            job = %job.id(),
+            "deliveryGuarantee exactly-once is not built into this worker yet: running at-least-once \
+             (an idempotent producer; after a failure some results are written again)"
+        );
+    }
+    let tasks = assignment::tasks_of(config.ordinal, config.parallelism, partitions);
+    info!(
+        job = %job.id(), ordinal = config.ordinal, parallelism = config.parallelism,
+        partitions, tasks = ?tasks, storage = %config.checkpoint_storage, "worker starting"
+    );
+
+    let metrics = Arc::new(Metrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready: Arc<Vec<AtomicBool>> =
+        Arc::new(tasks.iter().map(|_| AtomicBool::new(false)).collect());
+    let env = Arc::new(TaskEnv {
+        job,
+        store,
+        layout,
+        state_dir: config.state_dir.clone(),
+        owner: config.owner.clone(),
+        metrics: metrics.clone(),
+        runtime: runtime.handle().clone(),
+        stop: stop.clone(),
+    });
+
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(config.http_addr))?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    runtime.spawn(crate::http::serve(listener, metrics, ready.clone()));
+    runtime.spawn(stop_on_signal(stop.clone()));
+
+    let threads: Vec<_> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, &task)| {
+            let env = env.clone();
+            let ready = ready.clone();
+            let backend = config.backend;
+            std::thread::Builder::new()
+                .name(format!("task-{task}"))
+                .spawn(move || match backend {
+                    Backend::Rocksdb => {
+                        supervise::<crate::state::rocks::RocksState>(&env, task, &ready[i])
+                    }
+                    Backend::Memory => {
+                        supervise::<crate::state::memory::MemoryState>(&env, task, &ready[i])
+                    }
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    for thread in threads {
+        if thread.join().is_err() {
+            error!("a task thread panicked");
+        }
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+/// Runs a task, restarting it from its checkpoint after failures, until it stops or is taken over.
+fn supervise<S: StateBackend>(env: &TaskEnv, task: TaskId, ready: &AtomicBool) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match task::run::<S>(env, task, ready) {
+            Ok(()) => return,
+            Err(e) if e.is_fenced() => {
+                warn!(task, error = %e, "task taken over by another owner; dropping it");
+                ready.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                ready.store(false, Ordering::Relaxed);
+                error!(task, error = %e, backoff_ms = backoff.as_millis() as u64, "task failed; restarting from its last checkpoint");
+                env.metrics
+                    .task_restarts
+                    .get_or_create(&TaskLabels { task })
+                    .inc();
+                if env.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot listen for signals; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    info!("stopping: taking a final checkpoint of every task");
+    stop.store(true, Ordering::Relaxed);
+}
