@@ -22,10 +22,8 @@ sed -e 's/dbserver1.inventory.customers/quickstart.customers/' \
     -e 's/customers-table.dlq/quickstart.customers.dlq/' \
     manifests/examples/cdc-materialize.yaml > "$STATE/job.yaml"
 
-if [[ ! -f "$STATE/loaded" ]]; then
-  "$BIN/sluice-cdc-gen" --topic quickstart.customers --partitions 3 --keys 10000 --bootstrap "$SLUICE_KAFKA_BOOTSTRAP"
-  touch "$STATE/loaded"
-fi
+"$BIN/sluice-cdc-gen" --topic quickstart.customers --partitions 3 --keys 10000 \
+  --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" --skip-if-loaded
 
 "$BIN/sluice-worker" local -f "$STATE/job.yaml" --state-dir "$STATE" --http-addr 127.0.0.1:18080 \
   > "$STATE/worker.log" 2>&1 &

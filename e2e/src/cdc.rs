@@ -58,6 +58,15 @@ pub fn partition(key: u64, partitions: u32) -> i32 {
     (key % u64::from(partitions)) as i32
 }
 
+/// How many of the first `events` events of a run over `keys` keys land in each partition.
+pub fn events_per_partition(events: u64, keys: u64, partitions: u32) -> Vec<i64> {
+    let mut counts = vec![0i64; partitions as usize];
+    for i in 0..events.min(keys * EVENTS_PER_KEY) {
+        counts[partition(position(i, keys).0, partitions) as usize] += 1;
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +84,21 @@ mod tests {
     }
 
     #[test]
+    fn partition_counts_add_up_to_the_events_written() {
+        let counts = events_per_partition(1_000_003, 170_000, 12);
+        assert_eq!(counts.iter().sum::<i64>(), 1_000_003);
+        assert!(
+            counts.iter().all(|c| (83_000..=83_500).contains(c)),
+            "{counts:?}"
+        );
+        assert_eq!(
+            events_per_partition(10, 1, 3),
+            vec![6, 0, 0],
+            "capped at six per key"
+        );
+    }
+
+    #[test]
     fn events_are_valid_debezium_json() {
         for step in 0..EVENTS_PER_KEY {
             let v: serde_json::Value = serde_json::from_str(&event(42, step)).unwrap();
@@ -82,7 +106,9 @@ mod tests {
             assert_eq!(op, ["c", "u", "u", "u", "u", "d"][step as usize]);
             assert_eq!(v["after"].is_null(), step == 5);
             if step < 5 {
-                assert_eq!(v["after"].to_string(), row_after(42, step).unwrap());
+                let row: serde_json::Value =
+                    serde_json::from_str(&row_after(42, step).unwrap()).unwrap();
+                assert_eq!(v["after"], row);
             }
         }
         assert!(event(906_666, 3).len() < 400);

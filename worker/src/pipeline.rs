@@ -201,6 +201,9 @@ mod tests {
     use super::*;
     use crate::state::memory::MemoryState;
 
+    /// An emitted record: key and value (`None` for a tombstone).
+    type Emitted = (Vec<u8>, Option<Vec<u8>>);
+
     fn pipeline(steps: &str, format: &str) -> Pipeline {
         let yaml = format!(
             r#"
@@ -226,7 +229,7 @@ spec:
         state: &mut MemoryState,
         key: &[u8],
         value: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StepError> {
+    ) -> Result<Vec<Emitted>, StepError> {
         let mut out = Vec::new();
         p.process(
             Record {

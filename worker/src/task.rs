@@ -131,6 +131,8 @@ pub fn run<S: StateBackend>(
     let interval: Duration = job.spec.checkpoint.interval.into();
     let mut next_checkpoint = Instant::now() + interval;
     let mut in_flight: Option<CheckpointId> = None;
+    // Once stopping: whether the final checkpoint was handed to the uploader.
+    let mut final_requested = false;
     let mut header = String::with_capacity(96);
     let mut report = Report::new(records_in);
 
@@ -235,12 +237,19 @@ pub fn run<S: StateBackend>(
                     last_checkpoint = Some((descriptor.id, Instant::now()));
                 }
                 Err(e @ CheckpointError::Fenced { .. }) => return Err(e.into()),
-                Err(e) => warn!(task, error = %e, "checkpoint failed; the next one retries"),
+                Err(e) => {
+                    final_requested = false;
+                    warn!(task, error = %e, "checkpoint failed; the next one retries");
+                }
             }
         }
 
         // maybe checkpoint: at most one upload in flight
-        let due = Instant::now() >= next_checkpoint || stopping;
+        let due = if stopping {
+            !final_requested
+        } else {
+            Instant::now() >= next_checkpoint
+        };
         if due && in_flight.is_none() {
             let started = Instant::now();
             sink.flush()?;
@@ -266,10 +275,11 @@ pub fn run<S: StateBackend>(
                 return Err(TaskError::CommitterGone { task });
             }
             in_flight = Some(id);
+            final_requested = stopping;
             next_checkpoint = Instant::now() + interval;
         }
         if stopping {
-            if in_flight.is_none() {
+            if final_requested && in_flight.is_none() {
                 info!(task, "task stopped after its final checkpoint");
                 return Ok(());
             }

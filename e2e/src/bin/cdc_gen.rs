@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use sluice_e2e::cdc;
@@ -15,6 +16,8 @@ struct Args {
     partitions: u32,
     keys: u64,
     events: Option<u64>,
+    skip_if_loaded: bool,
+    properties: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -25,6 +28,8 @@ fn parse_args() -> Result<Args, String> {
         partitions: 12,
         keys: 10_000,
         events: None,
+        skip_if_loaded: false,
+        properties: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -39,10 +44,19 @@ fn parse_args() -> Result<Args, String> {
             "--events" => {
                 args.events = Some(value()?.parse().map_err(|e| format!("--events: {e}"))?)
             }
+            "--skip-if-loaded" => args.skip_if_loaded = true,
+            "-X" => {
+                let kv = value()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or(format!("-X {kv}: expected key=value"))?;
+                args.properties.push((k.to_string(), v.to_string()));
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N]\n\
-                     Writes create → update ×4 → delete for each of K keys (6K events, or the first N)."
+                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N] [--skip-if-loaded] [-X producer.property=value]\n\
+                     Writes create → update ×4 → delete for each of K keys (6K events, or the first N);\n\
+                     with --skip-if-loaded, nothing when the topic already holds that many records."
                 );
                 std::process::exit(0);
             }
@@ -82,18 +96,39 @@ async fn main() {
         }
     }
 
-    let producer: ThreadedProducer<DefaultProducerContext> = config
+    let total = args
+        .events
+        .unwrap_or(args.keys * cdc::EVENTS_PER_KEY)
+        .min(args.keys * cdc::EVENTS_PER_KEY);
+    if args.skip_if_loaded {
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        let held: i64 = (0..args.partitions as i32)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&args.topic, p, Duration::from_secs(10))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum();
+        if held >= total as i64 {
+            eprintln!(
+                "sluice-cdc-gen: {} already holds {held} records; nothing to load",
+                args.topic
+            );
+            return;
+        }
+    }
+    let mut producer_config = config
         .clone()
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
-    let total = args
-        .events
-        .unwrap_or(args.keys * cdc::EVENTS_PER_KEY)
-        .min(args.keys * cdc::EVENTS_PER_KEY);
+        .clone();
+    for (k, v) in &args.properties {
+        producer_config.set(k, v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        producer_config.create().expect("producer");
     let started = Instant::now();
     let mut last_report = Instant::now();
     for i in 0..total {
