@@ -2,9 +2,11 @@
 # Install the system packages the build needs, when missing (idempotent). On Debian and Ubuntu it
 # installs them with apt-get; elsewhere it names what to install and carries on.
 set -euo pipefail
-# pkg-config + libssl-dev: rdkafka's TLS/SASL-SCRAM; libclang-dev: bindgen for RocksDB;
-# python3-venv: e2e/env/up.sh installs its servers into a venv.
-PACKAGES=(pkg-config libssl-dev libclang-dev)
+# pkg-config, libssl-dev, zlib1g-dev: librdkafka (TLS, SASL-SCRAM, compression);
+# libclang-dev: bindgen for RocksDB; python3-venv (only when python3 lacks venv): e2e/env/up.sh
+# installs its servers into a venv.
+PACKAGES=(pkg-config libssl-dev zlib1g-dev libclang-dev)
+python3 -c 'import ensurepip, venv' 2>/dev/null || PACKAGES+=(python3-venv)
 command -v dpkg-query >/dev/null || {
   echo "e2e/env/deps.sh: not a Debian system; make sure you have: ${PACKAGES[*]}" >&2
   exit 0

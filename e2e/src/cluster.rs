@@ -45,6 +45,34 @@ impl Rng {
     }
 }
 
+/// A fresh directory under the system temp dir, kept after the test for its logs.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(crate::unique_name(prefix));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Waits until `topic` exists with `partitions` partitions.
+pub fn wait_for_topic(env: &TestEnv, topic: &str, partitions: u32) {
+    let consumer: BaseConsumer = env.kafka_config().create().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                let t = m.topics().first()?;
+                Some(t.error().is_none() && t.partitions().len() == partitions as usize)
+            })
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A CDC materialize job over `input`, writing `output`, checkpointing to the S3 server.
 pub struct JobFiles {
     /// The job manifest.
@@ -132,6 +160,11 @@ impl Workers {
 
     /// Starts worker `ordinal` (its volume is kept across restarts).
     pub fn start(&mut self, ordinal: u32) {
+        self.start_with_env(ordinal, &[]);
+    }
+
+    /// Starts worker `ordinal` with extra environment, e.g. a `SLUICE_FAILPOINT`.
+    pub fn start_with_env(&mut self, ordinal: u32, env: &[(&str, &str)]) {
         self.starts += 1;
         let log = self.dir.join(format!("worker-{ordinal}.log"));
         let out = std::fs::OpenOptions::new()
@@ -151,6 +184,8 @@ impl Workers {
             .arg(self.volume(ordinal))
             .env("HOSTNAME", format!("worker-{ordinal}-start{}", self.starts))
             .env("RUST_LOG", "info,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out)
@@ -192,6 +227,28 @@ impl Workers {
                     }
                 }
             }
+        }
+    }
+
+    /// The log of worker `ordinal`, across its restarts.
+    pub fn log(&self, ordinal: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("worker-{ordinal}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until worker `ordinal` exits by itself and returns how.
+    pub fn wait_for_exit(&mut self, ordinal: u32, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.children.get_mut(&ordinal).expect("worker was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.children.remove(&ordinal);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {ordinal} still runs after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -299,6 +356,115 @@ impl Checkpoints {
                 .await
                 .expect("read descriptor"),
         )
+    }
+
+    /// The checkpoint HEAD of `task` points at, and every descriptor id present.
+    pub async fn ids(&self, task: u32) -> (Option<u64>, Vec<u64>) {
+        let t = self.layout.task(task);
+        let head = self.store.read_head(&t).await.expect("read HEAD");
+        let present = self
+            .store
+            .list_checkpoints(&t)
+            .await
+            .expect("list checkpoints");
+        (
+            head.and_then(|(h, _)| h.checkpoint).map(|c| c.0),
+            present.into_iter().map(|c| c.0).collect(),
+        )
+    }
+
+    /// Waits until every task's committed checkpoint has consumed `ends[task]` records of
+    /// `input`; `alive` is checked between polls.
+    pub async fn wait_until_covered(&self, input: &str, ends: &[i64], mut alive: impl FnMut()) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let mut behind = 0;
+            for (task, end) in ends.iter().enumerate() {
+                let done = self
+                    .head(task as u32)
+                    .await
+                    .map_or(0, |d| d.source_offsets.get(input).copied().unwrap_or(0));
+                behind += end - done;
+            }
+            if behind == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tasks still {behind} records behind after 10 minutes"
+            );
+            alive();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Asserts that `output` (the changelog) and every task's committed state hold exactly the
+    /// last row per key of `input`, computed from the input alone. Returns the live rows.
+    pub async fn assert_materialized(
+        &self,
+        env: &TestEnv,
+        input: &str,
+        output: &str,
+        ends: &[i64],
+        scratch: &Path,
+    ) -> usize {
+        let partitions = ends.len() as u32;
+        let json =
+            |bytes: &[u8]| -> serde_json::Value { serde_json::from_slice(bytes).expect("JSON") };
+        let reference: Vec<BTreeMap<Vec<u8>, Option<serde_json::Value>>> =
+            read_table(env, input, partitions, Some(ends))
+                .into_iter()
+                .map(|table| {
+                    table
+                        .into_iter()
+                        .map(|(key, event)| {
+                            let after = event
+                                .map(|e| json(&e)["after"].take())
+                                .filter(|a| !a.is_null());
+                            (key, after)
+                        })
+                        .collect()
+                })
+                .collect();
+        let changelog = read_table(env, output, partitions, None);
+        for task in 0..partitions as usize {
+            let published: BTreeMap<_, _> = changelog[task]
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_deref().map(json)))
+                .collect();
+            assert_eq!(
+                published.len(),
+                reference[task].len(),
+                "task {task}: keys in the changelog vs in the input"
+            );
+            for (key, want) in &reference[task] {
+                assert_eq!(
+                    published.get(key),
+                    Some(want),
+                    "task {task}: changelog of key {}",
+                    String::from_utf8_lossy(key)
+                );
+            }
+            let state: BTreeMap<_, _> = self
+                .state(task as u32, &scratch.join(format!("inspect-{task}")))
+                .await
+                .into_iter()
+                .map(|(k, v)| (k, json(&v)))
+                .collect();
+            let want: BTreeMap<_, _> = reference[task]
+                .iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+                .collect();
+            assert_eq!(state.len(), want.len(), "task {task}: rows in state");
+            assert!(
+                state == want,
+                "task {task}: state differs from the reference"
+            );
+        }
+        reference
+            .iter()
+            .map(|t| t.values().filter(|v| v.is_some()).count())
+            .sum()
     }
 
     /// The rows in `task`'s committed state: downloads HEAD's files into `dir` and opens them.

@@ -85,42 +85,44 @@ impl Job {
     }
 }
 
+/// A job with the given `steps` (YAML flow list) and source `format`, for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(steps: &str) -> Job {
-        let yaml = format!(
-            r#"
+pub(crate) fn test_job(steps: &str, format: &str) -> Job {
+    let yaml = format!(
+        r#"
 apiVersion: sluice.dev/v1alpha1
 kind: StreamJob
 metadata: {{name: j}}
 spec:
   parallelism: 1
-  source: {{kafka: {{bootstrapServers: "k:9092", topics: [in]}}}}
+  source: {{kafka: {{bootstrapServers: "k:9092", topics: [in], format: {format}}}}}
   steps: {steps}
   sink: {{kafka: {{topic: out}}}}
   checkpoint: {{storage: "file:///tmp/x"}}
 "#
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("job.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Job::from_file(&path).unwrap()
-    }
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("job.yaml");
+    std::fs::write(&path, yaml).expect("write job");
+    Job::from_file(&path).expect("valid test job")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn a_manifest_without_namespace_runs_in_default() {
-        let j = job("[]");
+        let j = test_job("[]", "json");
         assert_eq!(j.id(), "default/j");
         assert_eq!(j.dead_letter_topic(), "out.dlq");
     }
 
     #[test]
     fn the_fingerprint_changes_with_the_steps_only() {
-        let a = job("[{name: t, materialize: {}}]");
-        let b = job("[{name: t, materialize: {}}]");
-        let c = job("[{name: u, materialize: {}}]");
+        let a = test_job("[{name: t, materialize: {}}]", "json");
+        let b = test_job("[{name: t, materialize: {}}]", "json");
+        let c = test_job("[{name: u, materialize: {}}]", "json");
         assert_eq!(a.pipeline_fingerprint(), b.pipeline_fingerprint());
         assert_ne!(a.pipeline_fingerprint(), c.pipeline_fingerprint());
     }

@@ -199,29 +199,14 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::test_job;
     use crate::state::memory::MemoryState;
 
     /// An emitted record: key and value (`None` for a tombstone).
     type Emitted = (Vec<u8>, Option<Vec<u8>>);
 
     fn pipeline(steps: &str, format: &str) -> Pipeline {
-        let yaml = format!(
-            r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: j}}
-spec:
-  parallelism: 1
-  source: {{kafka: {{bootstrapServers: "k:9092", topics: [in], format: {format}}}}}
-  steps: {steps}
-  sink: {{kafka: {{topic: out}}}}
-  checkpoint: {{storage: "file:///tmp/x"}}
-"#
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("job.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Pipeline::new(&Job::from_file(&path).unwrap()).unwrap()
+        Pipeline::new(&test_job(steps, format)).unwrap()
     }
 
     fn run(
@@ -343,17 +328,8 @@ spec:
 
     #[test]
     fn steps_this_build_cannot_run_are_refused_by_name() {
-        let yaml_steps = "[{name: big, filter: {expr: 'true'}}]";
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("job.yaml");
-        std::fs::write(
-            &path,
-            format!("apiVersion: sluice.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: j}}\nspec:\n  parallelism: 1\n  source: {{kafka: {{bootstrapServers: 'k:9092', topics: [in]}}}}\n  steps: {yaml_steps}\n  sink: {{kafka: {{topic: out}}}}\n  checkpoint: {{storage: 'file:///tmp/x'}}\n"),
-        )
-        .unwrap();
-        let err = Pipeline::new(&Job::from_file(&path).unwrap())
-            .unwrap_err()
-            .to_string();
+        let job = test_job("[{name: big, filter: {expr: 'true'}}]", "json");
+        let err = Pipeline::new(&job).unwrap_err().to_string();
         assert!(err.contains("\"big\" is a filter step"), "{err}");
     }
 }

@@ -241,6 +241,19 @@ impl TaskCheckpoints {
         &self,
         keep: Option<CheckpointId>,
     ) -> Result<(), CheckpointError> {
+        let kept = keep.map(|id| (id.0.to_string(), format!("{}.committed", id.0)));
+        self.remove_local(|_, name| {
+            kept.as_ref()
+                .is_none_or(|(dir, marker)| name != dir && name != marker)
+        })
+    }
+
+    /// Removes the entries of the local checkpoint directory (`<id>`, `<id>.committed`,
+    /// `<id>.download`, strays) for which `remove(id, name)` is true.
+    fn remove_local(
+        &self,
+        remove: impl Fn(Option<CheckpointId>, &str) -> bool,
+    ) -> Result<(), CheckpointError> {
         for entry in std::fs::read_dir(&self.local).map_err(io(&self.local))? {
             let path = entry.map_err(io(&self.local))?.path();
             let name = path
@@ -252,11 +265,7 @@ impl TaskCheckpoints {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .map(CheckpointId);
-            if id.is_some()
-                && id == keep
-                && (path.is_dir() || name.ends_with(".committed"))
-                && !name.ends_with(".download")
-            {
+            if !remove(id, name) {
                 continue;
             }
             let removed = if path.is_dir() {
@@ -365,23 +374,8 @@ impl TaskCheckpoints {
         let Some(head) = self.head.checkpoint else {
             return Ok(());
         };
-        // Local: only HEAD's checkpoint is worth keeping on the volume.
-        for entry in std::fs::read_dir(&self.local).map_err(io(&self.local))? {
-            let path = entry.map_err(io(&self.local))?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            let id: Option<u64> = name.split('.').next().and_then(|n| n.parse().ok());
-            if id.is_some_and(|id| id < head.0) {
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                removed.map_err(io(&path))?;
-            }
-        }
+        // Local: only HEAD's checkpoint and newer ones are worth keeping on the volume.
+        self.remove_local(|id, _| id.is_some_and(|id| id < head))?;
         self.sst_hashes.retain(|name, _| {
             self.committed
                 .as_ref()
