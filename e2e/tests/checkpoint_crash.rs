@@ -19,7 +19,7 @@ const EVENTS: u64 = 20_003;
 async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
     let env = TestEnv::from_env();
     let dir = scratch_dir("crash");
-    let name = unique_name("crash").replace('_', "-");
+    let name = unique_name("crash");
     let (input, output) = (format!("{name}.in"), format!("{name}.out"));
     let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms");
     let generated = Command::new(env!("CARGO_BIN_EXE_sluice-cdc-gen"))

@@ -22,7 +22,7 @@ async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table(
     let env = TestEnv::from_env();
     let mut rng = Rng::from_env();
     let dir = scratch_dir("recovery");
-    let name = unique_name("cdc").replace('_', "-");
+    let name = unique_name("cdc");
     let input = format!("{name}.in");
     let output = format!("{name}.out");
     let job = write_materialize_job(&env, &dir, &name, &input, &output, "2s");
