@@ -52,6 +52,29 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// The CDC workload generator (`binary`, the test's `CARGO_BIN_EXE_sluice-cdc-gen`) writing the
+/// first `events` events over `keys` keys into `topic`.
+pub fn cdc_generator(
+    binary: &str,
+    env: &TestEnv,
+    topic: &str,
+    partitions: u32,
+    keys: u64,
+    events: u64,
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(["--bootstrap", &env.kafka_bootstrap, "--topic", topic])
+        .args([
+            "--partitions",
+            &partitions.to_string(),
+            "--keys",
+            &keys.to_string(),
+        ])
+        .args(["--events", &events.to_string()]);
+    command
+}
+
 /// Waits until `topic` exists with `partitions` partitions.
 pub fn wait_for_topic(env: &TestEnv, topic: &str, partitions: u32) {
     let consumer: BaseConsumer = env.kafka_config().create().expect("consumer");

@@ -2,12 +2,11 @@
 //! moved, never restores that checkpoint: it restores HEAD's, never reuses the dead one's id,
 //! and still ends with the reference table.
 
-use std::process::Command;
 use std::time::Duration;
 
 use sluice_e2e::cdc;
 use sluice_e2e::cluster::{
-    Checkpoints, Workers, scratch_dir, wait_for_topic, write_materialize_job,
+    Checkpoints, Workers, cdc_generator, scratch_dir, wait_for_topic, write_materialize_job,
 };
 use sluice_e2e::{TestEnv, unique_name};
 
@@ -22,17 +21,16 @@ async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
     let name = unique_name("crash");
     let (input, output) = (format!("{name}.in"), format!("{name}.out"));
     let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms");
-    let generated = Command::new(env!("CARGO_BIN_EXE_sluice-cdc-gen"))
-        .args(["--bootstrap", &env.kafka_bootstrap, "--topic", &input])
-        .args([
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--keys",
-            &KEYS.to_string(),
-        ])
-        .args(["--events", &EVENTS.to_string()])
-        .status()
-        .expect("run generator");
+    let generated = cdc_generator(
+        env!("CARGO_BIN_EXE_sluice-cdc-gen"),
+        &env,
+        &input,
+        PARTITIONS,
+        KEYS,
+        EVENTS,
+    )
+    .status()
+    .expect("run generator");
     assert!(generated.success());
     wait_for_topic(&env, &input, PARTITIONS);
 

@@ -1,12 +1,11 @@
 //! Real `sluice-worker run` processes against the real broker and S3 server, SIGKILLed at
 //! random moments (one of them losing its volume): nothing any input did is lost.
 
-use std::process::Command;
 use std::time::Duration;
 
 use sluice_e2e::cdc;
 use sluice_e2e::cluster::{
-    Checkpoints, Rng, Workers, scratch_dir, wait_for_topic, write_materialize_job,
+    Checkpoints, Rng, Workers, cdc_generator, scratch_dir, wait_for_topic, write_materialize_job,
 };
 use sluice_e2e::{TestEnv, unique_name};
 
@@ -28,17 +27,16 @@ async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table(
     let job = write_materialize_job(&env, &dir, &name, &input, &output, "2s");
 
     // Input arrives while workers run and die: the generator writes it concurrently.
-    let mut generator = Command::new(env!("CARGO_BIN_EXE_sluice-cdc-gen"))
-        .args(["--bootstrap", &env.kafka_bootstrap, "--topic", &input])
-        .args([
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--keys",
-            &KEYS.to_string(),
-        ])
-        .args(["--events", &EVENTS.to_string()])
-        .spawn()
-        .expect("start generator");
+    let mut generator = cdc_generator(
+        env!("CARGO_BIN_EXE_sluice-cdc-gen"),
+        &env,
+        &input,
+        PARTITIONS,
+        KEYS,
+        EVENTS,
+    )
+    .spawn()
+    .expect("start generator");
     wait_for_topic(&env, &input, PARTITIONS);
 
     let mut workers = Workers::new(

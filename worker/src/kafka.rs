@@ -240,12 +240,7 @@ impl Sink {
             key: "sluice.source",
             value: Some(source.header),
         });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-            .partition(self.partition)
-            .headers(headers);
-        record.key = key;
-        record.payload = value;
-        self.enqueue(record)
+        self.enqueue(&self.topic, key, value, headers)
     }
 
     /// Enqueues a record to the dead-letter topic: original key and value, and the reason.
@@ -275,15 +270,22 @@ impl Sink {
                 key: "sluice.source",
                 value: Some(source.header),
             });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dead_letter_topic)
+        self.enqueue(&self.dead_letter_topic, key, value, headers)
+    }
+
+    /// Enqueues a record to partition `task` of `topic`; waits while the queue is full.
+    fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<(), KafkaClientError> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
             .partition(self.partition)
             .headers(headers);
         record.key = key;
         record.payload = value;
-        self.enqueue(record)
-    }
-
-    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaClientError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

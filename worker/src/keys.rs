@@ -3,9 +3,6 @@
 //! Every key starts with the index of the step that owns it (one byte), so steps never see
 //! each other's entries and a step's entries are one contiguous, prefix-scannable range.
 
-/// The largest number of steps a job may have (the CRD allows 32).
-pub const MAX_STEPS: usize = 256;
-
 /// Writes the state key of `user_key` in step `step` into `out`, reusing its allocation.
 pub fn encode_into(out: &mut Vec<u8>, step: u8, user_key: &[u8]) {
     out.clear();

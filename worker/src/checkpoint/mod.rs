@@ -142,11 +142,6 @@ impl TaskCheckpoints {
         })
     }
 
-    /// This owner's epoch.
-    pub fn epoch(&self) -> Epoch {
-        self.epoch
-    }
-
     /// The id the next checkpoint will have; local checkpoints are created under it.
     pub fn next_id(&self) -> CheckpointId {
         self.next_id
