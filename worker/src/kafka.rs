@@ -1,13 +1,16 @@
 //! Kafka clients of a task: the source consumer (manual assignment, no group rebalancing) and
-//! the sink producer with its dead-letter records. Network I/O.
+//! the sink producer with its dead-letter records, as the task's [`TaskInput`] and
+//! [`TaskOutput`]. Network I/O.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -15,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_crds::v1alpha1::{DeliveryGuarantee, StartingOffsets};
 
 use crate::assignment::TaskId;
+use crate::io::{DeadLetter, InputRecord, TaskInput, TaskOutput};
 use crate::job::Job;
 
 /// Failures of the Kafka clients that stop a task.
@@ -41,10 +45,7 @@ fn client(context: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError 
 }
 
 /// Client settings shared by consumer and producer: brokers and extra properties.
-pub fn base_config(
-    bootstrap: &str,
-    properties: &std::collections::BTreeMap<String, String>,
-) -> ClientConfig {
+pub fn base_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (k, v) in properties {
@@ -91,12 +92,88 @@ pub fn source_partitions(job: &Job) -> Result<u32, KafkaClientError> {
     Ok(first)
 }
 
-/// A consumer of partition `task` of every source topic, starting at `offsets` (next offset
-/// per topic) or, for topics without one, where `startingOffsets` says.
-pub fn task_consumer(
+/// The Kafka clients of task `task`: its input starting at `offsets` (next offset per topic)
+/// and its sink.
+pub fn connect(
     job: &Job,
     task: TaskId,
-    offsets: &std::collections::BTreeMap<String, i64>,
+    offsets: &BTreeMap<String, i64>,
+) -> Result<(KafkaInput, Sink), KafkaClientError> {
+    let input = KafkaInput {
+        consumer: task_consumer(job, task, offsets)?,
+        task,
+    };
+    Ok((input, Sink::new(job, task)?))
+}
+
+/// Partition `task` of every source topic.
+pub struct KafkaInput {
+    consumer: BaseConsumer,
+    task: TaskId,
+}
+
+impl TaskInput for KafkaInput {
+    #[inline]
+    fn poll<E>(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        mut each: impl FnMut(InputRecord<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut polled = 0;
+        while polled < max {
+            let timeout = if polled == 0 { wait } else { Duration::ZERO };
+            let message = match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    tracing::warn!(task = self.task, error = %e, "consumer error; continuing");
+                    break;
+                }
+            };
+            polled += 1;
+            each(InputRecord {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                value: message.payload(),
+            })?;
+        }
+        Ok(polled)
+    }
+
+    /// Commits the offsets to the consumer group, so lag tools see progress.
+    fn commit(&self, offsets: &BTreeMap<String, i64>) {
+        let mut list = TopicPartitionList::new();
+        for (topic, next) in offsets {
+            if list
+                .add_partition_offset(topic, self.task as i32, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(task = self.task, error = %e, "committing group offsets failed");
+        }
+    }
+
+    fn lag(&self, topic: &str, next: Option<i64>) -> Option<i64> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, self.task as i32, Duration::from_secs(2))
+            .ok()?;
+        Some((high - next.unwrap_or(low)).max(0))
+    }
+}
+
+/// A consumer of partition `task` of every source topic, starting at `offsets` (next offset
+/// per topic) or, for topics without one, where `startingOffsets` says.
+fn task_consumer(
+    job: &Job,
+    task: TaskId,
+    offsets: &BTreeMap<String, i64>,
 ) -> Result<BaseConsumer, KafkaClientError> {
     let kafka = &job.spec.source.kafka;
     let consumer: BaseConsumer = base_config(&kafka.bootstrap_servers, &kafka.properties)
@@ -187,12 +264,6 @@ pub struct Sink {
     partition: i32,
 }
 
-/// Where an output record came from, written as the `sluice.source` header.
-pub struct Source<'a> {
-    /// `topic/partition/offset`.
-    pub header: &'a str,
-}
-
 impl Sink {
     /// A producer for task `task` with the job's delivery guarantee (exactly-once is not
     /// built yet and runs as at-least-once).
@@ -228,51 +299,6 @@ impl Sink {
         })
     }
 
-    /// Enqueues an output record; waits while the producer's queue is full.
-    #[inline]
-    pub fn send(
-        &self,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        source: &Source<'_>,
-    ) -> Result<(), KafkaClientError> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "sluice.source",
-            value: Some(source.header),
-        });
-        self.enqueue(&self.topic, key, value, headers)
-    }
-
-    /// Enqueues a record to the dead-letter topic: original key and value, and the reason.
-    pub fn dead_letter(
-        &self,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        kind: &str,
-        message: &str,
-        step: &str,
-        source: &Source<'_>,
-    ) -> Result<(), KafkaClientError> {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "sluice.error.kind",
-                value: Some(kind),
-            })
-            .insert(Header {
-                key: "sluice.error.message",
-                value: Some(message),
-            })
-            .insert(Header {
-                key: "sluice.step",
-                value: Some(step),
-            })
-            .insert(Header {
-                key: "sluice.source",
-                value: Some(source.header),
-            });
-        self.enqueue(&self.dead_letter_topic, key, value, headers)
-    }
-
     /// Enqueues a record to partition `task` of `topic`; waits while the queue is full.
     fn enqueue(
         &self,
@@ -297,9 +323,51 @@ impl Sink {
             }
         }
     }
+}
+
+impl TaskOutput for Sink {
+    #[inline]
+    fn send(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        source: &str,
+    ) -> Result<(), KafkaClientError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "sluice.source",
+            value: Some(source),
+        });
+        self.enqueue(&self.topic, key, value, headers)
+    }
+
+    fn dead_letter(
+        &self,
+        record: &InputRecord<'_>,
+        reason: &DeadLetter<'_>,
+        source: &str,
+    ) -> Result<(), KafkaClientError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "sluice.error.kind",
+                value: Some(reason.kind),
+            })
+            .insert(Header {
+                key: "sluice.error.message",
+                value: Some(reason.message),
+            })
+            .insert(Header {
+                key: "sluice.step",
+                value: Some(reason.step),
+            })
+            .insert(Header {
+                key: "sluice.source",
+                value: Some(source),
+            });
+        self.enqueue(&self.dead_letter_topic, record.key, record.value, headers)
+    }
 
     /// Waits until every enqueued record is acknowledged; fails if any was not.
-    pub fn flush(&self) -> Result<(), KafkaClientError> {
+    fn flush(&self) -> Result<(), KafkaClientError> {
         self.producer
             .flush(Duration::from_secs(120))
             .map_err(client("flushing producer"))?;

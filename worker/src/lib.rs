@@ -7,6 +7,7 @@ pub mod cli;
 pub mod decode;
 pub mod failpoint;
 pub mod http;
+pub mod io;
 pub mod job;
 pub mod kafka;
 pub mod keys;

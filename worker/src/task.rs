@@ -1,7 +1,7 @@
 //! One partition task: take it over, restore its state, then one loop that reads as
-//! poll → decode → steps → sink → maybe checkpoint. Kafka, state and checkpoint I/O; the
-//! checkpoint upload runs on the async runtime so the loop only pauses to flush the sink and
-//! take the local snapshot.
+//! poll → decode → steps → sink → maybe checkpoint. State and checkpoint I/O, and records in
+//! and out through [`TaskInput`] and [`TaskOutput`]; the checkpoint upload runs on the async
+//! runtime so the loop only pauses to flush the output and take the local snapshot.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,23 +11,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::assignment::TaskId;
 use crate::checkpoint::descriptor::{CheckpointId, Descriptor};
 use crate::checkpoint::layout::JobLayout;
-use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
 use crate::checkpoint::{self, CheckpointError, TaskCheckpoints};
+use crate::io::{DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
-use crate::kafka::{self, KafkaClientError, Sink, Source};
+use crate::kafka::KafkaClientError;
 use crate::metrics::{DeadLetterLabels, Metrics, PartitionLabels, TaskLabels};
 use crate::pipeline::{Pipeline, Record, StepError};
 use crate::state::{StateBackend, StateError};
 
 /// Records polled before the loop looks at checkpoints and progress again.
 const BATCH: usize = 2048;
+/// How long a poll waits for the first record of a batch.
+const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often a task logs its progress and refreshes its lag.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -75,6 +76,35 @@ pub struct TaskEnv {
     pub stop: Arc<AtomicBool>,
 }
 
+impl TaskEnv {
+    /// The environment of tasks of `job` checkpointing to `checkpoint_storage`, with fresh
+    /// metrics and stop flag.
+    pub fn new(
+        job: Arc<Job>,
+        checkpoint_storage: &str,
+        state_dir: PathBuf,
+        owner: String,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, StoreError> {
+        let options = StoreOptions {
+            endpoint: job.spec.checkpoint.endpoint.clone(),
+            region: job.spec.checkpoint.region.clone(),
+        };
+        let store = CheckpointStore::open(checkpoint_storage, &options)?;
+        let layout = JobLayout::new(store.prefix(), &job.namespace, &job.name);
+        Ok(Self {
+            job,
+            store,
+            layout,
+            state_dir,
+            owner,
+            metrics: Arc::default(),
+            runtime,
+            stop: Arc::default(),
+        })
+    }
+}
+
 struct Committed {
     result: Result<Descriptor, CheckpointError>,
     next_id: CheckpointId,
@@ -88,11 +118,19 @@ struct CommitRequest {
 }
 
 /// Runs task `task` until `env.stop` is set (returns after a final checkpoint) or it fails.
-pub fn run<S: StateBackend>(
+/// `connect` opens the task's input at the restored offsets (next offset per topic) and its
+/// output: Kafka in the worker, memory in the engine benchmark.
+pub fn run<S, I, O>(
     env: &TaskEnv,
     task: TaskId,
     ready: &AtomicBool,
-) -> Result<(), TaskError> {
+    connect: impl FnOnce(&BTreeMap<String, i64>) -> Result<(I, O), TaskError>,
+) -> Result<(), TaskError>
+where
+    S: StateBackend,
+    I: TaskInput,
+    O: TaskOutput,
+{
     let job = &env.job;
     let fingerprint = job.pipeline_fingerprint();
     let task_dir = env.state_dir.join("tasks").join(task.to_string());
@@ -116,8 +154,7 @@ pub fn run<S: StateBackend>(
         .map(|d| (d.source_offsets.clone(), d.records_in))
         .unwrap_or_default();
     let mut last_checkpoint = restored.descriptor.as_ref().map(|d| (d.id, Instant::now()));
-    let consumer = kafka::task_consumer(job, task, &offsets)?;
-    let sink = Sink::new(job, task)?;
+    let (mut input, output) = connect(&offsets)?;
     let mut pipeline = Pipeline::new(job).map_err(|e| KafkaClientError::Topology(e.to_string()))?;
 
     let mut next_id = checkpoints.next_id();
@@ -133,84 +170,70 @@ pub fn run<S: StateBackend>(
     let mut in_flight: Option<CheckpointId> = None;
     // Once stopping: whether the final checkpoint was handed to the uploader.
     let mut final_requested = false;
-    let mut header = String::with_capacity(96);
+    let mut source = String::with_capacity(96);
     let mut report = Report::new(records_in);
 
     loop {
         let stopping = env.stop.load(Ordering::Relaxed);
 
         // poll → decode → steps → sink
-        let mut polled = 0u64;
         let mut out = 0u64;
-        while !stopping && polled < BATCH as u64 {
-            let timeout = if polled == 0 {
-                Duration::from_millis(100)
-            } else {
-                Duration::ZERO
-            };
-            let Some(message) = consumer.poll(timeout) else {
-                break;
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(task, error = %e, "consumer error; continuing");
-                    break;
+        let polled = if stopping {
+            0
+        } else {
+            input.poll(BATCH, POLL_WAIT, |record| {
+                source.clear();
+                let _ = write!(
+                    source,
+                    "{}/{}/{}",
+                    record.topic, record.partition, record.offset
+                );
+                let mut send_error = None;
+                let result = pipeline.process(
+                    Record {
+                        key: record.key,
+                        value: record.value,
+                    },
+                    &mut state,
+                    &mut |emitted| {
+                        out += 1;
+                        if let Err(e) = output.send(emitted.key, emitted.value, &source) {
+                            send_error.get_or_insert(e);
+                        }
+                    },
+                );
+                if let Some(e) = send_error {
+                    return Err(TaskError::from(e));
                 }
-            };
-            polled += 1;
-            header.clear();
-            let _ = write!(
-                header,
-                "{}/{}/{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            );
-            let source = Source { header: &header };
-            let record = Record {
-                key: message.key(),
-                value: message.payload(),
-            };
-            let mut send_error = None;
-            let result = pipeline.process(record, &mut state, &mut |output| {
-                out += 1;
-                if let Err(e) = sink.send(output.key, output.value, &source) {
-                    send_error.get_or_insert(e);
+                match result {
+                    Ok(()) => {}
+                    Err(StepError::Record(bad)) => {
+                        env.metrics
+                            .dead_lettered
+                            .get_or_create(&DeadLetterLabels {
+                                task,
+                                kind: bad.kind().to_string(),
+                            })
+                            .inc();
+                        let reason = DeadLetter {
+                            kind: bad.kind(),
+                            message: &bad.to_string(),
+                            step: pipeline.step_name(),
+                        };
+                        output.dead_letter(&record, &reason, &source)?;
+                    }
+                    Err(StepError::State(e)) => return Err(e.into()),
                 }
-            });
-            if let Some(e) = send_error {
-                return Err(e.into());
-            }
-            match result {
-                Ok(()) => {}
-                Err(StepError::Record(bad)) => {
-                    env.metrics
-                        .dead_lettered
-                        .get_or_create(&DeadLetterLabels {
-                            task,
-                            kind: bad.kind().to_string(),
-                        })
-                        .inc();
-                    sink.dead_letter(
-                        record.key,
-                        record.value,
-                        bad.kind(),
-                        &bad.to_string(),
-                        pipeline.step_name(),
-                        &source,
-                    )?;
+                let next = record.offset + 1;
+                match offsets.get_mut(record.topic) {
+                    Some(offset) => *offset = next,
+                    None => {
+                        offsets.insert(record.topic.to_string(), next);
+                    }
                 }
-                Err(StepError::State(e)) => return Err(e.into()),
-            }
-            let next = message.offset() + 1;
-            match offsets.get_mut(message.topic()) {
-                Some(offset) => *offset = next,
-                None => {
-                    offsets.insert(message.topic().to_string(), next);
-                }
-            }
-        }
+                Ok(())
+            })?
+        } as u64;
         records_in += polled;
         m_in.inc_by(polled);
         m_out.inc_by(out);
@@ -233,7 +256,7 @@ pub fn run<S: StateBackend>(
                         .checkpoint_time
                         .get_or_create(&labels)
                         .set(descriptor.created_at_ms / 1000);
-                    commit_group_offsets(&consumer, task, &descriptor.source_offsets);
+                    input.commit(&descriptor.source_offsets);
                     last_checkpoint = Some((descriptor.id, Instant::now()));
                 }
                 Err(e @ CheckpointError::Fenced { .. }) => return Err(e.into()),
@@ -252,7 +275,7 @@ pub fn run<S: StateBackend>(
         };
         if due && in_flight.is_none() {
             let started = Instant::now();
-            sink.flush()?;
+            output.flush()?;
             let id = next_id;
             next_id = id.next();
             state.checkpoint(&checkpoint::local_dir(&task_dir.join("checkpoints"), id))?;
@@ -287,15 +310,7 @@ pub fn run<S: StateBackend>(
         }
 
         if report.due() {
-            report.log(
-                task,
-                records_in,
-                last_checkpoint,
-                &consumer,
-                &offsets,
-                env,
-                &job.spec.source.kafka.topics,
-            );
+            report.log(task, records_in, last_checkpoint, &input, &offsets, env);
         }
     }
 }
@@ -336,22 +351,6 @@ fn spawn_committer(
     (requests, results)
 }
 
-/// Commits the checkpointed offsets to the consumer group, so lag tools see progress.
-fn commit_group_offsets(consumer: &BaseConsumer, task: TaskId, offsets: &BTreeMap<String, i64>) {
-    let mut list = TopicPartitionList::new();
-    for (topic, next) in offsets {
-        if list
-            .add_partition_offset(topic, task as i32, Offset::Offset(*next))
-            .is_err()
-        {
-            return;
-        }
-    }
-    if let Err(e) = consumer.commit(&list, CommitMode::Async) {
-        warn!(task, error = %e, "committing group offsets failed");
-    }
-}
-
 /// Periodic progress of a task: rate, lag, last checkpoint.
 struct Report {
     at: Instant,
@@ -370,25 +369,19 @@ impl Report {
         self.at.elapsed() >= REPORT_EVERY
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn log(
         &mut self,
         task: TaskId,
         records_in: u64,
         last_checkpoint: Option<(CheckpointId, Instant)>,
-        consumer: &BaseConsumer,
+        input: &impl TaskInput,
         offsets: &BTreeMap<String, i64>,
         env: &TaskEnv,
-        topics: &[String],
     ) {
         let rate = (records_in - self.records) as f64 / self.at.elapsed().as_secs_f64();
         let mut lag = 0i64;
-        for topic in topics {
-            if let Ok((low, high)) =
-                consumer.fetch_watermarks(topic, task as i32, Duration::from_secs(2))
-            {
-                let next = offsets.get(topic).copied().unwrap_or(low);
-                let topic_lag = (high - next).max(0);
+        for topic in &env.job.spec.source.kafka.topics {
+            if let Some(topic_lag) = input.lag(topic, offsets.get(topic).copied()) {
                 lag += topic_lag;
                 env.metrics
                     .lag
@@ -411,5 +404,90 @@ impl Report {
             "progress"
         );
         *self = Self::new(records_in);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::io::{MemoryInput, MemoryOutput, MemoryPartition};
+    use crate::job::test_job;
+    use crate::state::memory::MemoryState;
+
+    /// Runs task 0 over `records` until `expected` records were handed over and the task
+    /// had time for a few more polls, then stops it. Returns (records out, records dead-lettered).
+    fn run_until(env: &TaskEnv, records: &Arc<MemoryPartition>, expected: u64) -> (u64, u64) {
+        env.stop.store(false, Ordering::Relaxed);
+        let handed = Arc::new(AtomicU64::new(0));
+        let ready = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                let output = MemoryOutput::default();
+                let connect = |offsets: &BTreeMap<String, i64>| {
+                    let next = offsets.get("in").copied().unwrap_or(0);
+                    let input = MemoryInput::new("in", 0, records.clone(), next, handed.clone());
+                    Ok((input, &output))
+                };
+                run::<MemoryState, _, _>(env, 0, &ready, connect).unwrap();
+                (output.records.get(), output.dead_lettered.get())
+            });
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !(ready.load(Ordering::Relaxed) && handed.load(Ordering::Relaxed) >= expected)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(POLL_WAIT * 3);
+            env.stop.store(true, Ordering::Relaxed);
+            worker.join().unwrap()
+        })
+    }
+
+    #[test]
+    fn the_loop_processes_every_record_and_a_restart_resumes_after_the_final_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let job = Arc::new(test_job("[{name: t, materialize: {}}]", "debezium-json"));
+        let env = TaskEnv::new(
+            job,
+            &format!("file://{}", dir.path().join("store").display()),
+            dir.path().join("volume"),
+            "test".into(),
+            runtime.handle().clone(),
+        )
+        .unwrap();
+        let mut records = MemoryPartition::default();
+        for i in 0..5000 {
+            let key = format!("{}", i % 7);
+            let value = if i == 1234 {
+                "{not json".to_string()
+            } else {
+                format!(r#"{{"op":"u","after":{{"id":{},"n":{i}}}}}"#, i % 7)
+            };
+            records.push(Some(key.as_bytes()), Some(value.as_bytes()));
+        }
+        let records = Arc::new(records);
+
+        assert_eq!(run_until(&env, &records, 5000), (4999, 1));
+        let head = runtime
+            .block_on(env.store.read_head(&env.layout.task(0)))
+            .unwrap();
+        let id = head.unwrap().0.checkpoint.unwrap();
+        let descriptor = runtime
+            .block_on(env.store.read_descriptor(&env.layout.task(0), id))
+            .unwrap();
+        assert_eq!(
+            descriptor.source_offsets,
+            BTreeMap::from([("in".into(), 5000)])
+        );
+        assert_eq!(descriptor.records_in, 5000);
+
+        assert_eq!(
+            run_until(&env, &records, 0),
+            (0, 0),
+            "restarted from the final checkpoint, nothing is processed again"
+        );
     }
 }

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use object_store::path::Path as ObjectPath;
 use tracing::{error, info, warn};
 
 use crate::assignment::{self, TaskId};
-use crate::checkpoint::layout::JobLayout;
-use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
+use crate::checkpoint::store::StoreError;
 use crate::job::{Job, JobError};
 use crate::kafka::{self, KafkaClientError};
-use crate::metrics::{Metrics, TaskLabels};
+use crate::metrics::TaskLabels;
 use crate::state::StateBackend;
 use crate::task::{self, TaskEnv};
 
@@ -77,16 +75,13 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let job = Arc::new(config.job.clone());
     // Refuse steps this build cannot run before touching anything.
     crate::pipeline::Pipeline::new(&job)?;
-    let options = StoreOptions {
-        endpoint: job.spec.checkpoint.endpoint.clone(),
-        region: job.spec.checkpoint.region.clone(),
-    };
-    let store = CheckpointStore::open(&config.checkpoint_storage, &options)?;
-    let layout = JobLayout::new(
-        &ObjectPath::from(store.prefix().as_ref()),
-        &job.namespace,
-        &job.name,
-    );
+    let env = Arc::new(TaskEnv::new(
+        job.clone(),
+        &config.checkpoint_storage,
+        config.state_dir.clone(),
+        config.owner.clone(),
+        runtime.handle().clone(),
+    )?);
     let partitions = kafka::source_partitions(&job)?;
     runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?;
     if job.spec.sink.kafka.delivery_guarantee
@@ -104,25 +99,17 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         partitions, tasks = ?tasks, storage = %config.checkpoint_storage, "worker starting"
     );
 
-    let metrics = Arc::new(Metrics::default());
-    let stop = Arc::new(AtomicBool::new(false));
     let ready: Arc<Vec<AtomicBool>> =
         Arc::new(tasks.iter().map(|_| AtomicBool::new(false)).collect());
-    let env = Arc::new(TaskEnv {
-        job,
-        store,
-        layout,
-        state_dir: config.state_dir.clone(),
-        owner: config.owner.clone(),
-        metrics: metrics.clone(),
-        runtime: runtime.handle().clone(),
-        stop: stop.clone(),
-    });
 
     let listener = runtime.block_on(tokio::net::TcpListener::bind(config.http_addr))?;
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    runtime.spawn(crate::http::serve(listener, metrics, ready.clone()));
-    runtime.spawn(stop_on_signal(stop.clone()));
+    runtime.spawn(crate::http::serve(
+        listener,
+        env.metrics.clone(),
+        ready.clone(),
+    ));
+    runtime.spawn(stop_on_signal(env.stop.clone()));
 
     let threads: Vec<_> = tasks
         .iter()
@@ -156,7 +143,8 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 fn supervise<S: StateBackend>(env: &TaskEnv, task: TaskId, ready: &AtomicBool) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match task::run::<S>(env, task, ready) {
+        let connect = |offsets: &_| Ok(kafka::connect(&env.job, task, offsets)?);
+        match task::run::<S, _, _>(env, task, ready, connect) {
             Ok(()) => return,
             Err(e) if e.is_fenced() => {
                 warn!(task, error = %e, "task taken over by another owner; dropping it");

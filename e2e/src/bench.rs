@@ -1,0 +1,115 @@
+//! Pieces of the benchmarks that are worth testing on their own: percentiles, reading the
+//! worker's log and `/metrics`, and a process's peak memory. Pure, except [`peak_rss_bytes`]
+//! and [`scrape`].
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// The `q`-quantile (0..=1) of `values` by the nearest-rank method; `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    Some(sorted[rank.min(sorted.len()) - 1])
+}
+
+/// Checkpoint pauses (milliseconds) the worker logged, in its text or JSON log format:
+/// `checkpoint taken` lines carry `pause_ms=N` / `"pause_ms":N`.
+pub fn checkpoint_pauses_ms(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|line| line.contains("checkpoint taken"))
+        .filter_map(|line| {
+            let at = line.find("pause_ms")? + "pause_ms".len();
+            let digits: String = line[at..]
+                .trim_start_matches(['=', '"', ':'])
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Sum of every series of `metric` in a Prometheus text exposition.
+pub fn metric_sum(exposition: &str, metric: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `GET /metrics` from `addr` (`host:port`), as text.
+pub fn scrape(addr: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string()))
+}
+
+/// Peak resident memory of process `pid` so far (`VmHWM`), from `/proc`.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `bytes` as MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&values, 0.5), Some(50.0));
+        assert_eq!(quantile(&values, 0.99), Some(99.0));
+        assert_eq!(quantile(&values, 1.0), Some(100.0));
+        assert_eq!(quantile(&[7.0, 3.0], 0.5), Some(3.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn pauses_are_read_from_text_and_json_logs() {
+        let log = "\
+2026-11-22T05:00:00Z  INFO sluice_worker::task: checkpoint taken task=3 checkpoint=2 pause_ms=41 records_in=9
+2026-11-22T05:00:01Z  INFO sluice_worker::task: progress task=3 records_per_s=5
+{\"level\":\"INFO\",\"fields\":{\"message\":\"checkpoint taken\",\"task\":1,\"pause_ms\":7}}";
+        assert_eq!(checkpoint_pauses_ms(log), vec![41.0, 7.0]);
+    }
+
+    #[test]
+    fn metric_sums_add_every_series_of_that_metric_only() {
+        let text = "\
+# TYPE sluice_records_in counter
+sluice_records_in_total{task=\"0\"} 10
+sluice_records_in_total{task=\"1\"} 32
+sluice_records_in_total_other 5
+sluice_records_out_total{task=\"0\"} 1";
+        assert_eq!(metric_sum(text, "sluice_records_in_total"), 42.0);
+    }
+
+    #[test]
+    fn this_process_has_a_peak_rss() {
+        assert!(peak_rss_bytes(std::process::id()).unwrap() > 1024 * 1024);
+    }
+}

@@ -1,0 +1,436 @@
+//! `sluice-bench`: the CDC benchmark's measuring parts. `e2e/bench/cdc.sh` and
+//! `e2e/bench/engine.sh` run them with a release build.
+//!
+//! - `raw`: a bare rdkafka consumer loop over the topic that does nothing with the records
+//!   (same librdkafka, same fetch settings as the worker): the broker's ceiling.
+//! - `cdc`: one `sluice-worker run` process owning every task of a materialize job over the
+//!   topic, checkpointing to the S3 server; timed from its start until it has consumed every
+//!   event.
+//! - `engine`: the same job with the records fed from memory and written to memory, in this
+//!   process: decode → materialize in RocksDB → encode, checkpoints on (`file://`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_e2e::bench::{self, mib};
+use sluice_e2e::{TestEnv, cdc};
+use sluice_worker::io::{MemoryInput, MemoryOutput, MemoryPartition};
+use sluice_worker::job::Job;
+use sluice_worker::task::{self, TaskEnv};
+
+#[derive(Parser)]
+#[command(about = "Measures the CDC benchmark (see e2e/bench/)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Consume the topic with a bare rdkafka loop; prints `raw events=N seconds=S events_per_s=X`.
+    Raw {
+        #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        /// Records the topic holds (the loop stops there).
+        #[arg(long)]
+        events: u64,
+    },
+    /// Run one worker over the topic; prints `worker events=N seconds=S events_per_s=X` and
+    /// checkpoint pauses, peak RSS.
+    Cdc {
+        #[arg(long)]
+        topic: String,
+        /// Records the topic holds.
+        #[arg(long)]
+        events: u64,
+        /// The `sluice-worker` binary.
+        #[arg(long)]
+        worker: PathBuf,
+        /// Scratch directory for the job, the volume and the log.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+    },
+    /// The engine from memory; prints `engine events=N seconds=S events_per_s=X cores=C`.
+    Engine {
+        #[arg(long, default_value_t = 906_667)]
+        keys: u64,
+        #[arg(long, default_value_t = 5_440_000)]
+        events: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        #[arg(long, default_value = "2s")]
+        interval: String,
+        /// Scratch directory for the volume and the `file://` checkpoints.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Raw {
+            bootstrap,
+            topic,
+            events,
+        } => raw(&bootstrap, &topic, events),
+        Bench::Cdc {
+            topic,
+            events,
+            worker,
+            dir,
+            interval,
+        } => cdc_worker(&topic, events, &worker, &dir, &interval),
+        Bench::Engine {
+            keys,
+            events,
+            partitions,
+            interval,
+            dir,
+        } => engine(keys, events, partitions, &interval, &dir),
+    }
+}
+
+fn raw(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<()> {
+    // The worker's consumer settings (sluice_worker::kafka), minus the group commits.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.min.messages", "20000")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
+    anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    let started = Instant::now();
+    consumer.assign(&assignment)?;
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    let mut progress = Progress::new("raw", events);
+    while count < events {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                count += 1;
+                bytes += message.payload_len() as u64;
+            }
+            Some(Err(e)) => eprintln!("raw: consumer error: {e}"),
+            None => {}
+        }
+        progress.tick(count);
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "raw: only {count} of {events} records after 30 minutes"
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "raw events={count} seconds={seconds:.2} events_per_s={:.0} value_bytes={bytes}",
+        count as f64 / seconds
+    );
+    Ok(())
+}
+
+fn cdc_worker(
+    topic: &str,
+    events: u64,
+    worker: &Path,
+    dir: &Path,
+    interval: &str,
+) -> anyhow::Result<()> {
+    let env = TestEnv::from_env();
+    std::fs::create_dir_all(dir)?;
+    let name = sluice_e2e::unique_name("bench");
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: {name}, namespace: bench}}
+spec:
+  parallelism: 1
+  source:
+    kafka: {{bootstrapServers: "{bootstrap}", topics: ["{topic}"], format: debezium-json}}
+  steps:
+    - name: table
+      materialize: {{}}
+  sink:
+    kafka: {{topic: "{topic}-changelog", deliveryGuarantee: at-least-once}}
+  checkpoint:
+    storage: "s3://{bucket}/{name}"
+    endpoint: "{endpoint}"
+    interval: {interval}
+    retain: 3
+"#,
+            bootstrap = env.kafka_bootstrap,
+            bucket = env.s3_bucket,
+            endpoint = env.s3_endpoint,
+        ),
+    )?;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let log_path = dir.join("worker.log");
+    let log = std::fs::File::create(&log_path)?;
+    let started = Instant::now();
+    let mut child = Command::new(worker)
+        .arg("run")
+        .arg("--job")
+        .arg(&manifest)
+        .args(["--ordinal", "0", "--parallelism", "1", "--http-addr", &addr])
+        .arg("--state-dir")
+        .arg(dir.join("volume"))
+        .env("HOSTNAME", "bench-worker-0")
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let mut progress = Progress::new("worker", events);
+    let mut consumed = 0u64;
+    let mut peak_rss = 0;
+    while consumed < events {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the worker exited with {status}; its log: {}",
+                log_path.display()
+            );
+        }
+        if let Ok(text) = bench::scrape(&addr) {
+            consumed = bench::metric_sum(&text, "sluice_records_in_total") as u64;
+        }
+        peak_rss = bench::peak_rss_bytes(pid).unwrap_or(peak_rss);
+        progress.tick(consumed);
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "worker: only {consumed} of {events} records after an hour"
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let out = bench::scrape(&addr)
+        .map(|t| bench::metric_sum(&t, "sluice_records_out_total") as u64)
+        .unwrap_or(0);
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "the worker exited with {status}");
+    let pauses = bench::checkpoint_pauses_ms(&std::fs::read_to_string(&log_path)?);
+    println!(
+        "worker checkpoints={} pause_p50_ms={} pause_p99_ms={} peak_rss={} records_out={out} log={}",
+        pauses.len(),
+        fmt_ms(bench::quantile(&pauses, 0.5)),
+        fmt_ms(bench::quantile(&pauses, 0.99)),
+        mib(peak_rss),
+        log_path.display()
+    );
+    println!(
+        "worker events={consumed} seconds={seconds:.2} events_per_s={:.0}",
+        consumed as f64 / seconds
+    );
+    Ok(())
+}
+
+fn engine(
+    keys: u64,
+    events: u64,
+    partitions: u32,
+    interval: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let events = events.min(keys * cdc::EVENTS_PER_KEY);
+    let topic = "bench.cdc";
+    let generating = Instant::now();
+    let mut data: Vec<MemoryPartition> = (0..partitions).map(|_| Default::default()).collect();
+    for i in 0..events {
+        let (key, step) = cdc::position(i, keys);
+        data[cdc::partition(key, partitions) as usize].push(
+            Some(cdc::key(key).as_bytes()),
+            Some(cdc::event(key, step).as_bytes()),
+        );
+    }
+    let bytes: usize = data.iter().map(MemoryPartition::bytes).sum();
+    eprintln!(
+        "engine: generated {events} events ({}) in {:.1} s, {partitions} partitions",
+        mib(bytes as u64),
+        generating.elapsed().as_secs_f64()
+    );
+    let data: Vec<Arc<MemoryPartition>> = data.into_iter().map(Arc::new).collect();
+
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: engine, namespace: bench}}
+spec:
+  parallelism: 1
+  source:
+    kafka: {{bootstrapServers: "unused:9092", topics: ["{topic}"], format: debezium-json}}
+  steps:
+    - name: table
+      materialize: {{}}
+  sink:
+    kafka: {{topic: "{topic}-changelog"}}
+  checkpoint:
+    storage: "file://{checkpoints}"
+    interval: {interval}
+    retain: 3
+"#,
+            checkpoints = dir.join("checkpoints").display(),
+        ),
+    )?;
+    let log_path = dir.join("engine.log");
+    let log = std::fs::File::create(&log_path)?;
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .with_env_filter("info")
+        .init();
+
+    let job = Arc::new(Job::from_file(&manifest)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let env = Arc::new(TaskEnv::new(
+        job,
+        &format!("file://{}", dir.join("checkpoints").display()),
+        dir.join("volume"),
+        "bench".into(),
+        runtime.handle().clone(),
+    )?);
+    let handed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = data
+        .iter()
+        .enumerate()
+        .map(|(p, records)| {
+            let (env, records, handed) = (env.clone(), records.clone(), handed.clone());
+            std::thread::Builder::new().name(format!("task-{p}")).spawn(
+                move || -> anyhow::Result<(u64, u64)> {
+                    let output = MemoryOutput::default();
+                    let ready = AtomicBool::new(false);
+                    let connect = |offsets: &BTreeMap<String, i64>| {
+                        let next = offsets.get(topic).copied().unwrap_or(0);
+                        let input = MemoryInput::new(topic, p as i32, records, next, handed);
+                        Ok((input, &output))
+                    };
+                    task::run::<sluice_worker::state::rocks::RocksState, _, _>(
+                        &env, p as u32, &ready, connect,
+                    )?;
+                    Ok((output.records.get(), output.bytes.get()))
+                },
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut progress = Progress::new("engine", events);
+    loop {
+        let done = handed.load(Ordering::Relaxed);
+        progress.tick(done);
+        if done >= events {
+            break;
+        }
+        anyhow::ensure!(
+            threads.iter().all(|t| !t.is_finished()),
+            "a task stopped early; see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    env.stop.store(true, Ordering::Relaxed);
+    let (mut out, mut out_bytes) = (0, 0);
+    for thread in threads {
+        let (records, bytes) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a task panicked"))??;
+        out += records;
+        out_bytes += bytes;
+    }
+    let pauses = bench::checkpoint_pauses_ms(&std::fs::read_to_string(&log_path)?);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rate = events as f64 / seconds;
+    println!(
+        "engine checkpoints={} pause_p50_ms={} pause_p99_ms={} records_out={out} encoded={} \
+         peak_rss={} (includes the {} of input held in memory) events_per_s_per_core={:.0}",
+        pauses.len(),
+        fmt_ms(bench::quantile(&pauses, 0.5)),
+        fmt_ms(bench::quantile(&pauses, 0.99)),
+        mib(out_bytes),
+        mib(bench::peak_rss_bytes(std::process::id()).unwrap_or(0)),
+        mib(bytes as u64),
+        rate / cores as f64,
+    );
+    anyhow::ensure!(
+        out == events,
+        "the changelog has {out} records for {events} events"
+    );
+    println!("engine events={events} seconds={seconds:.2} events_per_s={rate:.0} cores={cores}");
+    Ok(())
+}
+
+fn fmt_ms(value: Option<f64>) -> String {
+    value.map_or("none".into(), |v| format!("{v:.0}"))
+}
+
+/// Progress on stderr every 5 s: count, rate.
+struct Progress {
+    what: &'static str,
+    total: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: u64) -> Self {
+        Self {
+            what,
+            total,
+            started: Instant::now(),
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, done: u64) {
+        if self.last.elapsed() >= Duration::from_secs(5) {
+            self.last = Instant::now();
+            eprintln!(
+                "{}: {done}/{} events, {:.0}/s",
+                self.what,
+                self.total,
+                done as f64 / self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
