@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_worker::checkpoint::descriptor::Descriptor;
+use sluice_worker::checkpoint::descriptor::{CheckpointId, Descriptor};
 use sluice_worker::checkpoint::layout::{FileKind, JobLayout};
 use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_worker::state::StateBackend;
@@ -379,6 +379,27 @@ impl Checkpoints {
                 .await
                 .expect("read descriptor"),
         )
+    }
+
+    /// Descriptor `id` of `task`.
+    pub async fn descriptor(&self, task: u32, id: u64) -> Descriptor {
+        self.store
+            .read_descriptor(&self.layout.task(task), CheckpointId(id))
+            .await
+            .expect("read descriptor")
+    }
+
+    /// Content hashes of the state files of `task` in the store.
+    pub async fn file_hashes(&self, task: u32) -> Vec<String> {
+        let files = self
+            .store
+            .list_files(&self.layout.task(task))
+            .await
+            .expect("list state files");
+        files
+            .iter()
+            .filter_map(|path| Some(path.filename()?.split('.').next()?.to_string()))
+            .collect()
     }
 
     /// The checkpoint HEAD of `task` points at, and every descriptor id present.

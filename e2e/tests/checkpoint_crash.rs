@@ -1,7 +1,9 @@
-//! A worker that dies after uploading a checkpoint's files and descriptor, but before HEAD
-//! moved, never restores that checkpoint: it restores HEAD's, never reuses the dead one's id,
-//! and still ends with the reference table.
+//! A worker that dies in the middle of committing a checkpoint (while its files upload, or
+//! after its descriptor but before HEAD moved) never restores that checkpoint: every task
+//! restores the checkpoint its HEAD named at the crash, ids of dead descriptors are never
+//! reused, and the results still equal the reference table.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sluice_e2e::cdc;
@@ -14,14 +16,26 @@ const PARTITIONS: u32 = 4;
 const KEYS: u64 = 4000;
 const EVENTS: u64 = 20_003;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
+/// What the store held right after the crash, per task.
+struct AtCrash {
+    /// HEAD's checkpoint.
+    head: Option<u64>,
+    /// Descriptors above HEAD: written, never committed.
+    dead: Vec<u64>,
+    /// State files no descriptor names: an upload cut short.
+    orphan_files: usize,
+}
+
+/// Loads the input, runs one worker owning every task with `failpoint` armed until it
+/// aborts, records the store, restarts the worker and checks the restores and the results.
+async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
     let env = TestEnv::from_env();
     let dir = scratch_dir("crash");
     let name = unique_name("crash");
     let (input, output) = (format!("{name}.in"), format!("{name}.out"));
     let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms");
-    let generated = cdc_generator(
+    // Written while the worker runs (5 s), so checkpoint after checkpoint has new files.
+    let mut generator = cdc_generator(
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),
         &env,
         &input,
@@ -29,34 +43,31 @@ async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
         KEYS,
         EVENTS,
     )
-    .status()
-    .expect("run generator");
-    assert!(generated.success());
+    .args(["--rate", "4000"])
+    .spawn()
+    .expect("start generator");
     wait_for_topic(&env, &input, PARTITIONS);
 
-    // One worker owns all four tasks; it aborts at its sixth commit, between the descriptor
-    // and HEAD.
     let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
-    workers.start_with_env(0, &[("SLUICE_FAILPOINT", "checkpoint-after-descriptor:6")]);
+    workers.start_with_env(0, &[("SLUICE_FAILPOINT", failpoint)]);
     let status = workers.wait_for_exit(0, Duration::from_secs(120));
     assert!(
         !status.success(),
-        "the failpoint aborts the worker, got {status}"
+        "the failpoint {failpoint} aborts the worker, got {status}"
     );
+    assert!(workers.log(0).contains("failpoint"), "{}", workers.log(0));
+    assert!(generator.wait().expect("generator").success());
 
     let checkpoints = Checkpoints::of(&env, &job);
-    let mut dead = Vec::new();
+    let mut at_crash = Vec::new();
     for task in 0..PARTITIONS {
-        let (head, present) = checkpoints.ids(task).await;
-        for id in present.into_iter().filter(|id| Some(*id) > head) {
-            dead.push((task, head, id));
-        }
+        let crash = store_of(&checkpoints, task).await;
+        eprintln!(
+            "{failpoint}: task {task} at the crash: HEAD {:?}, dead descriptors {:?}, {} orphan files",
+            crash.head, crash.dead, crash.orphan_files
+        );
+        at_crash.push(crash);
     }
-    // Other tasks' commits run concurrently, so more than one may have died half-way.
-    assert!(
-        !dead.is_empty(),
-        "a descriptor above its HEAD is left behind"
-    );
 
     let before = workers.log(0).len();
     workers.start(0);
@@ -67,27 +78,78 @@ async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
     workers.stop_all();
 
     let restart = workers.log(0)[before..].to_string();
-    for (task, head, dead_id) in dead {
+    for (task, crash) in at_crash.iter().enumerate() {
         let restored = restart
             .lines()
             .find(|l| l.contains("restored task state") && l.contains(&format!("task={task} ")))
             .unwrap_or_else(|| panic!("no restore of task {task} in the restarted worker's log"));
-        let expected = match head {
+        let expected = match crash.head {
             Some(id) => format!("({id})"),
             None => "plan=Fresh".to_string(),
         };
         assert!(
-            restored.contains(&expected) && !restored.contains(&format!("({dead_id})")),
-            "task {task} must restore HEAD ({head:?}), not the dead checkpoint {dead_id}: {restored}"
+            restored.contains(&expected),
+            "task {task} must restore HEAD's checkpoint at the crash ({:?}): {restored}",
+            crash.head
         );
-        let (final_head, _) = checkpoints.ids(task).await;
-        assert!(
-            final_head > Some(dead_id),
-            "ids are never reused: HEAD {final_head:?} vs dead {dead_id}"
-        );
+        let (final_head, _) = checkpoints.ids(task as u32).await;
+        for dead in &crash.dead {
+            assert!(
+                final_head > Some(*dead),
+                "task {task}: ids are never reused: HEAD {final_head:?} vs dead {dead}"
+            );
+        }
     }
 
     checkpoints
         .assert_materialized(&env, &input, &output, &ends, &dir)
         .await;
+    at_crash
+}
+
+async fn store_of(checkpoints: &Checkpoints, task: u32) -> AtCrash {
+    let (head, present) = checkpoints.ids(task).await;
+    let mut named = BTreeSet::new();
+    for id in &present {
+        named.extend(
+            checkpoints
+                .descriptor(task, *id)
+                .await
+                .files
+                .into_iter()
+                .map(|f| f.hash.0),
+        );
+    }
+    let orphan_files = checkpoints
+        .file_hashes(task)
+        .await
+        .into_iter()
+        .filter(|hash| !named.contains(hash))
+        .count();
+    AtCrash {
+        head,
+        dead: present.into_iter().filter(|id| Some(*id) > head).collect(),
+        orphan_files,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
+    // The sixth commit of the process dies between its descriptor and HEAD.
+    let at_crash = crash_then_recover("checkpoint-after-descriptor:6").await;
+    assert!(
+        at_crash.iter().any(|t| !t.dead.is_empty()),
+        "a descriptor above its HEAD is left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_killed_while_its_files_upload_is_never_restored() {
+    // The 25th state file uploaded by the process is its last: a few commits in, while input
+    // still arrives, some task's checkpoint has part of its files in the store and no descriptor.
+    let at_crash = crash_then_recover("checkpoint-after-file:25").await;
+    assert!(
+        at_crash.iter().any(|t| t.orphan_files > 0),
+        "files of the cut-short upload are in the store, named by no descriptor"
+    );
 }

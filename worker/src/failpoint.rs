@@ -1,6 +1,11 @@
 //! Crash points for tests: `SLUICE_FAILPOINT=<name>:<n>` aborts the process the `n`-th time
 //! (default 1st) execution reaches `<name>`, as a SIGKILL at that moment would. Reads the
 //! environment once; costs one atomic load where it is unset.
+//!
+//! The crash points, in the order a checkpoint commit reaches them:
+//! - `checkpoint-after-file`: after each state file is uploaded (so `:n` dies mid-upload);
+//! - `checkpoint-after-files`: after every file, before the descriptor;
+//! - `checkpoint-after-descriptor`: after the descriptor, before HEAD moves.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

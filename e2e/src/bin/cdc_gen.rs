@@ -17,6 +17,7 @@ struct Args {
     keys: u64,
     events: Option<u64>,
     skip_if_loaded: bool,
+    rate: Option<f64>,
     properties: Vec<(String, String)>,
 }
 
@@ -29,6 +30,7 @@ fn parse_args() -> Result<Args, String> {
         keys: 10_000,
         events: None,
         skip_if_loaded: false,
+        rate: None,
         properties: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
                 args.events = Some(value()?.parse().map_err(|e| format!("--events: {e}"))?)
             }
             "--skip-if-loaded" => args.skip_if_loaded = true,
+            "--rate" => args.rate = Some(value()?.parse().map_err(|e| format!("--rate: {e}"))?),
             "-X" => {
                 let kv = value()?;
                 let (k, v) = kv
@@ -54,8 +57,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N] [--skip-if-loaded] [-X producer.property=value]\n\
-                     Writes create → update ×4 → delete for each of K keys (6K events, or the first N);\n\
+                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N] [--skip-if-loaded] [--rate EVENTS_PER_S] [-X producer.property=value]\n\
+                     Writes create → update ×4 → delete for each of K keys (6K events, or the first N),\n\
+                     at most EVENTS_PER_S per second when --rate is given;\n\
                      with --skip-if-loaded, nothing when the topic already holds that many records."
                 );
                 std::process::exit(0);
@@ -148,6 +152,12 @@ async fn main() {
                 }
                 Err((e, _)) => panic!("produce failed: {e}"),
             }
+        }
+        if let Some(rate) = args.rate
+            && i % 100 == 0
+        {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         if last_report.elapsed() >= Duration::from_secs(2) {
             eprintln!(

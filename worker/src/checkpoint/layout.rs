@@ -83,16 +83,18 @@ impl TaskLayout {
         (digits.len() == 20).then(|| digits.parse().ok().map(CheckpointId))?
     }
 
+    /// The directory of state files, for listing.
+    pub fn files(&self) -> Path {
+        self.dir.clone().join("sst")
+    }
+
     /// A state file by content hash.
     pub fn file(&self, hash: &ContentHash, kind: FileKind) -> Path {
         let suffix = match kind {
             FileKind::Sst => "sst",
             FileKind::Meta => "meta",
         };
-        self.dir
-            .clone()
-            .join("sst")
-            .join(format!("{}.{suffix}", hash.0))
+        self.files().join(format!("{}.{suffix}", hash.0))
     }
 }
 

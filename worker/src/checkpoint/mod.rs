@@ -302,6 +302,7 @@ impl TaskCheckpoints {
         for file in plan::files_to_upload(&descriptor.files, self.committed.as_ref()) {
             let path = self.layout.file(&file.hash, FileKind::of(&file.name));
             self.store.put_file(&path, &dir.join(&file.name)).await?;
+            crate::failpoint::hit("checkpoint-after-file");
         }
         crate::failpoint::hit("checkpoint-after-files");
         self.next_id = id.next();

@@ -269,6 +269,15 @@ impl CheckpointStore {
         Ok(ids)
     }
 
+    /// The state files present for a task, whether or not a descriptor names them.
+    pub async fn list_files(&self, task: &TaskLayout) -> Result<Vec<Path>, StoreError> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self.objects.list(Some(&task.files())).try_collect().await?;
+        let mut paths: Vec<_> = listed.into_iter().map(|meta| meta.location).collect();
+        paths.sort_unstable();
+        Ok(paths)
+    }
+
     /// Uploads a local file to `path`.
     pub async fn put_file(&self, path: &Path, local: &std::path::Path) -> Result<(), StoreError> {
         let bytes = tokio::fs::read(local)
