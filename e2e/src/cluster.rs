@@ -96,7 +96,8 @@ pub fn wait_for_topic(env: &TestEnv, topic: &str, partitions: u32) {
     }
 }
 
-/// A CDC materialize job over `input`, writing `output`, checkpointing to the S3 server.
+/// A CDC materialize job over `input`, writing `output` with `deliveryGuarantee` `guarantee`,
+/// checkpointing to the S3 server.
 pub struct JobFiles {
     /// The job manifest.
     pub manifest: PathBuf,
@@ -116,6 +117,7 @@ pub fn write_materialize_job(
     input: &str,
     output: &str,
     interval: &str,
+    guarantee: &str,
 ) -> JobFiles {
     let storage = format!("s3://{}/{name}", env.s3_bucket);
     let manifest = dir.join("job.yaml");
@@ -133,7 +135,7 @@ spec:
     - name: table
       materialize: {{}}
   sink:
-    kafka: {{topic: "{output}", deliveryGuarantee: at-least-once}}
+    kafka: {{topic: "{output}", deliveryGuarantee: {guarantee}}}
   checkpoint:
     storage: "{storage}"
     endpoint: "{endpoint}"
@@ -297,6 +299,85 @@ impl Drop for Workers {
 /// end offset of each partition.
 pub type Table = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// A `read_committed` consumer of every partition of `topic` from the beginning, as a
+/// downstream consumer of exactly-once output reads it.
+fn reader(env: &TestEnv, topic: &str, partitions: u32) -> BaseConsumer {
+    let consumer: BaseConsumer = env
+        .kafka_config()
+        .set("group.id", crate::unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+/// Per partition of the output `topic`: records, and records whose `sluice.source` header
+/// (`topic/partition/offset` of the input record) an earlier record already carried, i.e.
+/// results written twice. Reads until no record arrived for five seconds.
+pub fn source_duplicates(env: &TestEnv, topic: &str, partitions: u32) -> Vec<(u64, u64)> {
+    use rdkafka::message::Headers;
+    let consumer = reader(env, topic, partitions);
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = vec![(0u64, 0u64); partitions as usize];
+    let mut last_record = Instant::now();
+    while last_record.elapsed() < Duration::from_secs(5) {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.expect("fetch");
+        last_record = Instant::now();
+        let source = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "sluice.source"))
+            .and_then(|h| h.value)
+            .expect("every output record names its source")
+            .to_vec();
+        let count = &mut counts[message.partition() as usize];
+        count.0 += 1;
+        if !seen.insert(source) {
+            count.1 += 1;
+        }
+    }
+    counts
+}
+
+/// The source offsets (next offset per topic) consumer group `group` has committed for
+/// partition `partition` of `topics`.
+pub fn group_offsets(
+    env: &TestEnv,
+    group: &str,
+    topics: &[&str],
+    partition: u32,
+) -> BTreeMap<String, i64> {
+    let consumer: BaseConsumer = env
+        .kafka_config()
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        list.add_partition(topic, partition as i32);
+    }
+    consumer
+        .committed_offsets(list, Duration::from_secs(30))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(next) => Some((e.topic().to_string(), next)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads a whole topic and folds it into the latest value per key, one table per partition.
 ///
 /// Tansu's ListOffsets answers a high watermark below the last record (about one producer batch
@@ -309,19 +390,7 @@ pub fn read_table(
     partitions: u32,
     expected: Option<&[i64]>,
 ) -> Vec<Table> {
-    let consumer: BaseConsumer = env
-        .kafka_config()
-        .set("group.id", crate::unique_name("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p as i32, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = reader(env, topic, partitions);
     let mut tables = vec![Table::new(); partitions as usize];
     let mut positions = vec![0i64; partitions as usize];
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -33,7 +33,7 @@ async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
     let dir = scratch_dir("crash");
     let name = unique_name("crash");
     let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms");
+    let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms", "at-least-once");
     // Written while the worker runs (5 s), so checkpoint after checkpoint has new files.
     let mut generator = cdc_generator(
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),

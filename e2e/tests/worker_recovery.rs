@@ -24,7 +24,7 @@ async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table(
     let name = unique_name("cdc");
     let input = format!("{name}.in");
     let output = format!("{name}.out");
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "2s");
+    let job = write_materialize_job(&env, &dir, &name, &input, &output, "2s", "at-least-once");
 
     // Input arrives while workers run and die: the generator writes it concurrently.
     let mut generator = cdc_generator(

@@ -5,7 +5,9 @@
 //! The crash points, in the order a checkpoint commit reaches them:
 //! - `checkpoint-after-file`: after each state file is uploaded (so `:n` dies mid-upload);
 //! - `checkpoint-after-files`: after every file, before the descriptor;
-//! - `checkpoint-after-descriptor`: after the descriptor, before HEAD moves.
+//! - `checkpoint-after-descriptor`: after the descriptor, before HEAD moves (with exactly-once:
+//!   before the transaction commits);
+//! - `transaction-after-commit`: exactly-once, after the transaction committed, before HEAD moves.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,12 +36,12 @@ fn armed() -> Option<&'static Armed> {
         .as_ref()
 }
 
-/// Aborts the process here if the failpoint `name` is armed and due.
-pub fn hit(name: &str) {
+/// Aborts the process here, in task `task`, if the failpoint `name` is armed and due.
+pub fn hit(name: &str, task: u32) {
     if let Some(armed) = armed().filter(|a| a.name == name)
         && armed.seen.fetch_add(1, Ordering::Relaxed) + 1 == armed.at
     {
-        eprintln!("failpoint {name} reached: aborting");
+        eprintln!("failpoint {name} reached by task {task}: aborting");
         std::process::abort();
     }
 }

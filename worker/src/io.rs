@@ -44,6 +44,22 @@ pub trait TaskInput {
     fn lag(&self, topic: &str, next: Option<i64>) -> Option<i64>;
 }
 
+/// Opens a task's output and input. The output first: with exactly-once it fences the task's
+/// previous owner and settles its open transaction, which decides the checkpoint to restore;
+/// the input then starts at the restored offsets.
+pub trait Connector {
+    /// The input.
+    type Input: TaskInput;
+    /// The output.
+    type Output: TaskOutput;
+
+    /// Opens the output.
+    fn output(&mut self) -> Result<Self::Output, KafkaClientError>;
+
+    /// Opens the input at `offsets` (next offset per topic).
+    fn input(&mut self, offsets: &BTreeMap<String, i64>) -> Result<Self::Input, KafkaClientError>;
+}
+
 /// Where a task's results and bad records go.
 pub trait TaskOutput {
     /// Enqueues an output record; `source` (`topic/partition/offset`) becomes the
@@ -65,6 +81,25 @@ pub trait TaskOutput {
 
     /// Waits until everything enqueued is durable; fails if anything was lost.
     fn flush(&self) -> Result<(), KafkaClientError>;
+
+    /// Exactly-once: the `transactional.id` the output is written under; `None` when records
+    /// are written outside transactions.
+    fn transactional_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Exactly-once: the source offsets the consumer group has committed, read after the
+    /// previous owner was fenced.
+    fn committed_offsets(&self) -> Result<BTreeMap<String, i64>, KafkaClientError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Exactly-once: commits everything sent since the last commit together with the source
+    /// `offsets` in one transaction, then opens the next transaction.
+    fn commit_transaction(&self, offsets: &BTreeMap<String, i64>) -> Result<(), KafkaClientError> {
+        let _ = offsets;
+        Ok(())
+    }
 }
 
 impl<T: TaskOutput + ?Sized> TaskOutput for &T {
@@ -88,6 +123,18 @@ impl<T: TaskOutput + ?Sized> TaskOutput for &T {
 
     fn flush(&self) -> Result<(), KafkaClientError> {
         (**self).flush()
+    }
+
+    fn transactional_id(&self) -> Option<&str> {
+        (**self).transactional_id()
+    }
+
+    fn committed_offsets(&self) -> Result<BTreeMap<String, i64>, KafkaClientError> {
+        (**self).committed_offsets()
+    }
+
+    fn commit_transaction(&self, offsets: &BTreeMap<String, i64>) -> Result<(), KafkaClientError> {
+        (**self).commit_transaction(offsets)
     }
 }
 
@@ -216,6 +263,40 @@ impl TaskInput for MemoryInput {
 
     fn lag(&self, topic: &str, next: Option<i64>) -> Option<i64> {
         (topic == self.topic).then(|| self.records.len() as i64 - next.unwrap_or(0))
+    }
+}
+
+/// Memory input and output for one task: partition `partition` of `topic` held in `records`.
+pub struct MemoryConnector<'a> {
+    /// Source topic name.
+    pub topic: &'a str,
+    /// Partition (the task).
+    pub partition: i32,
+    /// The partition's records.
+    pub records: Arc<MemoryPartition>,
+    /// Counts records handed over.
+    pub handed: Arc<AtomicU64>,
+    /// Where output goes; kept by the caller to read its counts.
+    pub output: &'a MemoryOutput,
+}
+
+impl<'a> Connector for MemoryConnector<'a> {
+    type Input = MemoryInput;
+    type Output = &'a MemoryOutput;
+
+    fn output(&mut self) -> Result<Self::Output, KafkaClientError> {
+        Ok(self.output)
+    }
+
+    fn input(&mut self, offsets: &BTreeMap<String, i64>) -> Result<MemoryInput, KafkaClientError> {
+        let next = offsets.get(self.topic).copied().unwrap_or(0);
+        Ok(MemoryInput::new(
+            self.topic,
+            self.partition,
+            self.records.clone(),
+            next,
+            self.handed.clone(),
+        ))
     }
 }
 

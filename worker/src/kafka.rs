@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_crds::v1alpha1::{DeliveryGuarantee, StartingOffsets};
 
 use crate::assignment::TaskId;
-use crate::io::{DeadLetter, InputRecord, TaskInput, TaskOutput};
+use crate::io::{Connector, DeadLetter, InputRecord, TaskInput, TaskOutput};
 use crate::job::Job;
 
 /// Failures of the Kafka clients that stop a task.
@@ -38,6 +38,13 @@ pub enum KafkaClientError {
     /// The topics do not fit the task model.
     #[error("{0}")]
     Topology(String),
+    /// Exactly-once: a newer producer with the task's `transactional.id` exists, so another
+    /// owner took the task.
+    #[error("producer {transactional_id} was fenced by a newer owner of the task: {source}")]
+    ProducerFenced {
+        transactional_id: String,
+        source: KafkaError,
+    },
 }
 
 fn client(context: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
@@ -92,18 +99,28 @@ pub fn source_partitions(job: &Job) -> Result<u32, KafkaClientError> {
     Ok(first)
 }
 
-/// The Kafka clients of task `task`: its input starting at `offsets` (next offset per topic)
-/// and its sink.
-pub fn connect(
-    job: &Job,
-    task: TaskId,
-    offsets: &BTreeMap<String, i64>,
-) -> Result<(KafkaInput, Sink), KafkaClientError> {
-    let input = KafkaInput {
-        consumer: task_consumer(job, task, offsets)?,
-        task,
-    };
-    Ok((input, Sink::new(job, task)?))
+/// The Kafka clients of task `task` of `job`.
+pub struct KafkaConnector {
+    /// The job.
+    pub job: Arc<Job>,
+    /// The task.
+    pub task: TaskId,
+}
+
+impl Connector for KafkaConnector {
+    type Input = KafkaInput;
+    type Output = Sink;
+
+    fn output(&mut self) -> Result<Sink, KafkaClientError> {
+        Sink::new(&self.job, self.task)
+    }
+
+    fn input(&mut self, offsets: &BTreeMap<String, i64>) -> Result<KafkaInput, KafkaClientError> {
+        Ok(KafkaInput {
+            consumer: task_consumer(&self.job, self.task, offsets)?,
+            task: self.task,
+        })
+    }
 }
 
 /// Partition `task` of every source topic.
@@ -262,11 +279,31 @@ pub struct Sink {
     topic: String,
     dead_letter_topic: String,
     partition: i32,
+    transaction: Option<Transaction>,
+}
+
+/// Exactly-once: the sink's transactional identity and the consumer group its offsets go to.
+struct Transaction {
+    id: String,
+    /// A consumer of the job's group, never assigned: the group metadata for
+    /// `send_offsets_to_transaction`, and the committed offsets for recovery.
+    group: BaseConsumer,
+    topics: Vec<String>,
+}
+
+/// How long a transaction call may take before the task restarts.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `sluice-<namespace>-<job>-<task>`: the same for every owner of the task, so that a new
+/// owner's `init_transactions` fences the previous one.
+pub fn transactional_id(job: &Job, task: TaskId) -> String {
+    format!("sluice-{}-{}-{task}", job.namespace, job.name)
 }
 
 impl Sink {
-    /// A producer for task `task` with the job's delivery guarantee (exactly-once is not
-    /// built yet and runs as at-least-once).
+    /// A producer for task `task` with the job's delivery guarantee. Exactly-once: initialises
+    /// its transactions, which fences every earlier producer of the task and settles (commits
+    /// or aborts) the transaction one left open, then opens a transaction.
     pub fn new(job: &Job, task: TaskId) -> Result<Self, KafkaClientError> {
         let kafka = &job.spec.sink.kafka;
         let bootstrap = kafka
@@ -274,6 +311,7 @@ impl Sink {
             .as_deref()
             .unwrap_or(&job.spec.source.kafka.bootstrap_servers);
         let mut config = base_config(bootstrap, &kafka.properties);
+        let transactional = kafka.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
         match kafka.delivery_guarantee {
             DeliveryGuarantee::ExactlyOnce | DeliveryGuarantee::AtLeastOnce => {
                 config.set("enable.idempotence", "true").set("acks", "all");
@@ -282,20 +320,55 @@ impl Sink {
                 config.set("enable.idempotence", "false").set("acks", "1");
             }
         }
+        let interval: Duration = job.spec.checkpoint.interval.into();
+        if transactional {
+            // A transaction spans one checkpoint interval plus the checkpoint itself.
+            let timeout = (interval * 3 + Duration::from_secs(60)).min(Duration::from_secs(900));
+            config
+                .set("transactional.id", transactional_id(job, task))
+                .set_if_absent("transaction.timeout.ms", &timeout.as_millis().to_string());
+        }
         config
             .set_if_absent("linger.ms", "5")
             .set_if_absent("queue.buffering.max.messages", "500000")
             .set_if_absent("batch.num.messages", "10000");
         let tracker = DeliveryTracker::default();
-        let producer = config
+        let producer: ThreadedProducer<DeliveryTracker> = config
             .create_with_context(tracker.clone())
             .map_err(client("creating producer"))?;
+        let transaction = if transactional {
+            let id = transactional_id(job, task);
+            let fenced = |context| {
+                let id = id.clone();
+                move |e| fenced_or(&id, context, e)
+            };
+            producer
+                .init_transactions(TRANSACTION_TIMEOUT)
+                .map_err(fenced("initialising transactions"))?;
+            producer
+                .begin_transaction()
+                .map_err(fenced("beginning a transaction"))?;
+            let source = &job.spec.source.kafka;
+            let group: BaseConsumer = base_config(&source.bootstrap_servers, &source.properties)
+                .set("group.id", group_id(job))
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(client("creating group consumer"))?;
+            Some(Transaction {
+                id,
+                group,
+                topics: source.topics.clone(),
+            })
+        } else {
+            None
+        };
         Ok(Self {
             producer,
             tracker,
             topic: kafka.topic.clone(),
             dead_letter_topic: job.dead_letter_topic(),
             partition: task as i32,
+            transaction,
         })
     }
 
@@ -375,6 +448,71 @@ impl TaskOutput for Sink {
             0 => Ok(()),
             failed => Err(KafkaClientError::Undelivered { failed }),
         }
+    }
+
+    fn transactional_id(&self) -> Option<&str> {
+        self.transaction.as_ref().map(|t| t.id.as_str())
+    }
+
+    fn committed_offsets(&self) -> Result<BTreeMap<String, i64>, KafkaClientError> {
+        let Some(transaction) = &self.transaction else {
+            return Ok(BTreeMap::new());
+        };
+        let mut list = TopicPartitionList::new();
+        for topic in &transaction.topics {
+            list.add_partition(topic, self.partition);
+        }
+        let committed = transaction
+            .group
+            .committed_offsets(list, TRANSACTION_TIMEOUT)
+            .map_err(client("reading the group's committed offsets"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(next) => Some((e.topic().to_string(), next)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn commit_transaction(&self, offsets: &BTreeMap<String, i64>) -> Result<(), KafkaClientError> {
+        let Some(transaction) = &self.transaction else {
+            return Ok(());
+        };
+        let fenced = |context| move |e| fenced_or(&transaction.id, context, e);
+        let mut list = TopicPartitionList::new();
+        for (topic, next) in offsets {
+            list.add_partition_offset(topic, self.partition, Offset::Offset(*next))
+                .map_err(client("building the transaction's offsets"))?;
+        }
+        let metadata = transaction.group.group_metadata().ok_or_else(|| {
+            KafkaClientError::Topology("the group consumer has no group metadata".into())
+        })?;
+        self.producer
+            .send_offsets_to_transaction(&list, &metadata, TRANSACTION_TIMEOUT)
+            .map_err(fenced("sending offsets to the transaction"))?;
+        self.producer
+            .commit_transaction(TRANSACTION_TIMEOUT)
+            .map_err(fenced("committing the transaction"))?;
+        crate::failpoint::hit("transaction-after-commit", self.partition as u32);
+        self.producer
+            .begin_transaction()
+            .map_err(fenced("beginning a transaction"))
+    }
+}
+
+/// A transaction call's error: [`KafkaClientError::ProducerFenced`] when a newer producer of
+/// the task exists.
+fn fenced_or(transactional_id: &str, context: &'static str, e: KafkaError) -> KafkaClientError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) => {
+            KafkaClientError::ProducerFenced {
+                transactional_id: transactional_id.to_string(),
+                source: e,
+            }
+        }
+        _ => client(context)(e),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::checkpoint::descriptor::{CheckpointId, Descriptor};
 use crate::checkpoint::layout::JobLayout;
 use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
 use crate::checkpoint::{self, CheckpointError, TaskCheckpoints};
-use crate::io::{DeadLetter, TaskInput, TaskOutput};
+use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
 use crate::metrics::{DeadLetterLabels, Metrics, PartitionLabels, TaskLabels};
@@ -52,7 +52,11 @@ pub enum TaskError {
 impl TaskError {
     /// True when another owner took the task: stop it and do not restart it.
     pub fn is_fenced(&self) -> bool {
-        matches!(self, Self::Checkpoint(CheckpointError::Fenced { .. }))
+        matches!(
+            self,
+            Self::Checkpoint(CheckpointError::Fenced { .. })
+                | Self::Kafka(KafkaClientError::ProducerFenced { .. })
+        )
     }
 }
 
@@ -115,27 +119,48 @@ struct CommitRequest {
     id: CheckpointId,
     offsets: BTreeMap<String, i64>,
     records_in: u64,
+    transactional_id: Option<String>,
+}
+
+/// What the task asks of its checkpoint uploader.
+enum Request {
+    /// At-least-once: upload, descriptor, HEAD, retention.
+    Commit(CommitRequest),
+    /// Exactly-once: upload and descriptor only; the task then commits its transaction and
+    /// sends [`Request::Publish`].
+    Prepare(CommitRequest),
+    /// Exactly-once: HEAD and retention, after the transaction committed.
+    Publish(Descriptor),
+    /// Whether HEAD still carries this owner's epoch.
+    CheckOwner,
+}
+
+/// What the uploader answers.
+enum Reply {
+    /// A checkpoint is committed (HEAD moved) or failed.
+    Committed(Committed),
+    /// A descriptor is written (or not).
+    Prepared(Result<Descriptor, CheckpointError>),
+    /// The answer to [`Request::CheckOwner`].
+    Owner(Result<(), CheckpointError>),
 }
 
 /// Runs task `task` until `env.stop` is set (returns after a final checkpoint) or it fails.
-/// `connect` opens the task's input at the restored offsets (next offset per topic) and its
-/// output: Kafka in the worker, memory in the engine benchmark.
-pub fn run<S, I, O>(
+/// `connector` opens the task's output, then its input at the restored offsets: Kafka in the
+/// worker, memory in the engine benchmark.
+pub fn run<S: StateBackend, C: Connector>(
     env: &TaskEnv,
     task: TaskId,
     ready: &AtomicBool,
-    connect: impl FnOnce(&BTreeMap<String, i64>) -> Result<(I, O), TaskError>,
-) -> Result<(), TaskError>
-where
-    S: StateBackend,
-    I: TaskInput,
-    O: TaskOutput,
-{
+    mut connector: C,
+) -> Result<(), TaskError> {
     let job = &env.job;
     let fingerprint = job.pipeline_fingerprint();
     let task_dir = env.state_dir.join("tasks").join(task.to_string());
     let live = task_dir.join("live");
 
+    // Fence the previous owner: storage first (HEAD's epoch), then, with exactly-once, the
+    // broker (the transactional producer's epoch), which settles its open transaction.
     let mut checkpoints = env.runtime.block_on(TaskCheckpoints::take_over(
         env.store.clone(),
         env.layout.task(task),
@@ -144,6 +169,13 @@ where
         usize::try_from(job.spec.checkpoint.retain).unwrap_or(1),
         task_dir.join("checkpoints"),
     ))?;
+    let output = connector.output()?;
+    let transactional_id = output.transactional_id().map(str::to_string);
+    if transactional_id.is_some() {
+        let committed = output.committed_offsets()?;
+        env.runtime
+            .block_on(checkpoints.adopt_pending(&committed))?;
+    }
     let restored = env
         .runtime
         .block_on(checkpoints.restore(&live, &fingerprint))?;
@@ -154,11 +186,11 @@ where
         .map(|d| (d.source_offsets.clone(), d.records_in))
         .unwrap_or_default();
     let mut last_checkpoint = restored.descriptor.as_ref().map(|d| (d.id, Instant::now()));
-    let (mut input, output) = connect(&offsets)?;
+    let mut input = connector.input(&offsets)?;
     let mut pipeline = Pipeline::new(job).map_err(|e| KafkaClientError::Topology(e.to_string()))?;
 
     let mut next_id = checkpoints.next_id();
-    let (requests, committer) = spawn_committer(env, checkpoints, fingerprint);
+    let uploader = Uploader::spawn(env, task, checkpoints, fingerprint);
     ready.store(true, Ordering::Relaxed);
 
     let labels = TaskLabels { task };
@@ -239,7 +271,7 @@ where
         m_out.inc_by(out);
 
         // results of checkpoint uploads
-        while let Ok(done) = committer.try_recv() {
+        while let Some(done) = uploader.committed()? {
             in_flight = None;
             next_id = next_id.max(done.next_id);
             match done.result {
@@ -256,7 +288,10 @@ where
                         .checkpoint_time
                         .get_or_create(&labels)
                         .set(descriptor.created_at_ms / 1000);
-                    input.commit(&descriptor.source_offsets);
+                    if transactional_id.is_none() {
+                        // Exactly-once commits them in its transactions instead.
+                        input.commit(&descriptor.source_offsets);
+                    }
                     last_checkpoint = Some((descriptor.id, Instant::now()));
                 }
                 Err(e @ CheckpointError::Fenced { .. }) => return Err(e.into()),
@@ -279,6 +314,23 @@ where
             let id = next_id;
             next_id = id.next();
             state.checkpoint(&checkpoint::local_dir(&task_dir.join("checkpoints"), id))?;
+            let request = CommitRequest {
+                id,
+                offsets: offsets.clone(),
+                records_in,
+                transactional_id: transactional_id.clone(),
+            };
+            if transactional_id.is_some() {
+                // Exactly-once: output stays paused until the transaction holding it and its
+                // source offsets commits, which happens after the descriptor is written.
+                let descriptor = uploader.prepare(request)?;
+                if let Err(e) = output.commit_transaction(&descriptor.source_offsets) {
+                    return Err(uploader.fenced_or(e.into()));
+                }
+                uploader.send(Request::Publish(descriptor))?;
+            } else {
+                uploader.send(Request::Commit(request))?;
+            }
             m_pause.observe(started.elapsed().as_secs_f64());
             info!(
                 task,
@@ -287,16 +339,6 @@ where
                 records_in,
                 "checkpoint taken"
             );
-            if requests
-                .send(CommitRequest {
-                    id,
-                    offsets: offsets.clone(),
-                    records_in,
-                })
-                .is_err()
-            {
-                return Err(TaskError::CommitterGone { task });
-            }
             in_flight = Some(id);
             final_requested = stopping;
             next_checkpoint = Instant::now() + interval;
@@ -315,40 +357,123 @@ where
     }
 }
 
-fn spawn_committer(
-    env: &TaskEnv,
-    mut checkpoints: TaskCheckpoints,
-    fingerprint: String,
-) -> (
-    tokio::sync::mpsc::UnboundedSender<CommitRequest>,
-    mpsc::Receiver<Committed>,
-) {
-    let (requests, mut incoming) = tokio::sync::mpsc::unbounded_channel::<CommitRequest>();
-    let (done, results) = mpsc::channel();
-    env.runtime.spawn(async move {
-        while let Some(request) = incoming.recv().await {
-            let started = Instant::now();
-            let result = checkpoints
-                .commit(
-                    request.id,
-                    request.offsets,
-                    None,
-                    request.records_in,
-                    &fingerprint,
-                )
-                .await;
-            let fenced = matches!(result, Err(CheckpointError::Fenced { .. }));
-            let committed = Committed {
-                result,
-                next_id: checkpoints.next_id(),
-                elapsed: started.elapsed(),
-            };
-            if done.send(committed).is_err() || fenced {
-                break;
+/// The task's side of its checkpoint uploader, which runs on the async runtime and owns the
+/// task's [`TaskCheckpoints`].
+struct Uploader {
+    task: TaskId,
+    requests: tokio::sync::mpsc::UnboundedSender<Request>,
+    replies: mpsc::Receiver<Reply>,
+}
+
+impl Uploader {
+    fn spawn(
+        env: &TaskEnv,
+        task: TaskId,
+        mut checkpoints: TaskCheckpoints,
+        fingerprint: String,
+    ) -> Self {
+        let (requests, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
+        let (replies, received) = mpsc::channel();
+        env.runtime.spawn(async move {
+            while let Some(request) = incoming.recv().await {
+                let started = Instant::now();
+                let reply = match request {
+                    Request::Commit(r) => {
+                        let result = checkpoints
+                            .commit(r.id, r.offsets, None, r.records_in, &fingerprint)
+                            .await;
+                        Reply::Committed(Committed {
+                            result,
+                            next_id: checkpoints.next_id(),
+                            elapsed: started.elapsed(),
+                        })
+                    }
+                    Request::Prepare(r) => Reply::Prepared(
+                        checkpoints
+                            .prepare(
+                                r.id,
+                                r.offsets,
+                                None,
+                                r.records_in,
+                                &fingerprint,
+                                r.transactional_id,
+                            )
+                            .await,
+                    ),
+                    Request::Publish(descriptor) => {
+                        let result = checkpoints.publish(descriptor).await;
+                        Reply::Committed(Committed {
+                            result,
+                            next_id: checkpoints.next_id(),
+                            elapsed: started.elapsed(),
+                        })
+                    }
+                    Request::CheckOwner => Reply::Owner(checkpoints.check_still_owner().await),
+                };
+                let fenced = matches!(
+                    &reply,
+                    Reply::Committed(Committed {
+                        result: Err(CheckpointError::Fenced { .. }),
+                        ..
+                    }) | Reply::Prepared(Err(CheckpointError::Fenced { .. }))
+                        | Reply::Owner(Err(CheckpointError::Fenced { .. }))
+                );
+                if replies.send(reply).is_err() || fenced {
+                    break;
+                }
+            }
+        });
+        Self {
+            task,
+            requests,
+            replies: received,
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<(), TaskError> {
+        self.requests
+            .send(request)
+            .map_err(|_| TaskError::CommitterGone { task: self.task })
+    }
+
+    fn wait(&self) -> Result<Reply, TaskError> {
+        self.replies
+            .recv()
+            .map_err(|_| TaskError::CommitterGone { task: self.task })
+    }
+
+    /// A finished checkpoint, if one is ready.
+    fn committed(&self) -> Result<Option<Committed>, TaskError> {
+        match self.replies.try_recv() {
+            Ok(Reply::Committed(done)) => Ok(Some(done)),
+            Ok(_) => Err(TaskError::CommitterGone { task: self.task }),
+            Err(mpsc::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Err(TaskError::CommitterGone { task: self.task })
             }
         }
-    });
-    (requests, results)
+    }
+
+    /// Exactly-once: uploads the checkpoint and writes its descriptor; waits for it.
+    fn prepare(&self, request: CommitRequest) -> Result<Descriptor, TaskError> {
+        self.send(Request::Prepare(request))?;
+        match self.wait()? {
+            Reply::Prepared(result) => Ok(result?),
+            _ => Err(TaskError::CommitterGone { task: self.task }),
+        }
+    }
+
+    /// After a failed transaction: [`CheckpointError::Fenced`] when another owner took the
+    /// task (the broker may report that as a timeout), otherwise `error`.
+    fn fenced_or(&self, error: TaskError) -> TaskError {
+        if error.is_fenced() {
+            return error;
+        }
+        match self.send(Request::CheckOwner).and_then(|()| self.wait()) {
+            Ok(Reply::Owner(Err(e @ CheckpointError::Fenced { .. }))) => e.into(),
+            _ => error,
+        }
+    }
 }
 
 /// Periodic progress of a task: rate, lag, last checkpoint.
@@ -412,7 +537,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use super::*;
-    use crate::io::{MemoryInput, MemoryOutput, MemoryPartition};
+    use crate::io::{MemoryConnector, MemoryOutput, MemoryPartition};
     use crate::job::test_job;
     use crate::state::memory::MemoryState;
 
@@ -425,12 +550,14 @@ mod tests {
         std::thread::scope(|scope| {
             let worker = scope.spawn(|| {
                 let output = MemoryOutput::default();
-                let connect = |offsets: &BTreeMap<String, i64>| {
-                    let next = offsets.get("in").copied().unwrap_or(0);
-                    let input = MemoryInput::new("in", 0, records.clone(), next, handed.clone());
-                    Ok((input, &output))
+                let connector = MemoryConnector {
+                    topic: "in",
+                    partition: 0,
+                    records: records.clone(),
+                    handed: handed.clone(),
+                    output: &output,
                 };
-                run::<MemoryState, _, _>(env, 0, &ready, connect).unwrap();
+                run::<MemoryState, _>(env, 0, &ready, connector).unwrap();
                 (output.records.get(), output.dead_lettered.get())
             });
             let deadline = Instant::now() + Duration::from_secs(30);

@@ -84,15 +84,6 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     )?);
     let partitions = kafka::source_partitions(&job)?;
     runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?;
-    if job.spec.sink.kafka.delivery_guarantee
-        == sluice_crds::v1alpha1::DeliveryGuarantee::ExactlyOnce
-    {
-        warn!(
-            job = %job.id(),
-            "deliveryGuarantee exactly-once is not built into this worker yet: running at-least-once \
-             (an idempotent producer; after a failure some results are written again)"
-        );
-    }
     let tasks = assignment::tasks_of(config.ordinal, config.parallelism, partitions);
     info!(
         job = %job.id(), ordinal = config.ordinal, parallelism = config.parallelism,
@@ -143,8 +134,11 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 fn supervise<S: StateBackend>(env: &TaskEnv, task: TaskId, ready: &AtomicBool) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        let connect = |offsets: &_| Ok(kafka::connect(&env.job, task, offsets)?);
-        match task::run::<S, _, _>(env, task, ready, connect) {
+        let connector = kafka::KafkaConnector {
+            job: env.job.clone(),
+            task,
+        };
+        match task::run::<S, _>(env, task, ready, connector) {
             Ok(()) => return,
             Err(e) if e.is_fenced() => {
                 warn!(task, error = %e, "task taken over by another owner; dropping it");

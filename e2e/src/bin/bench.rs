@@ -9,7 +9,6 @@
 //! - `engine`: the same job with the records fed from memory and written to memory, in this
 //!   process: decode → materialize in RocksDB → encode, checkpoints on (`file://`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_e2e::bench::{self, mib};
 use sluice_e2e::{TestEnv, cdc};
-use sluice_worker::io::{MemoryInput, MemoryOutput, MemoryPartition};
+use sluice_worker::io::{MemoryConnector, MemoryOutput, MemoryPartition};
 use sluice_worker::job::Job;
 use sluice_worker::task::{self, TaskEnv};
 
@@ -341,13 +340,15 @@ spec:
                 move || -> anyhow::Result<(u64, u64)> {
                     let output = MemoryOutput::default();
                     let ready = AtomicBool::new(false);
-                    let connect = |offsets: &BTreeMap<String, i64>| {
-                        let next = offsets.get(topic).copied().unwrap_or(0);
-                        let input = MemoryInput::new(topic, p as i32, records, next, handed);
-                        Ok((input, &output))
+                    let connector = MemoryConnector {
+                        topic,
+                        partition: p as i32,
+                        records,
+                        handed,
+                        output: &output,
                     };
-                    task::run::<sluice_worker::state::rocks::RocksState, _, _>(
-                        &env, p as u32, &ready, connect,
+                    task::run::<sluice_worker::state::rocks::RocksState, _>(
+                        &env, p as u32, &ready, connector,
                     )?;
                     Ok((output.records.get(), output.bytes.get()))
                 },

@@ -90,6 +90,11 @@ pub struct Descriptor {
     pub pipeline_fingerprint: String,
     /// Records the task had consumed in total, for progress reporting.
     pub records_in: u64,
+    /// Exactly-once: the sink's `transactional.id`. The output up to this checkpoint and its
+    /// source offsets were committed in one transaction of that producer, after this
+    /// descriptor was written and before HEAD named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id: Option<String>,
 }
 
 /// The descriptor format this build writes and reads.

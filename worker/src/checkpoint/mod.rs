@@ -285,6 +285,31 @@ impl TaskCheckpoints {
         records_in: u64,
         fingerprint: &str,
     ) -> Result<Descriptor, CheckpointError> {
+        let descriptor = self
+            .prepare(
+                id,
+                source_offsets,
+                watermark_ms,
+                records_in,
+                fingerprint,
+                None,
+            )
+            .await?;
+        self.publish(descriptor).await
+    }
+
+    /// The first half of [`Self::commit`]: uploads the files the previous checkpoint lacks and
+    /// creates the descriptor, which stays pending until [`Self::publish`] points HEAD at it.
+    /// Exactly-once commits the sink's transaction in between.
+    pub async fn prepare(
+        &mut self,
+        id: CheckpointId,
+        source_offsets: BTreeMap<String, i64>,
+        watermark_ms: Option<i64>,
+        records_in: u64,
+        fingerprint: &str,
+        transactional_id: Option<String>,
+    ) -> Result<Descriptor, CheckpointError> {
         let dir = self.local_dir(id);
         let files = self.hash_files(&dir).await?;
         let descriptor = Descriptor {
@@ -298,13 +323,14 @@ impl TaskCheckpoints {
             watermark_ms,
             pipeline_fingerprint: fingerprint.to_string(),
             records_in,
+            transactional_id,
         };
         for file in plan::files_to_upload(&descriptor.files, self.committed.as_ref()) {
             let path = self.layout.file(&file.hash, FileKind::of(&file.name));
             self.store.put_file(&path, &dir.join(&file.name)).await?;
-            crate::failpoint::hit("checkpoint-after-file");
+            crate::failpoint::hit("checkpoint-after-file", self.task);
         }
-        crate::failpoint::hit("checkpoint-after-files");
+        crate::failpoint::hit("checkpoint-after-files", self.task);
         self.next_id = id.next();
         match self
             .store
@@ -325,7 +351,14 @@ impl TaskCheckpoints {
             }
             Err(e) => return Err(e.into()),
         }
-        crate::failpoint::hit("checkpoint-after-descriptor");
+        crate::failpoint::hit("checkpoint-after-descriptor", self.task);
+        Ok(descriptor)
+    }
+
+    /// The second half of [`Self::commit`]: advances HEAD to the prepared `descriptor` with a
+    /// conditional write, then applies retention.
+    pub async fn publish(&mut self, descriptor: Descriptor) -> Result<Descriptor, CheckpointError> {
+        let id = descriptor.id;
         let head = Head {
             epoch: self.epoch,
             owner: self.owner.clone(),
@@ -348,7 +381,8 @@ impl TaskCheckpoints {
             }
             Err(e) => return Err(e.into()),
         }
-        std::fs::write(self.committed_marker(id), b"").map_err(io(&dir))?;
+        let marker = self.committed_marker(id);
+        std::fs::write(&marker, b"").map_err(io(&marker))?;
         self.committed = Some(descriptor.clone());
         if let Err(e) = self.apply_retention().await {
             warn!(task = self.task, checkpoint = id.0, error = %e, "checkpoint retention failed; will retry next time");
@@ -356,7 +390,66 @@ impl TaskCheckpoints {
         Ok(descriptor)
     }
 
-    async fn check_still_owner(&mut self) -> Result<(), CheckpointError> {
+    /// Exactly-once recovery, after the sink fenced the previous owner's producer and before
+    /// [`Self::restore`]: if a pending descriptor's transaction committed (the consumer group
+    /// holds its offsets, `committed`), points HEAD at it, since its output is already visible.
+    pub async fn adopt_pending(
+        &mut self,
+        committed: &BTreeMap<String, i64>,
+    ) -> Result<Option<CheckpointId>, CheckpointError> {
+        let present = self.store.list_checkpoints(&self.layout).await?;
+        let mut pending = Vec::new();
+        for id in present
+            .into_iter()
+            .filter(|id| Some(*id) > self.head.checkpoint)
+        {
+            match self.store.read_descriptor(&self.layout, id).await {
+                Ok(d) => pending.push(d),
+                Err(StoreError::Store(object_store::Error::NotFound { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(id) = plan::pending_to_adopt(self.head.checkpoint, &pending, committed) else {
+            if !pending.is_empty() {
+                info!(
+                    task = self.task,
+                    pending = pending.len(),
+                    ?committed,
+                    "pending checkpoints above HEAD were not committed; HEAD stands"
+                );
+            }
+            return Ok(None);
+        };
+        let head = Head {
+            epoch: self.epoch,
+            owner: self.owner.clone(),
+            checkpoint: Some(id),
+        };
+        match self
+            .store
+            .write_head(&self.layout, &head, Some(&self.head_version))
+            .await
+        {
+            Ok(version) => {
+                info!(
+                    task = self.task,
+                    checkpoint = id.0,
+                    "adopted a checkpoint whose transaction committed before HEAD moved"
+                );
+                self.head = head;
+                self.head_version = version;
+                Ok(Some(id))
+            }
+            Err(StoreError::Conflict { .. }) => Err(CheckpointError::Fenced {
+                task: self.task,
+                epoch: self.epoch,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fails with [`CheckpointError::Fenced`] when HEAD's epoch is no longer this owner's.
+    pub async fn check_still_owner(&mut self) -> Result<(), CheckpointError> {
         match self.store.read_head(&self.layout).await? {
             Some((head, _)) if head.epoch == self.epoch => Ok(()),
             _ => Err(CheckpointError::Fenced {

@@ -1,7 +1,7 @@
 //! Checkpoint decisions: the next id, what to upload, what retention deletes, how a task
 //! restores. Pure: callers do the object-store I/O these decisions ask for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::checkpoint::descriptor::{CheckpointId, ContentHash, Descriptor, Head, StateFile};
 use crate::checkpoint::layout::FileKind;
@@ -88,10 +88,26 @@ pub fn restore_plan(head: Option<&Head>, on_volume: &[CheckpointId]) -> RestoreP
     }
 }
 
+/// Exactly-once recovery: which pending descriptor (written above HEAD, HEAD never named it)
+/// to adopt, given the source offsets the consumer group has committed. Its transaction
+/// committed exactly when the group holds its offsets (they were sent in that transaction),
+/// so adopt the newest transactional one whose offsets the group holds; otherwise none, and
+/// HEAD's checkpoint stands (its successor's transaction was aborted).
+pub fn pending_to_adopt(
+    head: Option<CheckpointId>,
+    pending: &[Descriptor],
+    committed: &BTreeMap<String, i64>,
+) -> Option<CheckpointId> {
+    pending
+        .iter()
+        .filter(|d| Some(d.id) > head && d.transactional_id.is_some())
+        .filter(|d| !d.source_offsets.is_empty() && &d.source_offsets == committed)
+        .map(|d| d.id)
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::checkpoint::descriptor::{DESCRIPTOR_FORMAT, Epoch};
 
@@ -119,6 +135,7 @@ mod tests {
             watermark_ms: None,
             pipeline_fingerprint: String::new(),
             records_in: 0,
+            transactional_id: None,
         }
     }
 
@@ -229,6 +246,48 @@ mod tests {
         assert_eq!(
             restore_plan(Some(&head(Some(CheckpointId(4)))), &ids(&[5])),
             RestorePlan::Download(CheckpointId(4))
+        );
+    }
+
+    fn pending(id: u64, offset: i64, transactional: bool) -> Descriptor {
+        Descriptor {
+            source_offsets: BTreeMap::from([("in".to_string(), offset)]),
+            transactional_id: transactional.then(|| "sluice-ns-job-0".to_string()),
+            ..descriptor(id, vec![])
+        }
+    }
+
+    #[test]
+    fn a_pending_checkpoint_is_adopted_only_when_the_group_holds_its_offsets() {
+        let committed = |o: i64| BTreeMap::from([("in".to_string(), o)]);
+        let head = Some(CheckpointId(4));
+        let candidates = [pending(5, 100, true), pending(6, 180, true)];
+        // The transaction of 6 committed (its offsets are the group's): adopt it.
+        assert_eq!(
+            pending_to_adopt(head, &candidates, &committed(180)),
+            Some(CheckpointId(6))
+        );
+        // 6's transaction was aborted, 5's committed but its HEAD write was lost.
+        assert_eq!(
+            pending_to_adopt(head, &candidates, &committed(100)),
+            Some(CheckpointId(5))
+        );
+        // The group holds HEAD's offsets (or none): every pending one was aborted.
+        assert_eq!(pending_to_adopt(head, &candidates, &committed(60)), None);
+        assert_eq!(pending_to_adopt(head, &candidates, &BTreeMap::new()), None);
+        // Never below HEAD, never a descriptor written without a transaction.
+        assert_eq!(
+            pending_to_adopt(Some(CheckpointId(6)), &candidates, &committed(180)),
+            None
+        );
+        assert_eq!(
+            pending_to_adopt(head, &[pending(5, 100, false)], &committed(100)),
+            None
+        );
+        // No checkpoint yet: a pending first checkpoint is adopted the same way.
+        assert_eq!(
+            pending_to_adopt(None, &[pending(1, 7, true)], &committed(7)),
+            Some(CheckpointId(1))
         );
     }
 }

@@ -1,0 +1,226 @@
+//! Exactly-once recovery decisions, seen from the outside: a worker dies inside the
+//! per-checkpoint protocol (flush → descriptor → offsets into the transaction → commit →
+//! HEAD), and the restarted worker adopts the pending checkpoint exactly when its transaction
+//! committed, which the consumer group's offsets tell.
+//!
+//! Tansu (the test broker) does not hide records of aborted transactions from
+//! `read_committed` consumers, so results written in an aborted transaction show up as
+//! duplicates there; the tests count them by `sluice.source` header and say so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluice_e2e::cdc;
+use sluice_e2e::cluster::{
+    Checkpoints, Workers, cdc_generator, group_offsets, scratch_dir, source_duplicates,
+    wait_for_topic, write_materialize_job,
+};
+use sluice_e2e::{TestEnv, unique_name};
+use sluice_worker::checkpoint::descriptor::Descriptor;
+
+const PARTITIONS: u32 = 4;
+const KEYS: u64 = 4000;
+const EVENTS: u64 = 20_003;
+
+/// One task's store and consumer group right after the crash.
+struct TaskAtCrash {
+    head: Option<Descriptor>,
+    pending: Vec<Descriptor>,
+    group: BTreeMap<String, i64>,
+}
+
+/// What a crash left and what the restarted worker did.
+struct Outcome {
+    /// The task whose thread hit the failpoint.
+    task: u32,
+    at_crash: TaskAtCrash,
+    /// The restarted worker's log.
+    restart_log: String,
+    /// Per output partition: (records, duplicates by source header).
+    duplicates: Vec<(u64, u64)>,
+}
+
+/// Runs one exactly-once worker owning every task with `failpoint` armed until it aborts,
+/// restarts it, waits until the input is covered, and checks the results against the
+/// reference.
+async fn crash_then_recover(failpoint: &str) -> Outcome {
+    let env = TestEnv::from_env();
+    let dir = scratch_dir("eos");
+    let name = unique_name("eos");
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms", "exactly-once");
+    let mut generator = cdc_generator(
+        env!("CARGO_BIN_EXE_sluice-cdc-gen"),
+        &env,
+        &input,
+        PARTITIONS,
+        KEYS,
+        EVENTS,
+    )
+    .args(["--rate", "4000"])
+    .spawn()
+    .expect("start generator");
+    wait_for_topic(&env, &input, PARTITIONS);
+
+    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
+    workers.start_with_env(0, &[("SLUICE_FAILPOINT", failpoint)]);
+    let status = workers.wait_for_exit(0, Duration::from_secs(120));
+    assert!(!status.success(), "{failpoint} aborts the worker: {status}");
+    let log = workers.log(0);
+    let task: u32 = log
+        .lines()
+        .find_map(|l| l.split("reached by task ").nth(1))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("the failpoint names the task it hit:\n{log}"));
+
+    let checkpoints = Checkpoints::of(&env, &job);
+    let (head, present) = checkpoints.ids(task).await;
+    let mut pending = Vec::new();
+    for id in present.into_iter().filter(|id| Some(*id) > head) {
+        pending.push(checkpoints.descriptor(task, id).await);
+    }
+    let at_crash = TaskAtCrash {
+        head: checkpoints.head(task).await,
+        pending,
+        group: group_offsets(&env, &format!("sluice-e2e-{name}"), &[&input], task),
+    };
+    eprintln!(
+        "{failpoint}: task {task} at the crash: HEAD {:?} at {:?}, pending {:?}, group offsets {:?}",
+        at_crash.head.as_ref().map(|d| d.id.0),
+        at_crash.head.as_ref().map(|d| &d.source_offsets),
+        at_crash
+            .pending
+            .iter()
+            .map(|d| (d.id.0, &d.source_offsets))
+            .collect::<Vec<_>>(),
+        at_crash.group
+    );
+    assert!(generator.wait().expect("generator").success());
+
+    let before = log.len();
+    workers.start(0);
+    let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
+    checkpoints
+        .wait_until_covered(&input, &ends, || assert_eq!(workers.crashed(), vec![]))
+        .await;
+    workers.stop_all();
+    let restart_log = workers.log(0)[before..].to_string();
+
+    // The protocol's invariant at rest: every task's HEAD was committed in a transaction
+    // together with exactly its offsets.
+    for t in 0..PARTITIONS {
+        let head = checkpoints.head(t).await.expect("a checkpoint");
+        assert!(head.transactional_id.is_some(), "task {t}: {head:?}");
+        assert_eq!(
+            group_offsets(&env, &format!("sluice-e2e-{name}"), &[&input], t),
+            head.source_offsets,
+            "task {t}: the group's offsets are HEAD's"
+        );
+    }
+    checkpoints
+        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .await;
+    let duplicates = source_duplicates(&env, &output, PARTITIONS);
+    eprintln!("{failpoint}: output (records, duplicates) per partition: {duplicates:?}");
+    Outcome {
+        task,
+        at_crash,
+        restart_log,
+        duplicates,
+    }
+}
+
+fn has_field(line: &str, field: &str) -> bool {
+    line.split_whitespace().any(|w| w == field)
+}
+
+fn restore_line(log: &str, task: u32) -> &str {
+    log.lines()
+        .find(|l| l.contains("restored task state") && has_field(l, &format!("task={task}")))
+        .unwrap_or_else(|| panic!("no restore of task {task}:\n{log}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_whose_transaction_committed_before_head_moved_is_adopted() {
+    let outcome = crash_then_recover("transaction-after-commit:6").await;
+    let at_crash = &outcome.at_crash;
+    let task = outcome.task;
+    // The transaction committed: the group holds the pending descriptor's offsets.
+    let committed = at_crash
+        .pending
+        .iter()
+        .find(|d| d.source_offsets == at_crash.group)
+        .unwrap_or_else(|| panic!("task {task}: a pending descriptor holds the group's offsets"));
+    assert!(
+        outcome
+            .restart_log
+            .lines()
+            .any(|l| l.contains("adopted a checkpoint")
+                && has_field(l, &format!("task={task}"))
+                && has_field(l, &format!("checkpoint={}", committed.id.0))),
+        "task {task} adopts checkpoint {}:\n{}",
+        committed.id.0,
+        outcome.restart_log
+    );
+    assert!(
+        restore_line(&outcome.restart_log, task).contains(&format!("({})", committed.id.0)),
+        "task {task} restores the adopted checkpoint"
+    );
+    // Nothing of this task was written outside a committed transaction, and the adopted
+    // checkpoint's records were not processed again: no result twice.
+    assert_eq!(
+        outcome.duplicates[task as usize].1, 0,
+        "task {task} writes every result once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_by_a_crash_is_aborted_and_head_stands() {
+    // Dies after the descriptor, before the offsets go into the transaction.
+    let outcome = crash_then_recover("checkpoint-after-descriptor:6").await;
+    let at_crash = &outcome.at_crash;
+    let task = outcome.task;
+    let head_offsets = at_crash
+        .head
+        .as_ref()
+        .map(|d| d.source_offsets.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        at_crash.group, head_offsets,
+        "task {task}: the group holds HEAD's offsets, not the pending descriptor's"
+    );
+    let dead = at_crash
+        .pending
+        .iter()
+        .max_by_key(|d| d.id)
+        .expect("the pending descriptor of the dead checkpoint");
+    assert!(
+        !outcome
+            .restart_log
+            .lines()
+            .any(|l| l.contains("adopted a checkpoint") && has_field(l, &format!("task={task}"))),
+        "task {task} must not adopt an uncommitted checkpoint"
+    );
+    let expected = at_crash
+        .head
+        .as_ref()
+        .map_or("plan=Fresh".to_string(), |d| format!("({})", d.id.0));
+    assert!(
+        restore_line(&outcome.restart_log, task).contains(&expected),
+        "task {task} restores HEAD's checkpoint {expected}"
+    );
+    // The aborted transaction held the records between HEAD and the dead descriptor. A broker
+    // that hides aborted transactions shows none of them; Tansu shows them all.
+    let input = dead.source_offsets.keys().next().expect("one input topic");
+    let aborted =
+        (dead.source_offsets[input] - head_offsets.get(input).copied().unwrap_or(0)).max(0) as u64;
+    let duplicates = outcome.duplicates[task as usize].1;
+    eprintln!(
+        "task {task}: the aborted transaction held {aborted} results; read_committed shows {duplicates} of them again"
+    );
+    assert!(
+        duplicates == 0 || duplicates == aborted,
+        "task {task}: duplicates only from the aborted transaction ({aborted}), found {duplicates}"
+    );
+}
