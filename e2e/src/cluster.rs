@@ -255,6 +255,46 @@ impl Workers {
         }
     }
 
+    /// Number of workers.
+    pub fn parallelism(&self) -> u32 {
+        self.parallelism
+    }
+
+    /// Rescales to `to` workers as the operator rolls a StatefulSet with `OnDelete`: every
+    /// running worker gets SIGTERM (final checkpoints); ordinals new to the set start at once
+    /// with the new parallelism, overlapping the old workers, so fencing decides who owns a
+    /// task; an ordinal that stays restarts with the new parallelism once its old process has
+    /// exited (a pod name exists once). Returns how long the old workers took to stop.
+    pub fn rescale(&mut self, to: u32) -> Duration {
+        let from = self.parallelism;
+        for child in self.children.values() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.parallelism = to;
+        for ordinal in from..to {
+            self.start(ordinal);
+        }
+        let started = Instant::now();
+        let mut old: Vec<u32> = self
+            .children
+            .keys()
+            .copied()
+            .filter(|o| *o < from)
+            .collect();
+        old.sort_unstable();
+        for ordinal in old {
+            let status = self.wait_for_exit(ordinal, Duration::from_secs(60));
+            assert!(status.success(), "worker {ordinal} exited with {status}");
+            if ordinal < to {
+                self.start(ordinal);
+            }
+        }
+        started.elapsed()
+    }
+
     /// The log of worker `ordinal`, across its restarts.
     pub fn log(&self, ordinal: u32) -> String {
         std::fs::read_to_string(self.dir.join(format!("worker-{ordinal}.log"))).unwrap_or_default()
