@@ -219,6 +219,17 @@ impl Workers {
         self.children.insert(ordinal, child);
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to worker `ordinal`.
+    pub fn signal(&self, ordinal: u32, signal: &str) {
+        let child = self.children.get(&ordinal).expect("worker was started");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} worker {ordinal}");
+    }
+
     /// SIGKILLs worker `ordinal` and reaps it.
     pub fn kill(&mut self, ordinal: u32) {
         if let Some(mut child) = self.children.remove(&ordinal) {

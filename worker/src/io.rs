@@ -95,10 +95,14 @@ pub trait TaskOutput {
     }
 
     /// Exactly-once: commits everything sent since the last commit together with the source
-    /// `offsets` in one transaction, then opens the next transaction.
-    fn commit_transaction(&self, offsets: &BTreeMap<String, i64>) -> Result<(), KafkaClientError> {
+    /// `offsets` in one transaction, then opens the next transaction. False when there was
+    /// nothing to commit (no records, offsets unchanged) or no transactions are used.
+    fn commit_transaction(
+        &self,
+        offsets: &BTreeMap<String, i64>,
+    ) -> Result<bool, KafkaClientError> {
         let _ = offsets;
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -133,7 +137,10 @@ impl<T: TaskOutput + ?Sized> TaskOutput for &T {
         (**self).committed_offsets()
     }
 
-    fn commit_transaction(&self, offsets: &BTreeMap<String, i64>) -> Result<(), KafkaClientError> {
+    fn commit_transaction(
+        &self,
+        offsets: &BTreeMap<String, i64>,
+    ) -> Result<bool, KafkaClientError> {
         (**self).commit_transaction(offsets)
     }
 }

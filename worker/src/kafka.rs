@@ -285,14 +285,22 @@ pub struct Sink {
 /// Exactly-once: the sink's transactional identity and the consumer group its offsets go to.
 struct Transaction {
     id: String,
+    /// Records enqueued in the open transaction.
+    records: std::cell::Cell<u64>,
+    /// The offsets the last committed transaction carried.
+    offsets: std::cell::RefCell<Option<BTreeMap<String, i64>>>,
     /// A consumer of the job's group, never assigned: the group metadata for
     /// `send_offsets_to_transaction`, and the committed offsets for recovery.
     group: BaseConsumer,
     topics: Vec<String>,
 }
 
-/// How long a transaction call may take before the task restarts.
+/// How long initialising transactions may take before the task restarts.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long committing a transaction may take. A fenced producer should hear so at once; some
+/// brokers (Tansu) drop the connection instead, and the call runs into this timeout, after
+/// which the task asks the checkpoint store whether it still owns the task.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `sluice-<namespace>-<job>-<task>`: the same for every owner of the task, so that a new
 /// owner's `init_transactions` fences the previous one.
@@ -356,6 +364,8 @@ impl Sink {
                 .map_err(client("creating group consumer"))?;
             Some(Transaction {
                 id,
+                records: Default::default(),
+                offsets: Default::default(),
                 group,
                 topics: source.topics.clone(),
             })
@@ -380,6 +390,9 @@ impl Sink {
         value: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<(), KafkaClientError> {
+        if let Some(transaction) = &self.transaction {
+            transaction.records.set(transaction.records.get() + 1);
+        }
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
             .partition(self.partition)
             .headers(headers);
@@ -476,10 +489,18 @@ impl TaskOutput for Sink {
             .collect())
     }
 
-    fn commit_transaction(&self, offsets: &BTreeMap<String, i64>) -> Result<(), KafkaClientError> {
+    fn commit_transaction(
+        &self,
+        offsets: &BTreeMap<String, i64>,
+    ) -> Result<bool, KafkaClientError> {
         let Some(transaction) = &self.transaction else {
-            return Ok(());
+            return Ok(false);
         };
+        if transaction.records.get() == 0 && transaction.offsets.borrow().as_ref() == Some(offsets)
+        {
+            // Nothing new to commit: the open transaction stays open, and empty.
+            return Ok(false);
+        }
         let fenced = |context| move |e| fenced_or(&transaction.id, context, e);
         let mut list = TopicPartitionList::new();
         for (topic, next) in offsets {
@@ -490,15 +511,18 @@ impl TaskOutput for Sink {
             KafkaClientError::Topology("the group consumer has no group metadata".into())
         })?;
         self.producer
-            .send_offsets_to_transaction(&list, &metadata, TRANSACTION_TIMEOUT)
+            .send_offsets_to_transaction(&list, &metadata, COMMIT_TIMEOUT)
             .map_err(fenced("sending offsets to the transaction"))?;
         self.producer
-            .commit_transaction(TRANSACTION_TIMEOUT)
+            .commit_transaction(COMMIT_TIMEOUT)
             .map_err(fenced("committing the transaction"))?;
         crate::failpoint::hit("transaction-after-commit", self.partition as u32);
+        transaction.records.set(0);
+        *transaction.offsets.borrow_mut() = Some(offsets.clone());
         self.producer
             .begin_transaction()
-            .map_err(fenced("beginning a transaction"))
+            .map_err(fenced("beginning a transaction"))?;
+        Ok(true)
     }
 }
 

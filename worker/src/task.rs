@@ -172,6 +172,9 @@ pub fn run<S: StateBackend, C: Connector>(
     let output = connector.output()?;
     let transactional_id = output.transactional_id().map(str::to_string);
     if transactional_id.is_some() {
+        // Paused between the two fences, a zombie would fence the new owner's producer with
+        // its own; it stops here instead of running on.
+        env.runtime.block_on(checkpoints.check_still_owner())?;
         let committed = output.committed_offsets()?;
         env.runtime
             .block_on(checkpoints.adopt_pending(&committed))?;
@@ -205,156 +208,169 @@ pub fn run<S: StateBackend, C: Connector>(
     let mut source = String::with_capacity(96);
     let mut report = Report::new(records_in);
 
-    loop {
-        let stopping = env.stop.load(Ordering::Relaxed);
+    // Any failure from here on: if another owner took the task meanwhile, it is lost (drop it,
+    // do not take it back by restarting); otherwise the task restarts from its checkpoint.
+    let mut process = || -> Result<(), TaskError> {
+        loop {
+            let stopping = env.stop.load(Ordering::Relaxed);
 
-        // poll → decode → steps → sink
-        let mut out = 0u64;
-        let polled = if stopping {
-            0
-        } else {
-            input.poll(BATCH, POLL_WAIT, |record| {
-                source.clear();
-                let _ = write!(
-                    source,
-                    "{}/{}/{}",
-                    record.topic, record.partition, record.offset
-                );
-                let mut send_error = None;
-                let result = pipeline.process(
-                    Record {
-                        key: record.key,
-                        value: record.value,
-                    },
-                    &mut state,
-                    &mut |emitted| {
-                        out += 1;
-                        if let Err(e) = output.send(emitted.key, emitted.value, &source) {
-                            send_error.get_or_insert(e);
-                        }
-                    },
-                );
-                if let Some(e) = send_error {
-                    return Err(TaskError::from(e));
-                }
-                match result {
-                    Ok(()) => {}
-                    Err(StepError::Record(bad)) => {
-                        env.metrics
-                            .dead_lettered
-                            .get_or_create(&DeadLetterLabels {
-                                task,
-                                kind: bad.kind().to_string(),
-                            })
-                            .inc();
-                        let reason = DeadLetter {
-                            kind: bad.kind(),
-                            message: &bad.to_string(),
-                            step: pipeline.step_name(),
-                        };
-                        output.dead_letter(&record, &reason, &source)?;
-                    }
-                    Err(StepError::State(e)) => return Err(e.into()),
-                }
-                let next = record.offset + 1;
-                match offsets.get_mut(record.topic) {
-                    Some(offset) => *offset = next,
-                    None => {
-                        offsets.insert(record.topic.to_string(), next);
-                    }
-                }
-                Ok(())
-            })?
-        } as u64;
-        records_in += polled;
-        m_in.inc_by(polled);
-        m_out.inc_by(out);
-
-        // results of checkpoint uploads
-        while let Some(done) = uploader.committed()? {
-            in_flight = None;
-            next_id = next_id.max(done.next_id);
-            match done.result {
-                Ok(descriptor) => {
-                    env.metrics
-                        .checkpoint_commit
-                        .get_or_create(&labels)
-                        .observe(done.elapsed.as_secs_f64());
-                    env.metrics
-                        .checkpoint_bytes
-                        .get_or_create(&labels)
-                        .set(descriptor.state_bytes() as i64);
-                    env.metrics
-                        .checkpoint_time
-                        .get_or_create(&labels)
-                        .set(descriptor.created_at_ms / 1000);
-                    if transactional_id.is_none() {
-                        // Exactly-once commits them in its transactions instead.
-                        input.commit(&descriptor.source_offsets);
-                    }
-                    last_checkpoint = Some((descriptor.id, Instant::now()));
-                }
-                Err(e @ CheckpointError::Fenced { .. }) => return Err(e.into()),
-                Err(e) => {
-                    final_requested = false;
-                    warn!(task, error = %e, "checkpoint failed; the next one retries");
-                }
-            }
-        }
-
-        // maybe checkpoint: at most one upload in flight
-        let due = if stopping {
-            !final_requested
-        } else {
-            Instant::now() >= next_checkpoint
-        };
-        if due && in_flight.is_none() {
-            let started = Instant::now();
-            output.flush()?;
-            let id = next_id;
-            next_id = id.next();
-            state.checkpoint(&checkpoint::local_dir(&task_dir.join("checkpoints"), id))?;
-            let request = CommitRequest {
-                id,
-                offsets: offsets.clone(),
-                records_in,
-                transactional_id: transactional_id.clone(),
-            };
-            if transactional_id.is_some() {
-                // Exactly-once: output stays paused until the transaction holding it and its
-                // source offsets commits, which happens after the descriptor is written.
-                let descriptor = uploader.prepare(request)?;
-                if let Err(e) = output.commit_transaction(&descriptor.source_offsets) {
-                    return Err(uploader.fenced_or(e.into()));
-                }
-                uploader.send(Request::Publish(descriptor))?;
+            // poll → decode → steps → sink
+            let mut out = 0u64;
+            let polled = if stopping {
+                0
             } else {
-                uploader.send(Request::Commit(request))?;
-            }
-            m_pause.observe(started.elapsed().as_secs_f64());
-            info!(
-                task,
-                checkpoint = id.0,
-                pause_ms = started.elapsed().as_millis() as u64,
-                records_in,
-                "checkpoint taken"
-            );
-            in_flight = Some(id);
-            final_requested = stopping;
-            next_checkpoint = Instant::now() + interval;
-        }
-        if stopping {
-            if final_requested && in_flight.is_none() {
-                info!(task, "task stopped after its final checkpoint");
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                input.poll(BATCH, POLL_WAIT, |record| {
+                    source.clear();
+                    let _ = write!(
+                        source,
+                        "{}/{}/{}",
+                        record.topic, record.partition, record.offset
+                    );
+                    let mut send_error = None;
+                    let result = pipeline.process(
+                        Record {
+                            key: record.key,
+                            value: record.value,
+                        },
+                        &mut state,
+                        &mut |emitted| {
+                            out += 1;
+                            if let Err(e) = output.send(emitted.key, emitted.value, &source) {
+                                send_error.get_or_insert(e);
+                            }
+                        },
+                    );
+                    if let Some(e) = send_error {
+                        return Err(TaskError::from(e));
+                    }
+                    match result {
+                        Ok(()) => {}
+                        Err(StepError::Record(bad)) => {
+                            env.metrics
+                                .dead_lettered
+                                .get_or_create(&DeadLetterLabels {
+                                    task,
+                                    kind: bad.kind().to_string(),
+                                })
+                                .inc();
+                            let reason = DeadLetter {
+                                kind: bad.kind(),
+                                message: &bad.to_string(),
+                                step: pipeline.step_name(),
+                            };
+                            output.dead_letter(&record, &reason, &source)?;
+                        }
+                        Err(StepError::State(e)) => return Err(e.into()),
+                    }
+                    let next = record.offset + 1;
+                    match offsets.get_mut(record.topic) {
+                        Some(offset) => *offset = next,
+                        None => {
+                            offsets.insert(record.topic.to_string(), next);
+                        }
+                    }
+                    Ok(())
+                })?
+            } as u64;
+            records_in += polled;
+            m_in.inc_by(polled);
+            m_out.inc_by(out);
 
-        if report.due() {
-            report.log(task, records_in, last_checkpoint, &input, &offsets, env);
+            // results of checkpoint uploads
+            while let Some(done) = uploader.committed()? {
+                in_flight = None;
+                next_id = next_id.max(done.next_id);
+                match done.result {
+                    Ok(descriptor) => {
+                        env.metrics
+                            .checkpoint_commit
+                            .get_or_create(&labels)
+                            .observe(done.elapsed.as_secs_f64());
+                        env.metrics
+                            .checkpoint_bytes
+                            .get_or_create(&labels)
+                            .set(descriptor.state_bytes() as i64);
+                        env.metrics
+                            .checkpoint_time
+                            .get_or_create(&labels)
+                            .set(descriptor.created_at_ms / 1000);
+                        if transactional_id.is_none() {
+                            // Exactly-once commits them in its transactions instead.
+                            input.commit(&descriptor.source_offsets);
+                        }
+                        info!(
+                            task,
+                            checkpoint = descriptor.id.0,
+                            epoch = %descriptor.epoch,
+                            commit_ms = done.elapsed.as_millis() as u64,
+                            "checkpoint committed"
+                        );
+                        last_checkpoint = Some((descriptor.id, Instant::now()));
+                    }
+                    Err(e @ CheckpointError::Fenced { .. }) => return Err(e.into()),
+                    Err(e) => {
+                        final_requested = false;
+                        warn!(task, error = %e, "checkpoint failed; the next one retries");
+                    }
+                }
+            }
+
+            // maybe checkpoint: at most one upload in flight
+            let due = if stopping {
+                !final_requested
+            } else {
+                Instant::now() >= next_checkpoint
+            };
+            if due && in_flight.is_none() {
+                let started = Instant::now();
+                output.flush()?;
+                let id = next_id;
+                next_id = id.next();
+                state.checkpoint(&checkpoint::local_dir(&task_dir.join("checkpoints"), id))?;
+                let request = CommitRequest {
+                    id,
+                    offsets: offsets.clone(),
+                    records_in,
+                    transactional_id: transactional_id.clone(),
+                };
+                let transaction = if transactional_id.is_some() {
+                    // Exactly-once: output stays paused until the transaction holding it and
+                    // its source offsets commits, which happens after the descriptor is written.
+                    let descriptor = uploader.prepare(request)?;
+                    let committed = output.commit_transaction(&descriptor.source_offsets)?;
+                    uploader.send(Request::Publish(descriptor))?;
+                    if committed { "committed" } else { "empty" }
+                } else {
+                    uploader.send(Request::Commit(request))?;
+                    "none"
+                };
+                m_pause.observe(started.elapsed().as_secs_f64());
+                info!(
+                    task,
+                    checkpoint = id.0,
+                    pause_ms = started.elapsed().as_millis() as u64,
+                    records_in,
+                    transaction,
+                    "checkpoint taken"
+                );
+                in_flight = Some(id);
+                final_requested = stopping;
+                next_checkpoint = Instant::now() + interval;
+            }
+            if stopping {
+                if final_requested && in_flight.is_none() {
+                    info!(task, "task stopped after its final checkpoint");
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+
+            if report.due() {
+                report.log(task, records_in, last_checkpoint, &input, &offsets, env);
+            }
         }
-    }
+    };
+    process().map_err(|e| uploader.fenced_or(e))
 }
 
 /// The task's side of its checkpoint uploader, which runs on the async runtime and owns the
@@ -463,15 +479,29 @@ impl Uploader {
         }
     }
 
-    /// After a failed transaction: [`CheckpointError::Fenced`] when another owner took the
-    /// task (the broker may report that as a timeout), otherwise `error`.
+    /// After a failure: [`CheckpointError::Fenced`] when another owner took the task (a
+    /// fenced producer may see only a timeout or undelivered records), otherwise `error`.
     fn fenced_or(&self, error: TaskError) -> TaskError {
         if error.is_fenced() {
             return error;
         }
-        match self.send(Request::CheckOwner).and_then(|()| self.wait()) {
-            Ok(Reply::Owner(Err(e @ CheckpointError::Fenced { .. }))) => e.into(),
-            _ => error,
+        // Replies to requests sent earlier come first, and a fenced one answers as well. The
+        // uploader stops after a fenced reply; then the send fails, but its replies are still
+        // in the channel until it reads as disconnected.
+        let _ = self.send(Request::CheckOwner);
+        loop {
+            match self.wait() {
+                Ok(
+                    Reply::Owner(Err(e @ CheckpointError::Fenced { .. }))
+                    | Reply::Prepared(Err(e @ CheckpointError::Fenced { .. }))
+                    | Reply::Committed(Committed {
+                        result: Err(e @ CheckpointError::Fenced { .. }),
+                        ..
+                    }),
+                ) => return e.into(),
+                Ok(Reply::Owner(_)) | Err(_) => return error,
+                Ok(_) => {}
+            }
         }
     }
 }

@@ -332,6 +332,9 @@ impl TaskCheckpoints {
         }
         crate::failpoint::hit("checkpoint-after-files", self.task);
         self.next_id = id.next();
+        // A zombie (a worker paused while another took the task) stops here, before writing a
+        // descriptor; HEAD's conditional write would refuse it anyway.
+        self.check_still_owner().await?;
         match self
             .store
             .create_descriptor(&self.layout, &descriptor)
