@@ -21,14 +21,20 @@ rm -rf "$SCRATCH/cdc" && mkdir -p "$SCRATCH/cdc"
   --partitions "$PARTITIONS" --keys "$KEYS" --events "$EVENTS"
 value() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
-raw1=$("$BIN/sluice-bench" raw --topic "$TOPIC" --events "$EVENTS" | tee /dev/stderr | tail -n 1)
-worker=$("$BIN/sluice-bench" cdc --topic "$TOPIC" --events "$EVENTS" --worker "$BIN/sluice-worker" \
-  --dir "$SCRATCH/cdc" --interval "$INTERVAL" | tee /dev/stderr)
-raw2=$("$BIN/sluice-bench" raw --topic "$TOPIC" --events "$EVENTS" | tee /dev/stderr | tail -n 1)
+# Figures go to stdout, progress to stderr; show both as they come.
+measure() { # name command...: runs it, shows its figures, returns its last line
+  local out="$SCRATCH/cdc/$1.out"
+  shift
+  "$@" > "$out" && cat "$out" >&2 && tail -n 1 "$out"
+}
+raw1=$(measure raw1 "$BIN/sluice-bench" raw --topic "$TOPIC" --events "$EVENTS")
+worker=$(measure worker "$BIN/sluice-bench" cdc --topic "$TOPIC" --events "$EVENTS" \
+  --worker "$BIN/sluice-worker" --dir "$SCRATCH/cdc" --interval "$INTERVAL")
+raw2=$(measure raw2 "$BIN/sluice-bench" raw --topic "$TOPIC" --events "$EVENTS")
 
-last=$(tail -n 1 <<<"$worker")
-x=$(value events_per_s "$last")
-s=$(value seconds "$last")
+x=$(value events_per_s "$worker")
+s=$(value seconds "$worker")
 y=$(printf '%s\n%s\n' "$(value events_per_s "$raw1")" "$(value events_per_s "$raw2")" | sort -n | tail -n 1)
-echo "cdc partitions=$PARTITIONS keys=$KEYS interval=$INTERVAL raw_runs_events_per_s=$(value events_per_s "$raw1"),$(value events_per_s "$raw2")"
+details=$(head -n 1 "$SCRATCH/cdc/worker.out")
+echo "cdc partitions=$PARTITIONS keys=$KEYS interval=$INTERVAL raw_runs_events_per_s=$(value events_per_s "$raw1"),$(value events_per_s "$raw2") checkpoints=$(value checkpoints "$details") pause_p50_ms=$(value pause_p50_ms "$details") pause_p99_ms=$(value pause_p99_ms "$details") peak_rss=$(sed -n 's/.*peak_rss=\([0-9.]* MiB\).*/\1/p' <<<"$details")"
 echo "cdc events=$EVENTS seconds=$s events_per_s=$x raw_events_per_s=$y ratio=$(awk -v x="$x" -v y="$y" 'BEGIN {printf "%.3f", x / y}')"
