@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::assignment::TaskId;
-use crate::checkpoint::descriptor::{CheckpointId, Descriptor};
+use crate::checkpoint::descriptor::{CheckpointId, Descriptor, Epoch};
 use crate::checkpoint::layout::JobLayout;
 use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
 use crate::checkpoint::{self, CheckpointError, TaskCheckpoints};
@@ -148,11 +148,14 @@ enum Reply {
 /// Runs task `task` until `env.stop` is set (returns after a final checkpoint) or it fails.
 /// `connector` opens the task's output, then its input at the restored offsets: Kafka in the
 /// worker, memory in the engine benchmark.
+/// `held` carries the epoch the task is held at across restarts: a restart takes the task
+/// back only from itself, never from an owner that took it meanwhile.
 pub fn run<S: StateBackend, C: Connector>(
     env: &TaskEnv,
     task: TaskId,
     ready: &AtomicBool,
     mut connector: C,
+    held: &mut Option<Epoch>,
 ) -> Result<(), TaskError> {
     let job = &env.job;
     let fingerprint = job.pipeline_fingerprint();
@@ -168,7 +171,9 @@ pub fn run<S: StateBackend, C: Connector>(
         &env.owner,
         usize::try_from(job.spec.checkpoint.retain).unwrap_or(1),
         task_dir.join("checkpoints"),
+        *held,
     ))?;
+    *held = Some(checkpoints.epoch());
     let output = connector.output()?;
     let transactional_id = output.transactional_id().map(str::to_string);
     if transactional_id.is_some() {
@@ -350,7 +355,7 @@ pub fn run<S: StateBackend, C: Connector>(
                     checkpoint = id.0,
                     pause_ms = started.elapsed().as_millis() as u64,
                     records_in,
-                    transaction,
+                    transaction = %transaction,
                     "checkpoint taken"
                 );
                 in_flight = Some(id);
@@ -587,7 +592,7 @@ mod tests {
                     handed: handed.clone(),
                     output: &output,
                 };
-                run::<MemoryState, _>(env, 0, &ready, connector).unwrap();
+                run::<MemoryState, _>(env, 0, &ready, connector, &mut None).unwrap();
                 (output.records.get(), output.dead_lettered.get())
             });
             let deadline = Instant::now() + Duration::from_secs(30);

@@ -133,12 +133,13 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
 /// Runs a task, restarting it from its checkpoint after failures, until it stops or is taken over.
 fn supervise<S: StateBackend>(env: &TaskEnv, task: TaskId, ready: &AtomicBool) {
     let mut backoff = Duration::from_millis(500);
+    let mut held = None;
     loop {
         let connector = kafka::KafkaConnector {
             job: env.job.clone(),
             task,
         };
-        match task::run::<S, _>(env, task, ready, connector) {
+        match task::run::<S, _>(env, task, ready, connector, &mut held) {
             Ok(()) => return,
             Err(e) if e.is_fenced() => {
                 warn!(task, error = %e, "task taken over by another owner; dropping it");

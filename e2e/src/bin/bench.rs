@@ -348,7 +348,7 @@ spec:
                         output: &output,
                     };
                     task::run::<sluice_worker::state::rocks::RocksState, _>(
-                        &env, p as u32, &ready, connector,
+                        &env, p as u32, &ready, connector, &mut None,
                     )?;
                     Ok((output.records.get(), output.bytes.get()))
                 },

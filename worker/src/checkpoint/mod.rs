@@ -93,7 +93,10 @@ pub struct TaskCheckpoints {
 
 impl TaskCheckpoints {
     /// Takes task `task` over: bumps the epoch in HEAD with a conditional write, which fences
-    /// every earlier owner. `local` is the task's checkpoint directory on the volume.
+    /// every earlier owner. `local` is the task's checkpoint directory on the volume. When
+    /// `held` is the epoch this worker held before (a restart after a failure), the takeover
+    /// happens only if HEAD still carries it: otherwise another owner took the task meanwhile
+    /// and [`CheckpointError::Fenced`] says so.
     pub async fn take_over(
         store: CheckpointStore,
         layout: TaskLayout,
@@ -101,12 +104,18 @@ impl TaskCheckpoints {
         owner: &str,
         retain: usize,
         local: PathBuf,
+        held: Option<Epoch>,
     ) -> Result<Self, CheckpointError> {
         std::fs::create_dir_all(&local).map_err(io(&local))?;
         let mut attempts = 0;
         let (head, head_version) = loop {
             attempts += 1;
             let current = store.read_head(&layout).await?;
+            if let Some(held) = held
+                && current.as_ref().map(|(h, _)| h.epoch) != Some(held)
+            {
+                return Err(CheckpointError::Fenced { task, epoch: held });
+            }
             let head = Head {
                 epoch: Epoch(current.as_ref().map_or(0, |(h, _)| h.epoch.0) + 1),
                 owner: owner.to_string(),
@@ -140,6 +149,11 @@ impl TaskCheckpoints {
             local,
             sst_hashes: HashMap::new(),
         })
+    }
+
+    /// The epoch this worker holds the task at.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// The id the next checkpoint will have; local checkpoints are created under it.
@@ -560,4 +574,41 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::layout::JobLayout;
+    use crate::checkpoint::store::StoreOptions;
+
+    #[tokio::test]
+    async fn a_restart_takes_a_task_back_only_from_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
+        let take = |owner: &'static str, held: Option<Epoch>| {
+            TaskCheckpoints::take_over(
+                store.clone(),
+                layout.clone(),
+                0,
+                owner,
+                1,
+                dir.path().join(owner),
+                held,
+            )
+        };
+        let a = take("a", None).await.unwrap();
+        // A restart after a failure: HEAD still carries a's epoch.
+        let a_again = take("a", Some(a.epoch())).await.unwrap();
+        assert!(a_again.epoch() > a.epoch());
+        // b takes the task; a's next restart must not take it back.
+        let b = take("b", None).await.unwrap();
+        assert!(b.epoch() > a_again.epoch());
+        let err = take("a", Some(a_again.epoch())).await.err().unwrap();
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
+        // A new process (nothing held) takes over unconditionally, as after a pod restart.
+        assert!(take("a", None).await.unwrap().epoch() > b.epoch());
+    }
 }
