@@ -52,27 +52,87 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     dir
 }
 
-/// The CDC workload generator (`binary`, the test's `CARGO_BIN_EXE_sluice-cdc-gen`) writing the
-/// first `events` events over `keys` keys into `topic`.
-pub fn cdc_generator(
+/// One test's job and its input: a scratch directory, topics `<name>.in` / `<name>.out`, a
+/// materialize job over them, and the CDC workload being written into the input.
+pub struct Scenario {
+    /// The test servers.
+    pub env: TestEnv,
+    /// Scratch directory: job manifest, worker volumes and logs.
+    pub dir: PathBuf,
+    /// The job's name, unique to this run.
+    pub name: String,
+    /// The input topic.
+    pub input: String,
+    /// The output (changelog) topic.
+    pub output: String,
+    /// The job manifest.
+    pub job: JobFiles,
+    /// The generator writing the input; wait for it to know the input is complete.
+    pub generator: Child,
+}
+
+impl Scenario {
+    /// Worker processes of the job, `binary` being the test's `CARGO_BIN_EXE_sluice-worker`.
+    pub fn workers(&self, binary: &str, parallelism: u32) -> Workers {
+        Workers::new(binary.as_ref(), &self.job, &self.dir, parallelism)
+    }
+
+    /// The job's consumer group, `sluice-<namespace>-<job>`.
+    pub fn group(&self) -> String {
+        format!("sluice-{}-{}", self.job.namespace, self.job.name)
+    }
+
+    /// Writes a materialize job (`prefix`-named, checkpoint `interval`, `guarantee`) and starts
+    /// writing `workload` (partitions, keys, events) into its input at `rate` events/s (or as
+    /// fast as the broker takes it); `generator` is the test's `CARGO_BIN_EXE_sluice-cdc-gen`.
+    pub fn start(
+        prefix: &str,
+        interval: &str,
+        guarantee: &str,
+        generator: &str,
+        workload: (u32, u64, u64),
+        rate: Option<u32>,
+    ) -> Self {
+        let env = TestEnv::from_env();
+        let dir = scratch_dir(prefix);
+        let name = crate::unique_name(prefix);
+        let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+        let job = write_materialize_job(&env, &dir, &name, &input, &output, interval, guarantee);
+        let generator = start_input(generator, &env, &input, workload, rate);
+        Self {
+            env,
+            dir,
+            name,
+            input,
+            output,
+            job,
+            generator,
+        }
+    }
+}
+
+/// Starts the CDC workload generator (`binary`, the test's `CARGO_BIN_EXE_sluice-cdc-gen`)
+/// writing the first `events` events over `keys` keys into the `partitions` partitions of
+/// `topic`, at most `rate` events per second when given, while the test goes on; returns once
+/// the topic exists.
+pub fn start_input(
     binary: &str,
     env: &TestEnv,
     topic: &str,
-    partitions: u32,
-    keys: u64,
-    events: u64,
-) -> Command {
+    (partitions, keys, events): (u32, u64, u64),
+    rate: Option<u32>,
+) -> Child {
     let mut command = Command::new(binary);
     command
         .args(["--bootstrap", &env.kafka_bootstrap, "--topic", topic])
-        .args([
-            "--partitions",
-            &partitions.to_string(),
-            "--keys",
-            &keys.to_string(),
-        ])
-        .args(["--events", &events.to_string()]);
-    command
+        .args(["--partitions", &partitions.to_string()])
+        .args(["--keys", &keys.to_string(), "--events", &events.to_string()]);
+    if let Some(rate) = rate {
+        command.args(["--rate", &rate.to_string()]);
+    }
+    let child = command.spawn().expect("start sluice-cdc-gen");
+    wait_for_topic(env, topic, partitions);
+    child
 }
 
 /// Waits until `topic` exists with `partitions` partitions.
@@ -309,6 +369,20 @@ impl Workers {
     /// The log of worker `ordinal`, across its restarts.
     pub fn log(&self, ordinal: u32) -> String {
         std::fs::read_to_string(self.dir.join(format!("worker-{ordinal}.log"))).unwrap_or_default()
+    }
+
+    /// Starts worker `ordinal` with the failpoint `failpoint` armed (see `sluice_worker::failpoint`)
+    /// and waits until it aborts there; returns its log.
+    pub fn crash_at(&mut self, ordinal: u32, failpoint: &str) -> String {
+        self.start_with_env(ordinal, &[("SLUICE_FAILPOINT", failpoint)]);
+        let status = self.wait_for_exit(ordinal, Duration::from_secs(120));
+        let log = self.log(ordinal);
+        let name = failpoint.split(':').next().unwrap_or(failpoint);
+        assert!(
+            !status.success() && log.contains(&format!("failpoint {name} reached")),
+            "the failpoint {failpoint} aborts worker {ordinal}, got {status}:\n{log}"
+        );
+        log
     }
 
     /// Waits until worker `ordinal` exits by itself and returns how.

@@ -4,13 +4,9 @@
 //! reused, and the results still equal the reference table.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use sluice_e2e::cdc;
-use sluice_e2e::cluster::{
-    Checkpoints, Workers, cdc_generator, scratch_dir, wait_for_topic, write_materialize_job,
-};
-use sluice_e2e::{TestEnv, unique_name};
+use sluice_e2e::cluster::{Checkpoints, Scenario};
 
 const PARTITIONS: u32 = 4;
 const KEYS: u64 = 4000;
@@ -29,36 +25,21 @@ struct AtCrash {
 /// Loads the input, runs one worker owning every task with `failpoint` armed until it
 /// aborts, records the store, restarts the worker and checks the restores and the results.
 async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("crash");
-    let name = unique_name("crash");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms", "at-least-once");
     // Written while the worker runs (5 s), so checkpoint after checkpoint has new files.
-    let mut generator = cdc_generator(
+    let mut s = Scenario::start(
+        "crash",
+        "500ms",
+        "at-least-once",
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),
-        &env,
-        &input,
-        PARTITIONS,
-        KEYS,
-        EVENTS,
-    )
-    .args(["--rate", "4000"])
-    .spawn()
-    .expect("start generator");
-    wait_for_topic(&env, &input, PARTITIONS);
-
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
-    workers.start_with_env(0, &[("SLUICE_FAILPOINT", failpoint)]);
-    let status = workers.wait_for_exit(0, Duration::from_secs(120));
-    assert!(
-        !status.success(),
-        "the failpoint {failpoint} aborts the worker, got {status}"
+        (PARTITIONS, KEYS, EVENTS),
+        Some(4000),
     );
-    assert!(workers.log(0).contains("failpoint"), "{}", workers.log(0));
-    assert!(generator.wait().expect("generator").success());
 
-    let checkpoints = Checkpoints::of(&env, &job);
+    let mut workers = s.workers(env!("CARGO_BIN_EXE_sluice-worker"), 1);
+    workers.crash_at(0, failpoint);
+    assert!(s.generator.wait().expect("generator").success());
+
+    let checkpoints = Checkpoints::of(&s.env, &s.job);
     let mut at_crash = Vec::new();
     for task in 0..PARTITIONS {
         let crash = store_of(&checkpoints, task).await;
@@ -73,7 +54,7 @@ async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
     workers.start(0);
     let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
     checkpoints
-        .wait_until_covered(&input, &ends, || assert_eq!(workers.crashed(), vec![]))
+        .wait_until_covered(&s.input, &ends, || assert_eq!(workers.crashed(), vec![]))
         .await;
     workers.stop_all();
 
@@ -102,7 +83,7 @@ async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
     }
 
     checkpoints
-        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
         .await;
     at_crash
 }

@@ -8,14 +8,9 @@
 //! duplicates there; the tests count them by `sluice.source` header and say so.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use sluice_e2e::cdc;
-use sluice_e2e::cluster::{
-    Checkpoints, Workers, cdc_generator, group_offsets, scratch_dir, source_duplicates,
-    wait_for_topic, write_materialize_job,
-};
-use sluice_e2e::{TestEnv, unique_name};
+use sluice_e2e::cluster::{Checkpoints, Scenario, group_offsets, source_duplicates};
 use sluice_worker::checkpoint::descriptor::Descriptor;
 
 const PARTITIONS: u32 = 4;
@@ -44,29 +39,17 @@ struct Outcome {
 /// restarts it, waits until the input is covered, and checks the results against the
 /// reference.
 async fn crash_then_recover(failpoint: &str) -> Outcome {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("eos");
-    let name = unique_name("eos");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "500ms", "exactly-once");
-    let mut generator = cdc_generator(
+    let mut s = Scenario::start(
+        "eos",
+        "500ms",
+        "exactly-once",
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),
-        &env,
-        &input,
-        PARTITIONS,
-        KEYS,
-        EVENTS,
-    )
-    .args(["--rate", "4000"])
-    .spawn()
-    .expect("start generator");
-    wait_for_topic(&env, &input, PARTITIONS);
+        (PARTITIONS, KEYS, EVENTS),
+        Some(4000),
+    );
 
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
-    workers.start_with_env(0, &[("SLUICE_FAILPOINT", failpoint)]);
-    let status = workers.wait_for_exit(0, Duration::from_secs(120));
-    assert!(!status.success(), "{failpoint} aborts the worker: {status}");
-    let log = workers.log(0);
+    let mut workers = s.workers(env!("CARGO_BIN_EXE_sluice-worker"), 1);
+    let log = workers.crash_at(0, failpoint);
     let task: u32 = log
         .lines()
         .find_map(|l| l.split("reached by task ").nth(1))
@@ -74,7 +57,7 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("the failpoint names the task it hit:\n{log}"));
 
-    let checkpoints = Checkpoints::of(&env, &job);
+    let checkpoints = Checkpoints::of(&s.env, &s.job);
     let (head, present) = checkpoints.ids(task).await;
     let mut pending = Vec::new();
     for id in present.into_iter().filter(|id| Some(*id) > head) {
@@ -83,7 +66,7 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
     let at_crash = TaskAtCrash {
         head: checkpoints.head(task).await,
         pending,
-        group: group_offsets(&env, &format!("sluice-e2e-{name}"), &[&input], task),
+        group: group_offsets(&s.env, &s.group(), &[&s.input], task),
     };
     eprintln!(
         "{failpoint}: task {task} at the crash: HEAD {:?} at {:?}, pending {:?}, group offsets {:?}",
@@ -96,13 +79,13 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
             .collect::<Vec<_>>(),
         at_crash.group
     );
-    assert!(generator.wait().expect("generator").success());
+    assert!(s.generator.wait().expect("generator").success());
 
     let before = log.len();
     workers.start(0);
     let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
     checkpoints
-        .wait_until_covered(&input, &ends, || assert_eq!(workers.crashed(), vec![]))
+        .wait_until_covered(&s.input, &ends, || assert_eq!(workers.crashed(), vec![]))
         .await;
     workers.stop_all();
     let restart_log = workers.log(0)[before..].to_string();
@@ -113,16 +96,16 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
         let head = checkpoints.head(t).await.expect("a checkpoint");
         assert!(head.transactional_id.is_some(), "task {t}: {head:?}");
         assert_eq!(
-            group_offsets(&env, &format!("sluice-e2e-{name}"), &[&input], t),
+            group_offsets(&s.env, &s.group(), &[&s.input], t),
             head.source_offsets,
             "task {t}: the group's offsets are HEAD's"
         );
     }
     checkpoints
-        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
         .await;
-    let duplicates = source_duplicates(&env, &output, PARTITIONS);
-    eprintln!("{failpoint}: output (records, duplicates) per partition: {duplicates:?}");
+    let duplicates = source_duplicates(&s.env, &s.output, PARTITIONS);
+    eprintln!("{failpoint}: s.output (records, duplicates) per partition: {duplicates:?}");
     Outcome {
         task,
         at_crash,

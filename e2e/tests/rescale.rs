@@ -9,11 +9,7 @@
 use std::time::Duration;
 
 use sluice_e2e::cdc;
-use sluice_e2e::cluster::{
-    Checkpoints, Rng, Workers, cdc_generator, group_offsets, scratch_dir, source_duplicates,
-    wait_for_topic, write_materialize_job,
-};
-use sluice_e2e::{TestEnv, unique_name};
+use sluice_e2e::cluster::{Checkpoints, Rng, Scenario, Workers, group_offsets, source_duplicates};
 
 const PARTITIONS: u32 = 12;
 const KEYS: u64 = 170_000;
@@ -25,27 +21,23 @@ enum Step {
 }
 
 async fn rescale_during_a_run(guarantee: &str) {
-    let env = TestEnv::from_env();
     let mut rng = Rng::from_env();
-    let dir = scratch_dir("rescale");
-    let name = unique_name("rescale");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "2s", guarantee);
     // About 40 s of input, written while the job is rescaled and killed.
-    let mut generator = cdc_generator(
+    let mut s = Scenario::start(
+        "rescale",
+        "2s",
+        guarantee,
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),
-        &env,
-        &input,
-        PARTITIONS,
-        KEYS,
-        EVENTS,
-    )
-    .args(["--rate", "25000"])
-    .spawn()
-    .expect("start generator");
-    wait_for_topic(&env, &input, PARTITIONS);
+        (PARTITIONS, KEYS, EVENTS),
+        Some(25000),
+    );
 
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 3);
+    let mut workers = Workers::new(
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        &s.job,
+        &s.dir,
+        3,
+    );
     for ordinal in 0..3 {
         workers.start(ordinal);
     }
@@ -54,7 +46,7 @@ async fn rescale_during_a_run(guarantee: &str) {
             workers.crashed(),
             vec![],
             "a worker died on its own; see its log in {}",
-            dir.display()
+            s.dir.display()
         );
     };
     use Step::{Kill, Rescale};
@@ -89,34 +81,34 @@ async fn rescale_during_a_run(guarantee: &str) {
         }
     }
     assert!(
-        generator.wait().expect("generator").success(),
+        s.generator.wait().expect("generator").success(),
         "generator failed"
     );
 
     let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
-    let checkpoints = Checkpoints::of(&env, &job);
+    let checkpoints = Checkpoints::of(&s.env, &s.job);
     checkpoints
-        .wait_until_covered(&input, &ends, || alive(&mut workers))
+        .wait_until_covered(&s.input, &ends, || alive(&mut workers))
         .await;
     workers.stop_all();
 
     let live_rows = checkpoints
-        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
         .await;
-    let duplicates = source_duplicates(&env, &output, PARTITIONS);
+    let duplicates = source_duplicates(&s.env, &s.output, PARTITIONS);
     let (records, twice) = duplicates
         .iter()
         .fold((0, 0), |(r, d), (pr, pd)| (r + pr, d + pd));
     eprintln!(
         "{guarantee}: {EVENTS} events, rescaled 3 → 6 → 2 → 5 with 5 SIGKILLs: changelog and state \
          of all {PARTITIONS} tasks equal the reference ({live_rows} live rows); the changelog \
-         holds {records} records, {twice} of them for an input already written (by source header)"
+         holds {records} records, {twice} of them for an s.input already written (by source header)"
     );
     if guarantee == "exactly-once" {
         for task in 0..PARTITIONS {
             let head = checkpoints.head(task).await.expect("a checkpoint");
             assert_eq!(
-                group_offsets(&env, &format!("sluice-e2e-{name}"), &[&input], task),
+                group_offsets(&s.env, &s.group(), &[&s.input], task),
                 head.source_offsets,
                 "task {task}: the group's offsets are HEAD's"
             );

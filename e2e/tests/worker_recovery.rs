@@ -4,10 +4,7 @@
 use std::time::Duration;
 
 use sluice_e2e::cdc;
-use sluice_e2e::cluster::{
-    Checkpoints, Rng, Workers, cdc_generator, scratch_dir, wait_for_topic, write_materialize_job,
-};
-use sluice_e2e::{TestEnv, unique_name};
+use sluice_e2e::cluster::{Checkpoints, Rng, Scenario, Workers};
 
 const PARTITIONS: u32 = 12;
 const WORKERS: u32 = 3;
@@ -18,31 +15,22 @@ const KILLS: u32 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table() {
-    let env = TestEnv::from_env();
     let mut rng = Rng::from_env();
-    let dir = scratch_dir("recovery");
-    let name = unique_name("cdc");
-    let input = format!("{name}.in");
-    let output = format!("{name}.out");
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "2s", "at-least-once");
 
     // Input arrives while workers run and die: the generator writes it concurrently.
-    let mut generator = cdc_generator(
+    let mut s = Scenario::start(
+        "recovery",
+        "2s",
+        "at-least-once",
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),
-        &env,
-        &input,
-        PARTITIONS,
-        KEYS,
-        EVENTS,
-    )
-    .spawn()
-    .expect("start generator");
-    wait_for_topic(&env, &input, PARTITIONS);
+        (PARTITIONS, KEYS, EVENTS),
+        None,
+    );
 
     let mut workers = Workers::new(
         env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
-        &job,
-        &dir,
+        &s.job,
+        &s.dir,
         WORKERS,
     );
     for ordinal in 0..WORKERS {
@@ -66,33 +54,33 @@ async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table(
             workers.crashed(),
             vec![],
             "a worker died on its own; see its log in {}",
-            dir.display()
+            s.dir.display()
         );
     }
     assert!(
-        generator.wait().expect("generator").success(),
+        s.generator.wait().expect("generator").success(),
         "generator failed"
     );
 
-    // Done when every task's committed checkpoint covers the whole input. The input's end per
+    // Done when every task's committed checkpoint covers the whole s.input. The s.input's end per
     // partition follows from the workload (the broker's high watermark cannot be trusted, see
     // `read_table`).
     let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
-    let checkpoints = Checkpoints::of(&env, &job);
+    let checkpoints = Checkpoints::of(&s.env, &s.job);
     checkpoints
-        .wait_until_covered(&input, &ends, || {
+        .wait_until_covered(&s.input, &ends, || {
             assert_eq!(
                 workers.crashed(),
                 vec![],
                 "a worker died on its own; see its log in {}",
-                dir.display()
+                s.dir.display()
             );
         })
         .await;
     workers.stop_all();
 
     let live_rows = checkpoints
-        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
         .await;
     assert!(
         live_rows > 1000,

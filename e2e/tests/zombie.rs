@@ -7,10 +7,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_e2e::cdc;
-use sluice_e2e::cluster::{
-    Checkpoints, Rng, Workers, cdc_generator, scratch_dir, wait_for_topic, write_materialize_job,
-};
-use sluice_e2e::{TestEnv, unique_name};
+use sluice_e2e::cluster::{Checkpoints, Rng, Scenario, Workers};
 
 const PARTITIONS: u32 = 2;
 const KEYS: u64 = 50_000;
@@ -64,35 +61,26 @@ fn committed_after(log: &str, from: usize, task: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_never_commits_after_a_takeover() {
-    let env = TestEnv::from_env();
     let mut rng = Rng::from_env();
-    let dir = scratch_dir("zombie");
-    let name = unique_name("zombie");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-    let job = write_materialize_job(&env, &dir, &name, &input, &output, "300ms", "exactly-once");
-    let mut generator = cdc_generator(
+    let mut s = Scenario::start(
+        "zombie",
+        "300ms",
+        "exactly-once",
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),
-        &env,
-        &input,
-        PARTITIONS,
-        KEYS,
-        EVENTS,
-    )
-    .args(["--rate", "4000"])
-    .spawn()
-    .expect("start generator");
-    wait_for_topic(&env, &input, PARTITIONS);
+        (PARTITIONS, KEYS, EVENTS),
+        Some(4000),
+    );
 
     // Two "pods" for ordinal 0, each with its own volume; they take turns being the zombie.
     let binary = env!("CARGO_BIN_EXE_sluice-worker");
     for pod in ["a", "b"] {
-        std::fs::create_dir_all(dir.join(pod)).expect("pod dir");
+        std::fs::create_dir_all(s.dir.join(pod)).expect("pod dir");
     }
     let mut pods = [
-        Workers::new(binary.as_ref(), &job, &dir.join("a"), 1),
-        Workers::new(binary.as_ref(), &job, &dir.join("b"), 1),
+        Workers::new(binary.as_ref(), &s.job, &s.dir.join("a"), 1),
+        Workers::new(binary.as_ref(), &s.job, &s.dir.join("b"), 1),
     ];
-    let checkpoints = Checkpoints::of(&env, &job);
+    let checkpoints = Checkpoints::of(&s.env, &s.job);
     pods[0].start(0);
     let mut owner = 0;
     let mut violations = Vec::new();
@@ -186,14 +174,16 @@ async fn a_paused_owner_never_commits_after_a_takeover() {
     }
     assert!(violations.is_empty(), "{violations:#?}");
 
-    assert!(generator.wait().expect("generator").success());
+    assert!(s.generator.wait().expect("generator").success());
     let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
     checkpoints
-        .wait_until_covered(&input, &ends, || assert_eq!(pods[owner].crashed(), vec![]))
+        .wait_until_covered(&s.input, &ends, || {
+            assert_eq!(pods[owner].crashed(), vec![])
+        })
         .await;
     pods[owner].stop_all();
     checkpoints
-        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
         .await;
     eprintln!(
         "{TRIALS} zombie trials: 0 violations; zombies dropped their tasks within {:.1} s of SIGCONT; results equal the reference",

@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_e2e::bench::{self, mib};
+use sluice_e2e::cluster::write_materialize_job;
 use sluice_e2e::{TestEnv, cdc};
 use sluice_worker::io::{MemoryConnector, MemoryOutput, MemoryPartition};
 use sluice_worker::job::Job;
@@ -159,33 +160,15 @@ fn cdc_worker(
     let env = TestEnv::from_env();
     std::fs::create_dir_all(dir)?;
     let name = sluice_e2e::unique_name("bench");
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: {name}, namespace: bench}}
-spec:
-  parallelism: 1
-  source:
-    kafka: {{bootstrapServers: "{bootstrap}", topics: ["{topic}"], format: debezium-json}}
-  steps:
-    - name: table
-      materialize: {{}}
-  sink:
-    kafka: {{topic: "{topic}-changelog", deliveryGuarantee: at-least-once}}
-  checkpoint:
-    storage: "s3://{bucket}/{name}"
-    endpoint: "{endpoint}"
-    interval: {interval}
-    retain: 3
-"#,
-            bootstrap = env.kafka_bootstrap,
-            bucket = env.s3_bucket,
-            endpoint = env.s3_endpoint,
-        ),
-    )?;
+    let job = write_materialize_job(
+        &env,
+        dir,
+        &name,
+        topic,
+        &format!("{topic}-changelog"),
+        interval,
+        "at-least-once",
+    );
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.local_addr()?.port()
@@ -197,7 +180,7 @@ spec:
     let mut child = Command::new(worker)
         .arg("run")
         .arg("--job")
-        .arg(&manifest)
+        .arg(&job.manifest)
         .args(["--ordinal", "0", "--parallelism", "1", "--http-addr", &addr])
         .arg("--state-dir")
         .arg(dir.join("volume"))

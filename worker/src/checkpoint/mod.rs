@@ -376,28 +376,7 @@ impl TaskCheckpoints {
     /// conditional write, then applies retention.
     pub async fn publish(&mut self, descriptor: Descriptor) -> Result<Descriptor, CheckpointError> {
         let id = descriptor.id;
-        let head = Head {
-            epoch: self.epoch,
-            owner: self.owner.clone(),
-            checkpoint: Some(id),
-        };
-        match self
-            .store
-            .write_head(&self.layout, &head, Some(&self.head_version))
-            .await
-        {
-            Ok(version) => {
-                self.head = head;
-                self.head_version = version;
-            }
-            Err(StoreError::Conflict { .. }) => {
-                return Err(CheckpointError::Fenced {
-                    task: self.task,
-                    epoch: self.epoch,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
+        self.point_head_at(id).await?;
         let marker = self.committed_marker(id);
         std::fs::write(&marker, b"").map_err(io(&marker))?;
         self.committed = Some(descriptor.clone());
@@ -437,6 +416,18 @@ impl TaskCheckpoints {
             }
             return Ok(None);
         };
+        self.point_head_at(id).await?;
+        info!(
+            task = self.task,
+            checkpoint = id.0,
+            "adopted a checkpoint whose transaction committed before HEAD moved"
+        );
+        Ok(Some(id))
+    }
+
+    /// Points HEAD at checkpoint `id` with a conditional write on the version this owner
+    /// wrote; [`CheckpointError::Fenced`] when another owner wrote HEAD since.
+    async fn point_head_at(&mut self, id: CheckpointId) -> Result<(), CheckpointError> {
         let head = Head {
             epoch: self.epoch,
             owner: self.owner.clone(),
@@ -448,14 +439,9 @@ impl TaskCheckpoints {
             .await
         {
             Ok(version) => {
-                info!(
-                    task = self.task,
-                    checkpoint = id.0,
-                    "adopted a checkpoint whose transaction committed before HEAD moved"
-                );
                 self.head = head;
                 self.head_version = version;
-                Ok(Some(id))
+                Ok(())
             }
             Err(StoreError::Conflict { .. }) => Err(CheckpointError::Fenced {
                 task: self.task,
