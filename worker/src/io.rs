@@ -250,20 +250,25 @@ impl TaskInput for MemoryInput {
             return Ok(0);
         }
         let start = self.next;
+        let mut result = Ok(());
         for offset in start..end {
             let (key, value) = self.records.get(offset);
-            let result = each(InputRecord {
+            self.next = offset + 1;
+            result = each(InputRecord {
                 topic: &self.topic,
                 partition: self.partition,
                 offset: offset as i64,
                 key,
                 value,
             });
-            self.next = offset + 1;
-            self.handed.fetch_add(1, Ordering::Relaxed);
-            result?;
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(end - start)
+        // Counted once per batch: the tasks share the counter.
+        self.handed
+            .fetch_add((self.next - start) as u64, Ordering::Relaxed);
+        result.map(|()| self.next - start)
     }
 
     fn commit(&self, _: &BTreeMap<String, i64>) {}

@@ -4,7 +4,6 @@
 //! runtime so the loop only pauses to flush the output and take the local snapshot.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,12 +224,7 @@ pub fn run<S: StateBackend, C: Connector>(
                 0
             } else {
                 input.poll(BATCH, POLL_WAIT, |record| {
-                    source.clear();
-                    let _ = write!(
-                        source,
-                        "{}/{}/{}",
-                        record.topic, record.partition, record.offset
-                    );
+                    source_header(&mut source, &record);
                     let mut send_error = None;
                     let result = pipeline.process(
                         Record {
@@ -376,6 +370,38 @@ pub fn run<S: StateBackend, C: Connector>(
         }
     };
     process().map_err(|e| uploader.fenced_or(e))
+}
+
+/// Writes `topic/partition/offset` of `record` into `header`, reusing its buffer.
+#[inline]
+fn source_header(header: &mut String, record: &crate::io::InputRecord<'_>) {
+    header.clear();
+    header.push_str(record.topic);
+    header.push('/');
+    push_decimal(header, i64::from(record.partition));
+    header.push('/');
+    push_decimal(header, record.offset);
+}
+
+/// Appends `n` in decimal, without the formatting machinery (this runs once per record).
+fn push_decimal(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The task's side of its checkpoint uploader, which runs on the async runtime and owns the
@@ -605,6 +631,27 @@ mod tests {
             env.stop.store(true, Ordering::Relaxed);
             worker.join().unwrap()
         })
+    }
+
+    #[test]
+    fn the_source_header_names_topic_partition_and_offset() {
+        let mut header = String::from("left over");
+        for (partition, offset, want) in [
+            (0, 0, "orders/0/0"),
+            (11, 9_876_543_210, "orders/11/9876543210"),
+            (3, i64::MAX, "orders/3/9223372036854775807"),
+            (-1, -1001, "orders/-1/-1001"),
+        ] {
+            let record = crate::io::InputRecord {
+                topic: "orders",
+                partition,
+                offset,
+                key: None,
+                value: None,
+            };
+            source_header(&mut header, &record);
+            assert_eq!(header, want);
+        }
     }
 
     #[test]

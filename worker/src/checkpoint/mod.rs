@@ -597,4 +597,119 @@ mod tests {
         // A new process (nothing held) takes over unconditionally, as after a pod restart.
         assert!(take("a", None).await.unwrap().epoch() > b.epoch());
     }
+
+    /// Every state file a descriptor names is in the store.
+    async fn assert_complete(store: &CheckpointStore, layout: &TaskLayout, id: CheckpointId) {
+        let descriptor = store.read_descriptor(layout, id).await.unwrap();
+        let present = store.list_files(layout).await.unwrap();
+        for file in &descriptor.files {
+            let path = layout.file(&file.hash, FileKind::of(&file.name));
+            assert!(
+                present.contains(&path),
+                "checkpoint {id} lost {}",
+                file.name
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_never_deletes_what_head_a_pending_descriptor_or_a_restore_needs() {
+        use crate::state::StateBackend;
+        use crate::state::rocks::RocksState;
+
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
+        let offsets = |n: i64| BTreeMap::from([("in".to_string(), n)]);
+        let take = |owner: &'static str| {
+            TaskCheckpoints::take_over(
+                store.clone(),
+                layout.clone(),
+                0,
+                owner,
+                2,
+                dir.path().join(owner).join("checkpoints"),
+                None,
+            )
+        };
+
+        // Owner a: six checkpoints of changing state, keeping two.
+        let mut a = take("a").await.unwrap();
+        a.restore(&dir.path().join("a/live"), "fp").await.unwrap();
+        let mut state = RocksState::open(&dir.path().join("a/live")).unwrap();
+        for round in 1..=6i64 {
+            for key in 0..2000i64 {
+                state
+                    .put(&(key + round * 500).to_be_bytes(), &round.to_be_bytes())
+                    .unwrap();
+            }
+            let id = a.next_id();
+            state.checkpoint(&a.local_dir(id)).unwrap();
+            a.commit(id, offsets(round * 100), None, 0, "fp")
+                .await
+                .unwrap();
+            assert_complete(&store, &layout, id).await;
+        }
+        let ids = |present: Vec<CheckpointId>| present.into_iter().map(|c| c.0).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.list_checkpoints(&layout).await.unwrap()),
+            vec![5, 6]
+        );
+        assert_complete(&store, &layout, CheckpointId(5)).await;
+
+        // a writes checkpoint 7's descriptor, then is paused before HEAD moves: 7 is pending.
+        let id = a.next_id();
+        state.checkpoint(&a.local_dir(id)).unwrap();
+        let pending = a
+            .prepare(id, offsets(700), None, 0, "fp", Some("t".into()))
+            .await
+            .unwrap();
+
+        // b takes over and restores HEAD's checkpoint from the store while a, resumed, tries
+        // to move HEAD to its pending checkpoint: refused, and nothing of a's is deleted.
+        let mut b = take("b").await.unwrap();
+        assert!(matches!(
+            a.publish(pending.clone()).await,
+            Err(CheckpointError::Fenced { .. })
+        ));
+        let restored = b.restore(&dir.path().join("b/live"), "fp").await.unwrap();
+        assert_eq!(restored.descriptor.map(|d| d.id), Some(CheckpointId(6)));
+        assert_complete(&store, &layout, CheckpointId(6)).await;
+        assert_complete(&store, &layout, pending.id).await;
+        assert_eq!(
+            ids(store.list_checkpoints(&layout).await.unwrap()),
+            vec![5, 6, 7]
+        );
+
+        // Another owner's descriptor above b's HEAD (written after the takeover) is not b's to
+        // delete, and neither are the files it names.
+        let above = Descriptor {
+            id: CheckpointId(50),
+            ..pending.clone()
+        };
+        store.create_descriptor(&layout, &above).await.unwrap();
+
+        // b's own checkpoints then retire the old ones, never its HEAD or anything above, and
+        // only files no kept descriptor names.
+        let mut state = RocksState::open(&dir.path().join("b/live")).unwrap();
+        for round in 8..=10i64 {
+            state.put(&round.to_be_bytes(), b"b").unwrap();
+            let id = b.next_id();
+            state.checkpoint(&b.local_dir(id)).unwrap();
+            b.commit(id, offsets(round * 100), None, 0, "fp")
+                .await
+                .unwrap();
+            let present = store.list_checkpoints(&layout).await.unwrap();
+            assert!(present.contains(&id), "HEAD's descriptor is kept");
+            assert!(
+                present.contains(&above.id),
+                "the descriptor above HEAD is kept"
+            );
+            assert!(present.len() <= 3, "older ones are retired: {present:?}");
+            for kept in present {
+                assert_complete(&store, &layout, kept).await;
+            }
+        }
+    }
 }
