@@ -268,6 +268,7 @@ fn engine(
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
+    let dir = &dir.canonicalize()?;
     let manifest = dir.join("job.yaml");
     std::fs::write(
         &manifest,

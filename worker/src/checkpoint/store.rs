@@ -82,6 +82,16 @@ impl CheckpointStore {
         let url = url::Url::parse(uri).map_err(|e| config(e.to_string()))?;
         match url.scheme() {
             "file" => {
+                // `file://.sluice/x` parses as host `.sluice`, path `/x`: refuse it rather
+                // than write to a directory the user did not name.
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
+                    return Err(config(
+                        "a file:// URI needs an absolute path, as in file:///var/lib/sluice".into(),
+                    ));
+                }
                 let root = PathBuf::from(url.path());
                 std::fs::create_dir_all(&root).map_err(|e| config(e.to_string()))?;
                 let objects =
@@ -356,4 +366,20 @@ fn write_local_head(
         .and_then(|d| d.sync_all())
         .map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_uri_must_name_an_absolute_path() {
+        let err = CheckpointStore::open("file://.sluice/checkpoints", &StoreOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absolute path"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().display());
+        assert!(CheckpointStore::open(&uri, &StoreOptions::default()).is_ok());
+    }
 }
