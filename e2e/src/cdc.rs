@@ -53,6 +53,24 @@ pub fn event(key: u64, step: u64) -> String {
     )
 }
 
+/// A create event of row `key` whose row carries `pad` bytes of incompressible filler, for
+/// workloads that need large state (every key created once, none deleted).
+pub fn padded_create(key: u64, pad: usize) -> String {
+    let mut filler = String::with_capacity(pad);
+    let mut x = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while filler.len() < pad {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        filler.push_str(&format!("{x:016x}"));
+    }
+    filler.truncate(pad);
+    format!(
+        r#"{{"before":null,"after":{{"id":{key},"pad":"{filler}"}},"source":{{"connector":"sluice-cdc-gen","db":"bench","table":"blobs"}},"op":"c","ts_ms":{}}}"#,
+        1_700_000_000_000 + key
+    )
+}
+
 /// The partition of row `key`.
 pub fn partition(key: u64, partitions: u32) -> i32 {
     (key % u64::from(partitions)) as i32
@@ -112,5 +130,14 @@ mod tests {
             }
         }
         assert!(event(906_666, 3).len() < 400);
+    }
+
+    #[test]
+    fn padded_creates_carry_their_filler_and_differ_per_key() {
+        let a: serde_json::Value = serde_json::from_str(&padded_create(7, 1000)).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&padded_create(8, 1000)).unwrap();
+        assert_eq!(a["op"], "c");
+        assert_eq!(a["after"]["pad"].as_str().unwrap().len(), 1000);
+        assert_ne!(a["after"]["pad"], b["after"]["pad"]);
     }
 }

@@ -526,6 +526,22 @@ impl TaskOutput for Sink {
     }
 }
 
+impl Drop for Sink {
+    /// A task that stops (taken over, failed, or done after its final checkpoint) aborts the
+    /// transaction it still has open, so `read_committed` consumers do not wait on it until it
+    /// times out. A fenced producer has nothing to abort: the new owner's `init_transactions`
+    /// aborted it.
+    fn drop(&mut self) {
+        // A fenced producer is in a fatal state: nothing to abort, and no call to wait for.
+        if self.transaction.is_some()
+            && self.producer.client().fatal_error().is_none()
+            && let Err(e) = self.producer.abort_transaction(Duration::from_secs(2))
+        {
+            tracing::debug!(partition = self.partition, error = %e, "aborting the open transaction failed");
+        }
+    }
+}
+
 /// A transaction call's error: [`KafkaClientError::ProducerFenced`] when a newer producer of
 /// the task exists.
 fn fenced_or(transactional_id: &str, context: &'static str, e: KafkaError) -> KafkaClientError {

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_e2e::bench::{self, mib};
-use sluice_e2e::cluster::write_materialize_job;
+use sluice_e2e::cluster::{Checkpoints, Workers, write_materialize_job};
 use sluice_e2e::{TestEnv, cdc};
 use sluice_worker::io::{MemoryConnector, MemoryOutput, MemoryPartition};
 use sluice_worker::job::Job;
@@ -61,6 +61,31 @@ enum Bench {
         #[arg(long, default_value = "10s")]
         interval: String,
     },
+    /// Rescale downtime: a job with large state on `from` workers, rescaled to `to` while
+    /// input trickles in; prints `rescale … downtime_s=X`, the time from the rescale's start
+    /// until every task processes records again.
+    Rescale {
+        /// The `sluice-worker` binary.
+        #[arg(long)]
+        worker: PathBuf,
+        /// The `sluice-cdc-gen` binary.
+        #[arg(long)]
+        generator: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Keys, each created once with a padded row.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Filler bytes per row.
+        #[arg(long, default_value_t = 1000)]
+        pad: usize,
+        #[arg(long, default_value_t = 12)]
+        partitions: u32,
+        #[arg(long, default_value_t = 3)]
+        from: u32,
+        #[arg(long, default_value_t = 6)]
+        to: u32,
+    },
     /// The engine from memory; prints `engine events=N seconds=S events_per_s=X cores=C`.
     Engine {
         #[arg(long, default_value_t = 906_667)]
@@ -91,6 +116,23 @@ fn main() -> anyhow::Result<()> {
             dir,
             interval,
         } => cdc_worker(&topic, events, &worker, &dir, &interval),
+        Bench::Rescale {
+            worker,
+            generator,
+            dir,
+            keys,
+            pad,
+            partitions,
+            from,
+            to,
+        } => tokio::runtime::Runtime::new()?.block_on(rescale(
+            &worker,
+            &generator,
+            &dir,
+            (keys, pad, partitions),
+            from,
+            to,
+        )),
         Bench::Engine {
             keys,
             events,
@@ -382,6 +424,159 @@ spec:
         "the changelog has {out} records for {events} events"
     );
     println!("engine events={events} seconds={seconds:.2} events_per_s={rate:.0} cores={cores}");
+    Ok(())
+}
+
+async fn rescale(
+    worker: &Path,
+    generator: &Path,
+    dir: &Path,
+    (keys, pad, partitions): (u64, usize, u32),
+    from: u32,
+    to: u32,
+) -> anyhow::Result<()> {
+    let env = TestEnv::from_env();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let dir = &dir.canonicalize()?;
+    let name = sluice_e2e::unique_name("rescale");
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let job = write_materialize_job(&env, dir, &name, &input, &output, "5s", "at-least-once");
+    let generate = |extra: &[&str]| {
+        let mut command = Command::new(generator);
+        command
+            .args(["--bootstrap", &env.kafka_bootstrap, "--topic", &input])
+            .args(["--partitions", &partitions.to_string()])
+            .args(extra);
+        command
+    };
+    let loading = Instant::now();
+    let status = generate(&[
+        "--keys",
+        &keys.to_string(),
+        "--creates-only",
+        &pad.to_string(),
+    ])
+    .status()?;
+    anyhow::ensure!(status.success(), "loading the input failed");
+    eprintln!(
+        "rescale: loaded {keys} rows of {pad} filler bytes in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
+
+    let mut workers = Workers::new(worker, &job, dir, from);
+    for ordinal in 0..from {
+        workers.start(ordinal);
+    }
+    let mut ends = vec![0i64; partitions as usize];
+    for key in 0..keys {
+        ends[cdc::partition(key, partitions) as usize] += 1;
+    }
+    let checkpoints = Checkpoints::of(&env, &job);
+    let processing = Instant::now();
+    checkpoints
+        .wait_until_covered(&input, &ends, || assert_eq!(workers.crashed(), vec![]))
+        .await;
+    let mut state_bytes = 0;
+    for task in 0..partitions {
+        state_bytes += checkpoints.head(task).await.map_or(0, |d| d.state_bytes());
+    }
+    eprintln!(
+        "rescale: {from} workers built {} of state in {:.1} s",
+        mib(state_bytes),
+        processing.elapsed().as_secs_f64()
+    );
+
+    // A trickle of new rows keeps every task busy through the rescale.
+    let mut trickle = generate(&[
+        "--keys",
+        "100000000",
+        "--creates-only",
+        "100",
+        "--key-offset",
+        &(keys * 10).to_string(),
+        "--rate",
+        "2000",
+    ])
+    .stderr(Stdio::null())
+    .spawn()?;
+    std::thread::sleep(Duration::from_secs(5));
+
+    let log_marks: Vec<usize> = (0..to.max(from)).map(|o| workers.log(o).len()).collect();
+    let started = Instant::now();
+    let stopping = workers.rescale(to);
+    let mut resumed: Vec<Option<Duration>> = vec![None; partitions as usize];
+    while resumed.iter().any(Option::is_none) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "tasks {:?} did not resume within 10 minutes",
+            resumed
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_none())
+                .map(|(t, _)| t)
+                .collect::<Vec<_>>()
+        );
+        for ordinal in 0..to {
+            let log = workers.log(ordinal);
+            let Some(addr) = log[log_marks[ordinal as usize].min(log.len())..]
+                .lines()
+                .filter(|l| l.contains("serving /metrics"))
+                .filter_map(|l| l.split("addr=").nth(1))
+                .next_back()
+            else {
+                continue;
+            };
+            let Ok(text) = bench::scrape(addr.trim()) else {
+                continue;
+            };
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("sluice_records_in_total{"))
+            {
+                let task = line
+                    .split("task=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .and_then(|t| t.parse::<usize>().ok());
+                let count: f64 = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0.0);
+                if let Some(task) = task.filter(|t| *t < resumed.len())
+                    && count > 0.0
+                    && resumed[task].is_none()
+                {
+                    resumed[task] = Some(started.elapsed());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = trickle.kill();
+    let _ = trickle.wait();
+    workers.stop_all();
+    let per_task: Vec<f64> = resumed
+        .iter()
+        .flatten()
+        .map(Duration::as_secs_f64)
+        .collect();
+    let downtime = per_task.iter().copied().fold(0.0, f64::max);
+    println!(
+        "rescale per_task_s={:?} old_workers_stopped_s={:.1}",
+        per_task
+            .iter()
+            .map(|s| (s * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        stopping.as_secs_f64()
+    );
+    println!(
+        "rescale from={from} to={to} state={} downtime_s={downtime:.1}",
+        mib(state_bytes)
+    );
     Ok(())
 }
 

@@ -18,6 +18,8 @@ struct Args {
     events: Option<u64>,
     skip_if_loaded: bool,
     rate: Option<f64>,
+    creates_only: Option<usize>,
+    key_offset: u64,
     properties: Vec<(String, String)>,
 }
 
@@ -31,6 +33,8 @@ fn parse_args() -> Result<Args, String> {
         events: None,
         skip_if_loaded: false,
         rate: None,
+        creates_only: None,
+        key_offset: 0,
         properties: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -48,6 +52,16 @@ fn parse_args() -> Result<Args, String> {
             }
             "--skip-if-loaded" => args.skip_if_loaded = true,
             "--rate" => args.rate = Some(value()?.parse().map_err(|e| format!("--rate: {e}"))?),
+            "--creates-only" => {
+                args.creates_only = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--creates-only: {e}"))?,
+                )
+            }
+            "--key-offset" => {
+                args.key_offset = value()?.parse().map_err(|e| format!("--key-offset: {e}"))?
+            }
             "-X" => {
                 let kv = value()?;
                 let (k, v) = kv
@@ -57,9 +71,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N] [--skip-if-loaded] [--rate EVENTS_PER_S] [-X producer.property=value]\n\
+                    "usage: sluice-cdc-gen [--bootstrap host:port] [--topic T] [--partitions P] [--keys K] [--events N] [--skip-if-loaded] [--rate EVENTS_PER_S] [--creates-only PAD_BYTES [--key-offset K0]] [-X producer.property=value]\n\
                      Writes create → update ×4 → delete for each of K keys (6K events, or the first N),\n\
-                     at most EVENTS_PER_S per second when --rate is given;\n\
+                     at most EVENTS_PER_S per second when --rate is given; with --creates-only, one\n\
+                     create per key (keys K0.., rows padded with PAD_BYTES), for large state;\n\
                      with --skip-if-loaded, nothing when the topic already holds that many records."
                 );
                 std::process::exit(0);
@@ -100,10 +115,15 @@ async fn main() {
         }
     }
 
+    let per_key = if args.creates_only.is_some() {
+        1
+    } else {
+        cdc::EVENTS_PER_KEY
+    };
     let total = args
         .events
-        .unwrap_or(args.keys * cdc::EVENTS_PER_KEY)
-        .min(args.keys * cdc::EVENTS_PER_KEY);
+        .unwrap_or(args.keys * per_key)
+        .min(args.keys * per_key);
     if args.skip_if_loaded {
         let consumer: BaseConsumer = config.create().expect("consumer");
         let held: i64 = (0..args.partitions as i32)
@@ -136,9 +156,17 @@ async fn main() {
     let started = Instant::now();
     let mut last_report = Instant::now();
     for i in 0..total {
-        let (key, step) = cdc::position(i, args.keys);
+        let (key, v) = match args.creates_only {
+            Some(pad) => (
+                args.key_offset + i,
+                cdc::padded_create(args.key_offset + i, pad),
+            ),
+            None => {
+                let (key, step) = cdc::position(i, args.keys);
+                (key, cdc::event(key, step))
+            }
+        };
         let k = cdc::key(key);
-        let v = cdc::event(key, step);
         let mut record = BaseRecord::to(&args.topic)
             .key(k.as_bytes())
             .payload(v.as_bytes())
