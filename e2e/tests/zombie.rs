@@ -82,6 +82,16 @@ async fn a_paused_owner_never_commits_after_a_takeover() {
     ];
     let checkpoints = Checkpoints::of(&s.env, &s.job);
     pods[0].start(0);
+    // A zombie is an owner: pod a must have taken every task and committed a checkpoint of
+    // each before it is first paused (paused earlier, it is only a pod that starts late).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..PARTITIONS).any(|t| committed_after(&pods[0].log(0), 0, t) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "pod a never committed a checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut owner = 0;
     let mut violations = Vec::new();
     let mut slowest = Duration::ZERO;
