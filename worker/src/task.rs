@@ -16,7 +16,7 @@ use crate::assignment::TaskId;
 use crate::checkpoint::descriptor::{CheckpointId, Descriptor, Epoch};
 use crate::checkpoint::layout::JobLayout;
 use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
-use crate::checkpoint::{self, CheckpointError, TaskCheckpoints};
+use crate::checkpoint::{self, CheckpointError, Taken, TaskCheckpoints};
 use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
@@ -114,20 +114,13 @@ struct Committed {
     elapsed: Duration,
 }
 
-struct CommitRequest {
-    id: CheckpointId,
-    offsets: BTreeMap<String, i64>,
-    records_in: u64,
-    transactional_id: Option<String>,
-}
-
 /// What the task asks of its checkpoint uploader.
 enum Request {
     /// At-least-once: upload, descriptor, HEAD, retention.
-    Commit(CommitRequest),
+    Commit(Taken),
     /// Exactly-once: upload and descriptor only; the task then commits its transaction and
     /// sends [`Request::Publish`].
-    Prepare(CommitRequest),
+    Prepare(Taken),
     /// Exactly-once: HEAD and retention, after the transaction committed.
     Publish(Descriptor),
     /// Whether HEAD still carries this owner's epoch.
@@ -326,9 +319,10 @@ pub fn run<S: StateBackend, C: Connector>(
                 let id = next_id;
                 next_id = id.next();
                 state.checkpoint(&checkpoint::local_dir(&task_dir.join("checkpoints"), id))?;
-                let request = CommitRequest {
+                let request = Taken {
                     id,
-                    offsets: offsets.clone(),
+                    source_offsets: offsets.clone(),
+                    watermark_ms: None,
                     records_in,
                     transactional_id: transactional_id.clone(),
                 };
@@ -426,27 +420,16 @@ impl Uploader {
                 let started = Instant::now();
                 let reply = match request {
                     Request::Commit(r) => {
-                        let result = checkpoints
-                            .commit(r.id, r.offsets, None, r.records_in, &fingerprint)
-                            .await;
+                        let result = checkpoints.commit(r, &fingerprint).await;
                         Reply::Committed(Committed {
                             result,
                             next_id: checkpoints.next_id(),
                             elapsed: started.elapsed(),
                         })
                     }
-                    Request::Prepare(r) => Reply::Prepared(
-                        checkpoints
-                            .prepare(
-                                r.id,
-                                r.offsets,
-                                None,
-                                r.records_in,
-                                &fingerprint,
-                                r.transactional_id,
-                            )
-                            .await,
-                    ),
+                    Request::Prepare(r) => {
+                        Reply::Prepared(checkpoints.prepare(r, &fingerprint).await)
+                    }
                     Request::Publish(descriptor) => {
                         let result = checkpoints.publish(descriptor).await;
                         Reply::Committed(Committed {
@@ -502,7 +485,7 @@ impl Uploader {
     }
 
     /// Exactly-once: uploads the checkpoint and writes its descriptor; waits for it.
-    fn prepare(&self, request: CommitRequest) -> Result<Descriptor, TaskError> {
+    fn prepare(&self, request: Taken) -> Result<Descriptor, TaskError> {
         self.send(Request::Prepare(request))?;
         match self.wait()? {
             Reply::Prepared(result) => Ok(result?),

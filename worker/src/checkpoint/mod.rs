@@ -63,6 +63,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
+/// A checkpoint the task took locally, with what its descriptor records.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    /// Its id; the local checkpoint is in [`TaskCheckpoints::local_dir`].
+    pub id: CheckpointId,
+    /// Per source topic: the next offset to read.
+    pub source_offsets: BTreeMap<String, i64>,
+    /// The task's watermark, if any.
+    pub watermark_ms: Option<i64>,
+    /// Records consumed in total.
+    pub records_in: u64,
+    /// Exactly-once: the sink's `transactional.id`.
+    pub transactional_id: Option<String>,
+}
+
 /// What a task restored from.
 #[derive(Clone, Debug)]
 pub struct Restored {
@@ -287,28 +302,16 @@ impl TaskCheckpoints {
         Ok(())
     }
 
-    /// Commits the local checkpoint `id` (already written to [`Self::local_dir`]): uploads the
-    /// files the previous checkpoint lacks, creates the descriptor, advances HEAD with a
-    /// conditional write, then applies retention. [`CheckpointError::Fenced`] means the task
-    /// was lost: commit nothing more for it.
+    /// Commits the local checkpoint `taken.id` (already written to [`Self::local_dir`]):
+    /// uploads the files the previous checkpoint lacks, creates the descriptor, advances HEAD
+    /// with a conditional write, then applies retention. [`CheckpointError::Fenced`] means the
+    /// task was lost: commit nothing more for it.
     pub async fn commit(
         &mut self,
-        id: CheckpointId,
-        source_offsets: BTreeMap<String, i64>,
-        watermark_ms: Option<i64>,
-        records_in: u64,
+        taken: Taken,
         fingerprint: &str,
     ) -> Result<Descriptor, CheckpointError> {
-        let descriptor = self
-            .prepare(
-                id,
-                source_offsets,
-                watermark_ms,
-                records_in,
-                fingerprint,
-                None,
-            )
-            .await?;
+        let descriptor = self.prepare(taken, fingerprint).await?;
         self.publish(descriptor).await
     }
 
@@ -317,13 +320,16 @@ impl TaskCheckpoints {
     /// Exactly-once commits the sink's transaction in between.
     pub async fn prepare(
         &mut self,
-        id: CheckpointId,
-        source_offsets: BTreeMap<String, i64>,
-        watermark_ms: Option<i64>,
-        records_in: u64,
+        taken: Taken,
         fingerprint: &str,
-        transactional_id: Option<String>,
     ) -> Result<Descriptor, CheckpointError> {
+        let Taken {
+            id,
+            source_offsets,
+            watermark_ms,
+            records_in,
+            transactional_id,
+        } = taken;
         let dir = self.local_dir(id);
         let files = self.hash_files(&dir).await?;
         let descriptor = Descriptor {
@@ -621,7 +627,13 @@ mod tests {
         let uri = format!("file://{}", dir.path().join("store").display());
         let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
         let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
-        let offsets = |n: i64| BTreeMap::from([("in".to_string(), n)]);
+        let taken = |id, offset: i64, transactional_id| Taken {
+            id,
+            source_offsets: BTreeMap::from([("in".to_string(), offset)]),
+            watermark_ms: None,
+            records_in: 0,
+            transactional_id,
+        };
         let take = |owner: &'static str| {
             TaskCheckpoints::take_over(
                 store.clone(),
@@ -646,9 +658,7 @@ mod tests {
             }
             let id = a.next_id();
             state.checkpoint(&a.local_dir(id)).unwrap();
-            a.commit(id, offsets(round * 100), None, 0, "fp")
-                .await
-                .unwrap();
+            a.commit(taken(id, round * 100, None), "fp").await.unwrap();
             assert_complete(&store, &layout, id).await;
         }
         let ids = |present: Vec<CheckpointId>| present.into_iter().map(|c| c.0).collect::<Vec<_>>();
@@ -662,7 +672,7 @@ mod tests {
         let id = a.next_id();
         state.checkpoint(&a.local_dir(id)).unwrap();
         let pending = a
-            .prepare(id, offsets(700), None, 0, "fp", Some("t".into()))
+            .prepare(taken(id, 700, Some("t".into())), "fp")
             .await
             .unwrap();
 
@@ -697,9 +707,7 @@ mod tests {
             state.put(&round.to_be_bytes(), b"b").unwrap();
             let id = b.next_id();
             state.checkpoint(&b.local_dir(id)).unwrap();
-            b.commit(id, offsets(round * 100), None, 0, "fp")
-                .await
-                .unwrap();
+            b.commit(taken(id, round * 100, None), "fp").await.unwrap();
             let present = store.list_checkpoints(&layout).await.unwrap();
             assert!(present.contains(&id), "HEAD's descriptor is kept");
             assert!(
