@@ -15,7 +15,7 @@ use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_worker::state::StateBackend;
 use sluice_worker::state::rocks::RocksState;
 
-use crate::TestEnv;
+use crate::{TestEnv, cdc};
 
 /// A small deterministic random source (xorshift), seeded and printed so a run can be replayed.
 pub struct Rng(u64);
@@ -59,16 +59,16 @@ pub struct Scenario {
     pub env: TestEnv,
     /// Scratch directory: job manifest, worker volumes and logs.
     pub dir: PathBuf,
-    /// The job's name, unique to this run.
-    pub name: String,
     /// The input topic.
     pub input: String,
     /// The output (changelog) topic.
     pub output: String,
     /// The job manifest.
     pub job: JobFiles,
-    /// The generator writing the input; wait for it to know the input is complete.
+    /// The generator writing the input; see [`Scenario::input_written`].
     pub generator: Child,
+    /// (partitions, keys, events) of the input.
+    workload: (u32, u64, u64),
 }
 
 impl Scenario {
@@ -102,12 +102,44 @@ impl Scenario {
         Self {
             env,
             dir,
-            name,
             input,
             output,
             job,
             generator,
+            workload,
         }
+    }
+
+    /// Waits until the generator has written the whole input.
+    pub fn input_written(&mut self) {
+        let status = self.generator.wait().expect("wait for sluice-cdc-gen");
+        assert!(status.success(), "sluice-cdc-gen failed: {status}");
+    }
+
+    /// Records of the input per partition (its end offsets): the broker's high watermark is
+    /// not trusted (see [`read_table`]).
+    pub fn ends(&self) -> Vec<i64> {
+        let (partitions, keys, events) = self.workload;
+        cdc::events_per_partition(events, keys, partitions)
+    }
+
+    /// The job's checkpoints.
+    pub fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::of(&self.env, &self.job)
+    }
+
+    /// Asserts the changelog and every task's state equal the reference computed from the
+    /// input (see [`Checkpoints::assert_materialized`]); returns the live rows.
+    pub async fn assert_materialized(&self, checkpoints: &Checkpoints) -> usize {
+        checkpoints
+            .assert_materialized(
+                &self.env,
+                &self.input,
+                &self.output,
+                &self.ends(),
+                &self.dir,
+            )
+            .await
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 
-use sluice_e2e::cdc;
 use sluice_e2e::cluster::{Checkpoints, Scenario};
 
 const PARTITIONS: u32 = 4;
@@ -37,9 +36,9 @@ async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
 
     let mut workers = s.workers(env!("CARGO_BIN_EXE_sluice-worker"), 1);
     workers.crash_at(0, failpoint);
-    assert!(s.generator.wait().expect("generator").success());
+    s.input_written();
 
-    let checkpoints = Checkpoints::of(&s.env, &s.job);
+    let checkpoints = s.checkpoints();
     let mut at_crash = Vec::new();
     for task in 0..PARTITIONS {
         let crash = store_of(&checkpoints, task).await;
@@ -52,7 +51,7 @@ async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
 
     let before = workers.log(0).len();
     workers.start(0);
-    let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
+    let ends = s.ends();
     checkpoints
         .wait_until_covered(&s.input, &ends, || assert_eq!(workers.crashed(), vec![]))
         .await;
@@ -82,9 +81,7 @@ async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
         }
     }
 
-    checkpoints
-        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
-        .await;
+    s.assert_materialized(&checkpoints).await;
     at_crash
 }
 

@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_e2e::cdc;
-use sluice_e2e::cluster::{Checkpoints, Scenario, group_offsets, source_duplicates};
+use sluice_e2e::cluster::{Scenario, group_offsets, source_duplicates};
 use sluice_worker::checkpoint::descriptor::Descriptor;
 
 const PARTITIONS: u32 = 4;
@@ -57,7 +56,7 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("the failpoint names the task it hit:\n{log}"));
 
-    let checkpoints = Checkpoints::of(&s.env, &s.job);
+    let checkpoints = s.checkpoints();
     let (head, present) = checkpoints.ids(task).await;
     let mut pending = Vec::new();
     for id in present.into_iter().filter(|id| Some(*id) > head) {
@@ -79,11 +78,11 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
             .collect::<Vec<_>>(),
         at_crash.group
     );
-    assert!(s.generator.wait().expect("generator").success());
+    s.input_written();
 
     let before = log.len();
     workers.start(0);
-    let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
+    let ends = s.ends();
     checkpoints
         .wait_until_covered(&s.input, &ends, || assert_eq!(workers.crashed(), vec![]))
         .await;
@@ -101,11 +100,9 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
             "task {t}: the group's offsets are HEAD's"
         );
     }
-    checkpoints
-        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
-        .await;
+    s.assert_materialized(&checkpoints).await;
     let duplicates = source_duplicates(&s.env, &s.output, PARTITIONS);
-    eprintln!("{failpoint}: s.output (records, duplicates) per partition: {duplicates:?}");
+    eprintln!("{failpoint}: output (records, duplicates) per partition: {duplicates:?}");
     Outcome {
         task,
         at_crash,

@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use sluice_e2e::cdc;
-use sluice_e2e::cluster::{Checkpoints, Rng, Scenario, Workers, group_offsets, source_duplicates};
+use sluice_e2e::cluster::{Rng, Scenario, Workers, group_offsets, source_duplicates};
 
 const PARTITIONS: u32 = 12;
 const KEYS: u64 = 170_000;
@@ -41,12 +40,13 @@ async fn rescale_during_a_run(guarantee: &str) {
     for ordinal in 0..3 {
         workers.start(ordinal);
     }
+    let logs = s.dir.clone();
     let alive = |workers: &mut Workers| {
         assert_eq!(
             workers.crashed(),
             vec![],
             "a worker died on its own; see its log in {}",
-            s.dir.display()
+            logs.display()
         );
     };
     use Step::{Kill, Rescale};
@@ -80,21 +80,16 @@ async fn rescale_during_a_run(guarantee: &str) {
             }
         }
     }
-    assert!(
-        s.generator.wait().expect("generator").success(),
-        "generator failed"
-    );
+    s.input_written();
 
-    let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
-    let checkpoints = Checkpoints::of(&s.env, &s.job);
+    let ends = s.ends();
+    let checkpoints = s.checkpoints();
     checkpoints
         .wait_until_covered(&s.input, &ends, || alive(&mut workers))
         .await;
     workers.stop_all();
 
-    let live_rows = checkpoints
-        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
-        .await;
+    let live_rows = s.assert_materialized(&checkpoints).await;
     let duplicates = source_duplicates(&s.env, &s.output, PARTITIONS);
     let (records, twice) = duplicates
         .iter()

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_e2e::cdc;
-use sluice_e2e::cluster::{Checkpoints, Rng, Scenario, Workers};
+use sluice_e2e::cluster::{Rng, Scenario, Workers};
 
 const PARTITIONS: u32 = 12;
 const WORKERS: u32 = 3;
@@ -57,16 +56,13 @@ async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table(
             s.dir.display()
         );
     }
-    assert!(
-        s.generator.wait().expect("generator").success(),
-        "generator failed"
-    );
+    s.input_written();
 
-    // Done when every task's committed checkpoint covers the whole s.input. The s.input's end per
+    // Done when every task's committed checkpoint covers the whole input. The input's end per
     // partition follows from the workload (the broker's high watermark cannot be trusted, see
     // `read_table`).
-    let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
-    let checkpoints = Checkpoints::of(&s.env, &s.job);
+    let ends = s.ends();
+    let checkpoints = s.checkpoints();
     checkpoints
         .wait_until_covered(&s.input, &ends, || {
             assert_eq!(
@@ -79,9 +75,7 @@ async fn three_workers_survive_random_sigkills_and_end_with_the_reference_table(
         .await;
     workers.stop_all();
 
-    let live_rows = checkpoints
-        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
-        .await;
+    let live_rows = s.assert_materialized(&checkpoints).await;
     assert!(
         live_rows > 1000,
         "the workload leaves rows mid-cycle ({live_rows})"

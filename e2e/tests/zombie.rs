@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_e2e::cdc;
-use sluice_e2e::cluster::{Checkpoints, Rng, Scenario, Workers};
+use sluice_e2e::cluster::{Rng, Scenario, Workers};
 
 const PARTITIONS: u32 = 2;
 const KEYS: u64 = 50_000;
@@ -80,7 +79,7 @@ async fn a_paused_owner_never_commits_after_a_takeover() {
         Workers::new(binary.as_ref(), &s.job, &s.dir.join("a"), 1),
         Workers::new(binary.as_ref(), &s.job, &s.dir.join("b"), 1),
     ];
-    let checkpoints = Checkpoints::of(&s.env, &s.job);
+    let checkpoints = s.checkpoints();
     pods[0].start(0);
     // A zombie is an owner: pod a must have taken every task and committed a checkpoint of
     // each before it is first paused (paused earlier, it is only a pod that starts late).
@@ -184,17 +183,15 @@ async fn a_paused_owner_never_commits_after_a_takeover() {
     }
     assert!(violations.is_empty(), "{violations:#?}");
 
-    assert!(s.generator.wait().expect("generator").success());
-    let ends = cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
+    s.input_written();
+    let ends = s.ends();
     checkpoints
         .wait_until_covered(&s.input, &ends, || {
             assert_eq!(pods[owner].crashed(), vec![])
         })
         .await;
     pods[owner].stop_all();
-    checkpoints
-        .assert_materialized(&s.env, &s.input, &s.output, &ends, &s.dir)
-        .await;
+    s.assert_materialized(&checkpoints).await;
     eprintln!(
         "{TRIALS} zombie trials: 0 violations; zombies dropped their tasks within {:.1} s of SIGCONT; results equal the reference",
         slowest.as_secs_f64()

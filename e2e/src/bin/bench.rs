@@ -311,30 +311,22 @@ fn engine(
     }
     std::fs::create_dir_all(dir)?;
     let dir = &dir.canonicalize()?;
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: engine, namespace: bench}}
-spec:
-  parallelism: 1
-  source:
-    kafka: {{bootstrapServers: "unused:9092", topics: ["{topic}"], format: debezium-json}}
-  steps:
-    - name: table
-      materialize: {{}}
-  sink:
-    kafka: {{topic: "{topic}-changelog"}}
-  checkpoint:
-    storage: "file://{checkpoints}"
-    interval: {interval}
-    retain: 3
-"#,
-            checkpoints = dir.join("checkpoints").display(),
-        ),
-    )?;
+    // The test job; it names no server this benchmark talks to: records come from memory,
+    // checkpoints go to the `file://` store given to the tasks below.
+    let nowhere = TestEnv {
+        kafka_bootstrap: "unused:9092".into(),
+        s3_endpoint: "http://unused".into(),
+        s3_bucket: "unused".into(),
+    };
+    let job = write_materialize_job(
+        &nowhere,
+        dir,
+        "engine",
+        topic,
+        &format!("{topic}-changelog"),
+        interval,
+        "at-least-once",
+    );
     let log_path = dir.join("engine.log");
     let log = std::fs::File::create(&log_path)?;
     tracing_subscriber::fmt()
@@ -343,7 +335,7 @@ spec:
         .with_env_filter("info")
         .init();
 
-    let job = Arc::new(Job::from_file(&manifest)?);
+    let job = Arc::new(Job::from_file(&job.manifest)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
