@@ -339,11 +339,16 @@ impl Workers {
                 .status();
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        for (ordinal, mut child) in self.children.drain() {
+        let children: Vec<_> = self.children.drain().collect();
+        for (ordinal, mut child) in children {
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) => {
-                        assert!(status.success(), "worker {ordinal} exited with {status}");
+                        assert!(
+                            status.success(),
+                            "worker {ordinal} exited with {status}; its log ends:\n{}",
+                            self.log_tail(ordinal)
+                        );
                         break;
                     }
                     Ok(None) if Instant::now() < deadline => {
@@ -390,7 +395,11 @@ impl Workers {
         old.sort_unstable();
         for ordinal in old {
             let status = self.wait_for_exit(ordinal, Duration::from_secs(60));
-            assert!(status.success(), "worker {ordinal} exited with {status}");
+            assert!(
+                status.success(),
+                "worker {ordinal} exited with {status}; its log ends:\n{}",
+                self.log_tail(ordinal)
+            );
             if ordinal < to {
                 self.start(ordinal);
             }
@@ -401,6 +410,13 @@ impl Workers {
     /// The log of worker `ordinal`, across its restarts.
     pub fn log(&self, ordinal: u32) -> String {
         std::fs::read_to_string(self.dir.join(format!("worker-{ordinal}.log"))).unwrap_or_default()
+    }
+
+    /// The last 30 lines of worker `ordinal`'s log, for failure messages.
+    pub fn log_tail(&self, ordinal: u32) -> String {
+        let log = self.log(ordinal);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// Starts worker `ordinal` with the failpoint `failpoint` armed (see `sluice_worker::failpoint`)

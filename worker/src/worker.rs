@@ -72,16 +72,23 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         .enable_all()
         .thread_name("sluice-io")
         .build()?;
+    // Listen for SIGTERM before anything slow (broker metadata, topic creation): a pod can be
+    // told to stop at any moment of its start-up, and the default action would kill it.
+    let stop = Arc::new(AtomicBool::new(false));
+    runtime.block_on(listen_for_stop(stop.clone()));
     let job = Arc::new(config.job.clone());
     // Refuse steps this build cannot run before touching anything.
     crate::pipeline::Pipeline::new(&job)?;
-    let env = Arc::new(TaskEnv::new(
-        job.clone(),
-        &config.checkpoint_storage,
-        config.state_dir.clone(),
-        config.owner.clone(),
-        runtime.handle().clone(),
-    )?);
+    let env = Arc::new(TaskEnv {
+        stop: stop.clone(),
+        ..TaskEnv::new(
+            job.clone(),
+            &config.checkpoint_storage,
+            config.state_dir.clone(),
+            config.owner.clone(),
+            runtime.handle().clone(),
+        )?
+    });
     let partitions = kafka::source_partitions(&job)?;
     runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?;
     let tasks = assignment::tasks_of(config.ordinal, config.parallelism, partitions);
@@ -100,7 +107,10 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         env.metrics.clone(),
         ready.clone(),
     ));
-    runtime.spawn(stop_on_signal(env.stop.clone()));
+    if stop.load(Ordering::Relaxed) {
+        info!("stopped before any task started");
+        return Ok(());
+    }
 
     let threads: Vec<_> = tasks
         .iter()
@@ -163,7 +173,8 @@ fn supervise<S: StateBackend>(env: &TaskEnv, task: TaskId, ready: &AtomicBool) {
     }
 }
 
-async fn stop_on_signal(stop: Arc<AtomicBool>) {
+/// Registers the SIGTERM/SIGINT handlers now and sets `stop` when one arrives.
+async fn listen_for_stop(stop: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -172,10 +183,12 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
         warn!("cannot listen for signals; stop with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    info!("stopping: taking a final checkpoint of every task");
-    stop.store(true, Ordering::Relaxed);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        info!("stopping: taking a final checkpoint of every task");
+        stop.store(true, Ordering::Relaxed);
+    });
 }
