@@ -1,0 +1,124 @@
+//! What a spec change requires of the running job: pure, no client. Every field of the spec
+//! is classified, as the Flink Kubernetes operator classifies its spec: some changes are
+//! ignored, some rescale, some restart the workers from their last checkpoint.
+
+use serde_json::Value;
+use sluice_crds::v1alpha1::StreamJobSpec;
+
+/// What a change to a spec field requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Every worker restarts from its last checkpoint with the new config.
+    Restart,
+    /// Every worker restarts with the new parallelism; tasks move between workers and are
+    /// restored from their checkpoints.
+    Rescale,
+    /// Workers stop after a final checkpoint (true) or start again from it (false).
+    Suspend,
+    /// Nothing changes for running workers: volume claims are fixed when the StatefulSet is
+    /// created. Resize the PersistentVolumeClaims themselves, or create a new job.
+    Ignored,
+}
+
+/// Each top-level spec field and what changing it requires.
+pub const FIELDS: &[(&str, Effect)] = &[
+    ("parallelism", Effect::Rescale),
+    ("image", Effect::Restart),
+    ("source", Effect::Restart),
+    ("eventTime", Effect::Restart),
+    ("steps", Effect::Restart),
+    ("sink", Effect::Restart),
+    ("deadLetter", Effect::Restart),
+    ("checkpoint", Effect::Restart),
+    ("state", Effect::Ignored),
+    ("suspend", Effect::Suspend),
+    ("resources", Effect::Restart),
+    ("podTemplate", Effect::Restart),
+];
+
+/// What the change from the applied spec to the new one requires, most disruptive first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// No workers were started yet.
+    Create,
+    /// Nothing that concerns the workers changed.
+    None,
+    /// `suspend` became true.
+    Suspend,
+    /// `suspend` became false.
+    Resume,
+    /// The parallelism changed (other restarting fields may have changed with it).
+    Rescale {
+        /// Old parallelism.
+        from: i32,
+        /// New parallelism.
+        to: i32,
+    },
+    /// Fields that need a restart changed.
+    Restart {
+        /// The fields, as named in the spec.
+        fields: Vec<&'static str>,
+    },
+}
+
+/// A classified change, with the fields whose change has no effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classified {
+    /// What the workers must do.
+    pub change: Change,
+    /// Changed fields that are ignored (see [`Effect::Ignored`]).
+    pub ignored: Vec<&'static str>,
+}
+
+/// Classifies the change from `applied` (what the workers run with, if any) to `new`.
+pub fn classify(applied: Option<&StreamJobSpec>, new: &StreamJobSpec) -> Classified {
+    let Some(applied) = applied else {
+        return Classified {
+            change: Change::Create,
+            ignored: vec![],
+        };
+    };
+    let (old_value, new_value) = (as_object(applied), as_object(new));
+    let changed: Vec<(&'static str, Effect)> = FIELDS
+        .iter()
+        .copied()
+        .filter(|(field, _)| old_value.get(*field) != new_value.get(*field))
+        .collect();
+    let with = |effect: Effect| -> Vec<&'static str> {
+        changed
+            .iter()
+            .filter(|(_, e)| *e == effect)
+            .map(|(f, _)| *f)
+            .collect()
+    };
+    let ignored = with(Effect::Ignored);
+    let change = if new.suspend != applied.suspend {
+        if new.suspend {
+            Change::Suspend
+        } else {
+            Change::Resume
+        }
+    } else if new.parallelism != applied.parallelism {
+        Change::Rescale {
+            from: applied.parallelism,
+            to: new.parallelism,
+        }
+    } else if !with(Effect::Restart).is_empty() {
+        Change::Restart {
+            fields: with(Effect::Restart),
+        }
+    } else {
+        Change::None
+    };
+    Classified { change, ignored }
+}
+
+fn as_object(spec: &StreamJobSpec) -> serde_json::Map<String, Value> {
+    match serde_json::to_value(spec) {
+        Ok(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Observation: everything reconcile reads before it decides anything. I/O only, no decisions.
+//! Reads the referenced Secrets' key names (never their values), the StatefulSet, the worker
+//! pods, the job file the workers run with, and — through [`Outside`] — the source topics'
+//! partition counts and the tasks' checkpoint HEADs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
+
+use crate::build::{config_map_name, selector_string};
+use crate::validate::{Facts, secret_refs};
+
+/// What lies outside the Kubernetes API: the brokers and the object store.
+pub trait Outside: Send + Sync {
+    /// Partition count of each source topic (0 when it does not exist), or why the brokers
+    /// could not be asked.
+    fn source_partitions(
+        &self,
+        job: &StreamJob,
+    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, String>>;
+
+    /// The oldest of the tasks' latest checkpoints, or `None` when some task has none yet or
+    /// the store cannot be read.
+    fn last_checkpoint(
+        &self,
+        job: &StreamJob,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<CheckpointRef>>;
+}
+
+/// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
+/// module, with the operator's own credentials from its environment).
+pub struct RealOutside;
+
+impl Outside for RealOutside {
+    fn source_partitions(
+        &self,
+        job: &StreamJob,
+    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, String>> {
+        let kafka = job.spec.source.kafka.clone();
+        Box::pin(async move {
+            if kafka.auth.is_some() {
+                return Err("the source needs credentials the operator does not read".into());
+            }
+            tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &kafka.bootstrap_servers)
+                    .create()
+                    .map_err(|e| e.to_string())?;
+                let mut counts = BTreeMap::new();
+                for topic in &kafka.topics {
+                    let metadata = consumer
+                        .fetch_metadata(Some(topic), std::time::Duration::from_secs(5))
+                        .map_err(|e| {
+                            format!("asking {} for topic {topic}: {e}", kafka.bootstrap_servers)
+                        })?;
+                    let n = metadata
+                        .topics()
+                        .first()
+                        .filter(|t| t.error().is_none())
+                        .map_or(0, |t| t.partitions().len() as u32);
+                    counts.insert(topic.clone(), n);
+                }
+                Ok(counts)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn last_checkpoint(
+        &self,
+        job: &StreamJob,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<CheckpointRef>> {
+        use sluice_worker::checkpoint::layout::JobLayout;
+        use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
+        let spec = job.spec.checkpoint.clone();
+        let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
+        Box::pin(async move {
+            let options = StoreOptions {
+                endpoint: spec.endpoint.clone(),
+                region: spec.region.clone(),
+            };
+            let store = CheckpointStore::open(&spec.storage, &options).ok()?;
+            let layout = JobLayout::new(store.prefix(), &namespace, &name);
+            let mut oldest: Option<CheckpointRef> = None;
+            for task in 0..partitions {
+                let task = layout.task(task);
+                let (head, _) = store.read_head(&task).await.ok()??;
+                let descriptor = store.read_descriptor(&task, head.checkpoint?).await.ok()?;
+                let time = k8s_openapi::jiff::Timestamp::from_millisecond(descriptor.created_at_ms)
+                    .ok()?;
+                if oldest.as_ref().is_none_or(|o| time < o.time.0) {
+                    oldest = Some(CheckpointRef {
+                        id: descriptor.id.0 as i64,
+                        time: Time(time),
+                    });
+                }
+            }
+            oldest
+        })
+    }
+}
+
+/// What was observed for one job.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// Facts validation needs.
+    pub facts: Facts,
+    /// The job's StatefulSet, if it exists.
+    pub stateful_set: Option<StatefulSet>,
+    /// The job's worker pods.
+    pub pods: Vec<Pod>,
+}
+
+/// Why observing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// An API request failed.
+    #[error("reading {what}: {source}")]
+    Api {
+        /// What was read.
+        what: String,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ObserveError {
+    let what = what.into();
+    move |source| ObserveError::Api { what, source }
+}
+
+/// Reads what reconcile needs about `job`.
+pub async fn observe(
+    client: &Client,
+    outside: &Arc<dyn Outside>,
+    job: &StreamJob,
+) -> Result<Observed, ObserveError> {
+    let namespace = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let mut secrets = BTreeMap::new();
+    let names: BTreeSet<String> = secret_refs(&job.spec)
+        .into_iter()
+        .map(|(_, n, _)| n)
+        .collect();
+    for secret in names {
+        let found = secrets_api
+            .get_opt(&secret)
+            .await
+            .map_err(api(format!("Secret {secret}")))?;
+        let keys = found.map(|s| {
+            let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
+            keys.extend(s.string_data.unwrap_or_default().into_keys());
+            keys
+        });
+        secrets.insert(secret, keys);
+    }
+
+    let stateful_set = Api::<StatefulSet>::namespaced(client.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(api(format!("StatefulSet {name}")))?;
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .get_opt(&config_map_name(&name))
+        .await
+        .map_err(api(format!("ConfigMap {}", config_map_name(&name))))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector_string(&name)))
+        .await
+        .map_err(api("worker pods"))?
+        .items;
+
+    // The spec the workers run with; `suspend` is not in the job file, the StatefulSet's
+    // replicas say it.
+    let applied = config_map
+        .and_then(|cm| cm.data?.remove("job.yaml"))
+        .and_then(|text| serde_norway::from_str::<StreamJob>(&text).ok())
+        .map(|applied| StreamJobSpec {
+            suspend: stateful_set.as_ref().and_then(|s| s.spec.replicas) == Some(0),
+            ..applied.spec
+        });
+
+    let source_partitions = outside.source_partitions(job).await;
+    Ok(Observed {
+        facts: Facts {
+            secrets,
+            source_partitions,
+            applied,
+        },
+        stateful_set,
+        pods,
+    })
+}

@@ -1,0 +1,437 @@
+//! One reconcile of one StreamJob, and the controller that runs it. I/O at the edges:
+//! [`observe`] → [`validate`] (pure) → [`build`] (pure) → apply in a fixed order with
+//! server-side apply → roll pods of an old revision → [`status`] (pure) → write status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use sluice_crds::v1alpha1::StreamJob;
+use tracing::{info, instrument, warn};
+
+use crate::build::{
+    self, BuildError, Children, FIELD_MANAGER, JOB_LABEL, REVISION_LABEL, Settings,
+};
+use crate::change::{Change, classify};
+use crate::metrics::Metrics;
+use crate::observe::{ObserveError, Observed, Outside, observe};
+use crate::status::{self, Inputs, SPEC_VALID};
+use crate::validate::{ValidJob, validate};
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Operator settings that shape children.
+    pub settings: Settings,
+    /// Brokers and object store.
+    pub outside: Arc<dyn Outside>,
+    /// Who publishes Events.
+    pub reporter: Reporter,
+    /// Reconcile metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a reconcile failed. Its [`category`](ReconcileError::category) is the Event reason
+/// and the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Reading the job's surroundings failed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// Building a child failed (a bug).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Writing a child failed.
+    #[error("applying {what}: {source}")]
+    Apply {
+        /// The child.
+        what: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("writing the status: {0}")]
+    Status(kube::Error),
+}
+
+impl ReconcileError {
+    /// Short CamelCase category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Observe(_) => "ObserveFailed",
+            ReconcileError::Build(_) => "BuildFailed",
+            ReconcileError::Apply { .. } => "ApplyFailed",
+            ReconcileError::Status(_) => "StatusFailed",
+        }
+    }
+}
+
+fn apply_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let what = what.into();
+    move |source| ReconcileError::Apply { what, source }
+}
+
+/// Reconciles one job.
+#[instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().unwrap_or_default()))]
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_inner(&job, &ctx).await;
+    ctx.metrics.observe(
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::category),
+    );
+    result
+}
+
+async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, ReconcileError> {
+    if job.metadata.deletion_timestamp.is_some() {
+        // Children go with their owner (garbage collection); checkpoints stay.
+        return Ok(Action::await_change());
+    }
+    let namespace = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let reference = job.object_ref(&());
+    let publish = |type_: EventType, reason: &str, action: &str, note: String| {
+        let recorder = &recorder;
+        let reference = &reference;
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        async move {
+            if let Err(e) = recorder.publish(&event, reference).await {
+                warn!(error = %e, "cannot publish an event");
+            }
+        }
+    };
+
+    let Observed {
+        facts,
+        stateful_set: _,
+        pods,
+    } = observe(&ctx.client, &ctx.outside, job).await?;
+    let classified = classify(facts.applied.as_ref(), &job.spec);
+    let validated = validate(job, &facts);
+    let previous = job.status.as_ref();
+
+    let (errors, revision, last_checkpoint) = match &validated {
+        Ok(valid) => {
+            let children = build::children(valid, &ctx.settings)?;
+            let revision = build::revision(valid, &ctx.settings)?;
+            apply(&ctx.client, &namespace, &children).await?;
+            match &classified.change {
+                Change::Create => {
+                    publish(
+                        EventType::Normal,
+                        "Created",
+                        "Apply",
+                        format!(
+                            "created the StatefulSet with {} workers on revision {revision}",
+                            valid.spec.parallelism
+                        ),
+                    )
+                    .await;
+                }
+                Change::Rescale { from, to } => {
+                    publish(EventType::Normal, "Rescaling", "Rescale", format!(
+                        "restarting every worker: parallelism {from} → {to}; tasks move and restore from their checkpoints"
+                    )).await;
+                }
+                Change::Restart { fields } => {
+                    publish(
+                        EventType::Normal,
+                        "Restarting",
+                        "Restart",
+                        format!(
+                            "restarting every worker from its last checkpoint: {} changed",
+                            fields.join(", ")
+                        ),
+                    )
+                    .await;
+                }
+                Change::Suspend => {
+                    publish(
+                        EventType::Normal,
+                        "Suspending",
+                        "Suspend",
+                        "stopping every worker after a final checkpoint; state is kept".into(),
+                    )
+                    .await;
+                }
+                Change::Resume => {
+                    publish(
+                        EventType::Normal,
+                        "Resuming",
+                        "Resume",
+                        "starting the workers from their last checkpoints".into(),
+                    )
+                    .await;
+                }
+                Change::None => {}
+            }
+            if !classified.ignored.is_empty() {
+                publish(EventType::Warning, "ChangeIgnored", "Apply", format!(
+                    "{} changed, which applies to new volumes only: the StatefulSet keeps the claims it was created with; resize the PersistentVolumeClaims directly",
+                    classified.ignored.join(", ")
+                )).await;
+            }
+            let deleted = roll(&ctx.client, &namespace, &pods, &revision).await?;
+            if !deleted.is_empty() {
+                publish(
+                    EventType::Normal,
+                    "DeletedPods",
+                    "Roll",
+                    format!(
+                        "deleted {} of revision other than {revision} so they restart with it: {}",
+                        if deleted.len() == 1 {
+                            "1 pod".to_string()
+                        } else {
+                            format!("{} pods", deleted.len())
+                        },
+                        deleted.join(", ")
+                    ),
+                )
+                .await;
+            }
+            if previous.and_then(|s| s.observed_generation) != job.metadata.generation {
+                for orphan in remove_orphans(&ctx.client, valid, &children).await? {
+                    publish(
+                        EventType::Normal,
+                        "DeletedOrphan",
+                        "Delete",
+                        format!("deleted {orphan}, which this job no longer needs"),
+                    )
+                    .await;
+                }
+            }
+            let last_checkpoint = match valid.partitions {
+                Some(n) => ctx.outside.last_checkpoint(job, n).await,
+                None => None,
+            };
+            (vec![], Some(revision), last_checkpoint)
+        }
+        Err(errors) => (errors.clone(), None, None),
+    };
+
+    let inputs = Inputs {
+        generation: job.metadata.generation.unwrap_or_default(),
+        parallelism: job.spec.parallelism,
+        suspend: job.spec.suspend,
+        checkpoint_interval: job.spec.checkpoint.interval.into(),
+        previous,
+        errors: &errors,
+        change: &classified,
+        revision: revision.as_deref(),
+        pods: &pods,
+        last_checkpoint,
+        lag: None,
+        selector: build::selector_string(&name),
+        now: k8s_openapi::jiff::Timestamp::now(),
+    };
+    let new = status::status(&inputs);
+    let was_valid = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == SPEC_VALID))
+        .map(|c| c.status.clone());
+    if !errors.is_empty() && was_valid.as_deref() != Some("False") {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        publish(EventType::Warning, errors[0].reason, "Validate", message).await;
+    }
+    if let Some(message) = status::rollout_finished(previous, &new) {
+        info!(%message, "rollout complete");
+        publish(EventType::Normal, "RolloutComplete", "Roll", message).await;
+    }
+    if previous != Some(&new) {
+        let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "StreamJob",
+            "status": new,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(ReconcileError::Status)?;
+    }
+    let settled = new
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::PROGRESSING && c.status == "False");
+    Ok(Action::requeue(Duration::from_secs(if settled {
+        30
+    } else {
+        5
+    })))
+}
+
+/// Applies the children in a fixed order: config first, the StatefulSet that uses it last.
+async fn apply(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+) -> Result<(), ReconcileError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let name = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
+    let cm = &children.config_map;
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .patch(&name(&cm.metadata), &params, &Patch::Apply(cm))
+        .await
+        .map_err(apply_error(format!("ConfigMap {}", name(&cm.metadata))))?;
+    for service in [&children.service, &children.metrics_service] {
+        Api::<Service>::namespaced(client.clone(), namespace)
+            .patch(&name(&service.metadata), &params, &Patch::Apply(service))
+            .await
+            .map_err(apply_error(format!("Service {}", name(&service.metadata))))?;
+    }
+    let pdb = &children.pdb;
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace)
+        .patch(&name(&pdb.metadata), &params, &Patch::Apply(pdb))
+        .await
+        .map_err(apply_error(format!(
+            "PodDisruptionBudget {}",
+            name(&pdb.metadata)
+        )))?;
+    let sts = &children.stateful_set;
+    Api::<StatefulSet>::namespaced(client.clone(), namespace)
+        .patch(&name(&sts.metadata), &params, &Patch::Apply(sts))
+        .await
+        .map_err(apply_error(format!("StatefulSet {}", name(&sts.metadata))))?;
+    Ok(())
+}
+
+/// Deletes the pods of another revision (the StatefulSet uses `OnDelete`, so the operator
+/// decides when workers restart); the StatefulSet recreates them with the current one.
+async fn roll(
+    client: &Client,
+    namespace: &str,
+    pods: &[Pod],
+    revision: &str,
+) -> Result<Vec<String>, ReconcileError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut deleted = Vec::new();
+    for pod in pods {
+        let current = pod.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision);
+        if current || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = pod.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => deleted.push(name),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(apply_error(format!("deleting Pod {name}"))(e)),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes children of this job (by label and owner) that the desired set does not contain.
+async fn remove_orphans(
+    client: &Client,
+    job: &ValidJob,
+    children: &Children,
+) -> Result<Vec<String>, ReconcileError> {
+    let selector = format!("{JOB_LABEL}={}", job.name);
+    let wanted = |kind: &str, name: &str| match kind {
+        "ConfigMap" => children.config_map.metadata.name.as_deref() == Some(name),
+        "Service" => [&children.service, &children.metrics_service]
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some(name)),
+        "PodDisruptionBudget" => children.pdb.metadata.name.as_deref() == Some(name),
+        _ => children.stateful_set.metadata.name.as_deref() == Some(name),
+    };
+    let mut deleted = Vec::new();
+    macro_rules! sweep {
+        ($kind:ty, $label:literal) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), &job.namespace);
+            let list = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(apply_error(concat!("listing ", $label, "s")))?;
+            for object in list.items {
+                let name = object.name_any();
+                let ours = object.owner_references().iter().any(|o| o.uid == job.uid);
+                if ours && !wanted($label, &name) {
+                    api.delete(&name, &DeleteParams::default())
+                        .await
+                        .map_err(apply_error(format!("deleting {} {name}", $label)))?;
+                    deleted.push(format!("{} {name}", $label));
+                }
+            }
+        }};
+    }
+    sweep!(ConfigMap, "ConfigMap");
+    sweep!(Service, "Service");
+    sweep!(PodDisruptionBudget, "PodDisruptionBudget");
+    sweep!(StatefulSet, "StatefulSet");
+    Ok(deleted)
+}
+
+/// Requeues a failed reconcile.
+pub fn error_policy(job: Arc<StreamJob>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    warn!(job = %job.name_any(), category = error.category(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the controller for `namespaces` (all namespaces when empty) until shutdown.
+pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|scope| {
+        let client = ctx.client.clone();
+        let api = |client: Client| -> (Api<StreamJob>, Api<StatefulSet>, Api<Pod>) {
+            match &scope {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client, ns),
+                ),
+                None => (
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client),
+                ),
+            }
+        };
+        let (jobs, sets, pods) = api(client);
+        let managed = watcher::Config::default()
+            .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+        Controller::new(jobs, watcher::Config::default())
+            .owns(sets, managed.clone())
+            .watches(pods, managed, |pod: Pod| {
+                let job = pod.labels().get(JOB_LABEL)?.clone();
+                Some(ObjectRef::<StreamJob>::new(&job).within(&pod.namespace()?))
+            })
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    warn!(error = %e, "controller");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}

@@ -1,0 +1,336 @@
+//! The status a job reports: pure, no client. Conditions follow the Kubernetes API
+//! conventions (`type`, `status`, `reason` in CamelCase, a message a person can act on,
+//! `observedGeneration`, `lastTransitionTime` moved only when the status flips), so
+//! `kubectl wait --for=condition=Ready`, Argo CD and Flux read them as they read built-in kinds.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
+
+use crate::build::REVISION_LABEL;
+use crate::change::{Change, Classified};
+use crate::validate::SpecError;
+
+/// Condition types.
+pub const READY: &str = "Ready";
+/// Workers are being started, restarted or stopped.
+pub const PROGRESSING: &str = "Progressing";
+/// Something needs a person's attention.
+pub const DEGRADED: &str = "Degraded";
+/// The spec can run.
+pub const SPEC_VALID: &str = "SpecValid";
+
+/// Waiting reasons of a container that will not get better by waiting.
+const FAILING: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+];
+
+/// What the status is computed from.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// `metadata.generation` of the job.
+    pub generation: i64,
+    /// `spec.parallelism`.
+    pub parallelism: i32,
+    /// `spec.suspend`.
+    pub suspend: bool,
+    /// `spec.checkpoint.interval`.
+    pub checkpoint_interval: std::time::Duration,
+    /// The status as it was.
+    pub previous: Option<&'a StreamJobStatus>,
+    /// Validation errors; empty when the spec is valid.
+    pub errors: &'a [SpecError],
+    /// What this reconcile's spec change requires.
+    pub change: &'a Classified,
+    /// The revision pods should run; `None` when the spec is invalid.
+    pub revision: Option<&'a str>,
+    /// The job's worker pods.
+    pub pods: &'a [Pod],
+    /// The oldest of the tasks' latest checkpoints, when the object store was read.
+    pub last_checkpoint: Option<CheckpointRef>,
+    /// Source lag, when known.
+    pub lag: Option<i64>,
+    /// Label selector of the job's pods.
+    pub selector: String,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// A worker pod, as the status sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Worker {
+    name: String,
+    current: bool,
+    ready: bool,
+    terminating: bool,
+    failing: Option<(String, i32)>,
+}
+
+fn worker(pod: &Pod, revision: Option<&str>) -> Worker {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let failing = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|c| {
+            let reason = c.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
+            FAILING
+                .contains(&reason.as_str())
+                .then_some((reason, c.restart_count))
+        });
+    Worker {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        current: revision.is_some()
+            && pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL))
+                .map(String::as_str)
+                == revision,
+        ready,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        failing,
+    }
+}
+
+/// The job's status.
+pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
+    let previous = inputs.previous.cloned().unwrap_or_default();
+    let workers: Vec<Worker> = inputs
+        .pods
+        .iter()
+        .map(|p| worker(p, inputs.revision))
+        .collect();
+    let running = workers.iter().filter(|w| !w.terminating).count() as i32;
+    let ready = workers
+        .iter()
+        .filter(|w| w.current && w.ready && !w.terminating)
+        .count() as i32;
+    let mut conditions = Vec::new();
+    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+        conditions.push(condition(inputs, &previous, type_, ok, reason, message));
+    };
+    let phase;
+
+    if !inputs.errors.is_empty() {
+        let reason = inputs.errors[0].reason;
+        let message = inputs
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        set(SPEC_VALID, false, reason, message.clone());
+        set(
+            READY,
+            false,
+            "SpecInvalid",
+            "the spec cannot run; see SpecValid".into(),
+        );
+        set(
+            PROGRESSING,
+            false,
+            "SpecInvalid",
+            "nothing is started until the spec is fixed".into(),
+        );
+        set(DEGRADED, true, reason, message);
+        phase = Phase::Failed;
+    } else if inputs.suspend {
+        set(SPEC_VALID, true, "Valid", "the spec can run".into());
+        let message = "suspended: no workers run; state and checkpoints are kept; set \
+                       spec.suspend to false to resume from the last checkpoint";
+        set(READY, false, "Suspended", message.into());
+        if running > 0 {
+            set(
+                PROGRESSING,
+                true,
+                "Suspending",
+                format!("{running} workers are taking their final checkpoints"),
+            );
+        } else {
+            set(PROGRESSING, false, "Suspended", message.into());
+        }
+        set(DEGRADED, false, "Suspended", message.into());
+        phase = Phase::Suspended;
+    } else {
+        set(SPEC_VALID, true, "Valid", "the spec can run".into());
+        let desired = inputs.parallelism;
+        let stale = workers.iter().filter(|w| !w.current).count();
+        let rolling = stale > 0 || ready < desired;
+        let revision = inputs.revision.unwrap_or_default();
+        let was = previous_condition(&previous, PROGRESSING);
+        // Why workers are (re)starting: this reconcile's change, else the reason it had.
+        let action = match &inputs.change.change {
+            Change::Rescale { .. } => "Rescaling",
+            Change::Restart { .. } => "Restarting",
+            Change::Create | Change::Resume => "Starting",
+            Change::None | Change::Suspend => {
+                was.filter(|c| c.status == "True")
+                    .map_or("Starting", |c| match c.reason.as_str() {
+                        "Rescaling" => "Rescaling",
+                        "Restarting" => "Restarting",
+                        _ => "Starting",
+                    })
+            }
+        };
+        if rolling {
+            set(
+                PROGRESSING,
+                true,
+                action,
+                format!("{ready} of {desired} workers ready on revision {revision}"),
+            );
+        } else {
+            let took = was
+                .filter(|c| c.status == "True")
+                .map(|c| inputs.now.duration_since(c.last_transition_time.0));
+            let message = match took {
+                Some(d) => format!(
+                    "all {desired} workers ready on revision {revision}, {:.1} s after {} began",
+                    d.as_secs_f64(),
+                    was.map_or("the rollout", |c| match c.reason.as_str() {
+                        "Rescaling" => "the rescale",
+                        "Restarting" => "the restart",
+                        _ => "the start",
+                    })
+                ),
+                None => previous_condition(&previous, PROGRESSING)
+                    .filter(|c| c.reason == "RolloutComplete")
+                    .map_or_else(
+                        || format!("all {desired} workers ready on revision {revision}"),
+                        |c| c.message.clone(),
+                    ),
+            };
+            set(PROGRESSING, false, "RolloutComplete", message);
+        }
+        if !rolling {
+            set(
+                READY,
+                true,
+                "WorkersReady",
+                format!("{ready} of {desired} workers ready"),
+            );
+        } else {
+            set(
+                READY,
+                false,
+                "WorkersNotReady",
+                format!("{ready} of {desired} workers ready"),
+            );
+        }
+        let failing: Vec<String> = workers
+            .iter()
+            .filter_map(|w| {
+                let (reason, restarts) = w.failing.as_ref()?;
+                Some(format!(
+                    "pod {} is in {reason} after {restarts} restarts (kubectl logs {} --previous; \
+                     kubectl describe pod {})",
+                    w.name, w.name, w.name
+                ))
+            })
+            .collect();
+        let stalled_after =
+            (inputs.checkpoint_interval * 5).max(std::time::Duration::from_secs(60));
+        let checkpoint_age = inputs
+            .last_checkpoint
+            .as_ref()
+            .map(|c| inputs.now.duration_since(c.time.0))
+            .filter(|age| {
+                !rolling
+                    && *age > SignedDuration::try_from(stalled_after).unwrap_or(SignedDuration::MAX)
+            });
+        if !failing.is_empty() {
+            set(DEGRADED, true, "WorkersFailing", failing.join("; "));
+            phase = Phase::Degraded;
+        } else if let Some(age) = checkpoint_age {
+            set(
+                DEGRADED,
+                true,
+                "CheckpointsStalled",
+                format!(
+                    "the oldest task checkpoint is {} s old, the interval is {} s: a task cannot \
+                     checkpoint; see the workers' logs and check the object store",
+                    age.as_secs(),
+                    inputs.checkpoint_interval.as_secs()
+                ),
+            );
+            phase = Phase::Degraded;
+        } else {
+            set(
+                DEGRADED,
+                false,
+                "Healthy",
+                "workers run and checkpoint".into(),
+            );
+            phase = if rolling && action != "Starting" {
+                Phase::Rescaling
+            } else if ready == 0 {
+                Phase::Pending
+            } else {
+                Phase::Running
+            };
+        }
+    }
+
+    StreamJobStatus {
+        phase: Some(phase),
+        conditions,
+        observed_generation: Some(inputs.generation),
+        parallelism: Some(running),
+        selector: Some(inputs.selector.clone()),
+        ready_workers: Some(ready),
+        last_checkpoint: inputs.last_checkpoint.clone().or(previous.last_checkpoint),
+        lag: inputs.lag.or(previous.lag),
+    }
+}
+
+/// How long the rollout that `new` reports complete took, if `previous` had one running.
+pub fn rollout_finished(
+    previous: Option<&StreamJobStatus>,
+    new: &StreamJobStatus,
+) -> Option<String> {
+    let was = previous_condition(previous?, PROGRESSING)?;
+    let now = new.conditions.iter().find(|c| c.type_ == PROGRESSING)?;
+    (was.status == "True" && now.status == "False" && now.reason == "RolloutComplete")
+        .then(|| now.message.clone())
+}
+
+fn previous_condition<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn condition(
+    inputs: &Inputs<'_>,
+    previous: &StreamJobStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous_condition(previous, type_)
+        .filter(|c| c.status == status)
+        .map_or(Time(inputs.now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: Some(inputs.generation),
+        last_transition_time: since,
+    }
+}
+
+#[cfg(test)]
+mod tests;

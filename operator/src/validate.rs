@@ -1,0 +1,360 @@
+//! Validation of a StreamJob against what was observed around it: pure, no client. It returns
+//! a [`ValidJob`] (what every later step works from) or every reason the job cannot run, each
+//! naming the field and what to do about it. The CRD schema and its CEL rules have already
+//! checked each field on its own; this step checks what only the cluster and the worker know.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::SecretKeySelector;
+use kube::ResourceExt;
+use sluice_crds::v1alpha1::{DeliveryGuarantee, StateSpec, StreamJob, StreamJobSpec};
+
+/// What observation found out about the job's surroundings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Facts {
+    /// Secrets the spec refers to, by name: the keys each holds, `None` when it does not exist.
+    pub secrets: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// Partition count per source topic (0: no such topic), or why the brokers could not be
+    /// asked. Unreachable brokers do not make a spec invalid; the workers will report them.
+    pub source_partitions: Result<BTreeMap<String, u32>, String>,
+    /// The spec the running workers were started with (from the job's ConfigMap), if any.
+    pub applied: Option<StreamJobSpec>,
+}
+
+/// A StreamJob that can run, with what the builders need derived once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidJob {
+    /// Job name; also the StatefulSet's.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The StreamJob's uid, for owner references.
+    pub uid: String,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// The spec as validated.
+    pub spec: StreamJobSpec,
+    /// The volume the StatefulSet's claim template asks for. Claim templates cannot change
+    /// once the StatefulSet exists, so a running job keeps the one it was created with.
+    pub volume: StateSpec,
+    /// Source partitions, when the brokers answered.
+    pub partitions: Option<u32>,
+}
+
+/// Why a job cannot run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    /// The field at fault, as a path in the manifest (`spec.parallelism`).
+    pub field: String,
+    /// CamelCase reason, for the `SpecValid` condition and Events.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Checks `job` against `facts`; returns every problem found, not only the first.
+pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecError>> {
+    let spec = &job.spec;
+    let mut errors = Vec::new();
+    let mut fail = |field: String, reason: &'static str, message: String| {
+        errors.push(SpecError {
+            field,
+            reason,
+            message,
+        })
+    };
+
+    // Storage every pod can reach.
+    if spec.checkpoint.storage.starts_with("file://") {
+        fail(
+            "spec.checkpoint.storage".into(),
+            "StorageNotShared",
+            format!(
+                "{} is a path on one machine, but a task moves between pods on different nodes \
+                 and must find its checkpoints there; use s3://, gs:// or az:// storage \
+                 (file:// is for `sluice-worker local`)",
+                spec.checkpoint.storage
+            ),
+        );
+    }
+    if let Some(scheme) = ["gs://", "az://"]
+        .into_iter()
+        .find(|s| spec.checkpoint.storage.starts_with(s))
+    {
+        fail(
+            "spec.checkpoint.storage".into(),
+            "StorageUnsupported",
+            format!(
+                "{scheme} storage is not built into this Sluice version's workers yet; use s3:// \
+                 (any S3-compatible store, e.g. GCS's S3 interoperability endpoint)"
+            ),
+        );
+    }
+
+    // Exactly-once commits source offsets inside the sink cluster's transaction.
+    if spec.sink.kafka.delivery_guarantee == DeliveryGuarantee::ExactlyOnce
+        && spec
+            .sink
+            .kafka
+            .bootstrap_servers
+            .as_ref()
+            .is_some_and(|b| *b != spec.source.kafka.bootstrap_servers)
+    {
+        fail(
+            "spec.sink.kafka.bootstrapServers".into(),
+            "TransactionSpansClusters",
+            "exactly-once commits the source offsets in the sink's transaction, so source and \
+             sink must be the same Kafka cluster; remove sink.kafka.bootstrapServers or use \
+             deliveryGuarantee: at-least-once"
+                .into(),
+        );
+    }
+
+    // Referenced Secrets and keys.
+    for (field, name, key) in secret_refs(spec) {
+        match facts.secrets.get(&name) {
+            Some(Some(keys)) => {
+                if let Some(key) = key.filter(|k| !keys.contains(k)) {
+                    let have = keys.iter().cloned().collect::<Vec<_>>().join(", ");
+                    fail(
+                        field,
+                        "SecretKeyMissing",
+                        format!(
+                            "Secret {name} has no key {key} (it has: {have}); add the key or \
+                             point the selector at the right one"
+                        ),
+                    );
+                }
+            }
+            _ => fail(
+                field,
+                "SecretNotFound",
+                format!(
+                    "Secret {name} does not exist in namespace {}; create it before the job \
+                     can start",
+                    job.namespace().unwrap_or_default()
+                ),
+            ),
+        }
+    }
+
+    // Expressions compile.
+    for (field, expr) in expressions(spec) {
+        if let Err(e) = cel::Program::compile(&expr) {
+            let at = e
+                .errors
+                .first()
+                .map(|e| format!(" at line {}, column {}", e.pos.0, e.pos.1 + 1))
+                .unwrap_or_default();
+            let why = e
+                .errors
+                .first()
+                .map_or_else(|| e.to_string(), |e| e.msg.clone());
+            fail(
+                field,
+                "ExpressionInvalid",
+                format!("the CEL expression {expr:?} does not compile{at}: {why}"),
+            );
+        }
+    }
+
+    // Steps the worker build runs.
+    let worker_job = sluice_worker::job::Job {
+        namespace: job.namespace().unwrap_or_default(),
+        name: job.name_any(),
+        spec: spec.clone(),
+    };
+    if let Err(e) = sluice_worker::pipeline::Pipeline::new(&worker_job) {
+        fail("spec.steps".into(), "StepUnsupported", e.to_string());
+    }
+
+    // Source topology.
+    let mut partitions = None;
+    if let Ok(counts) = &facts.source_partitions {
+        for (i, topic) in spec.source.kafka.topics.iter().enumerate() {
+            if counts.get(topic).copied().unwrap_or(0) == 0 {
+                fail(
+                    format!("spec.source.kafka.topics[{i}]"),
+                    "SourceTopicNotFound",
+                    format!(
+                        "topic {topic} does not exist on {}; create it (or fix the name) and the \
+                         job starts on the next reconcile",
+                        spec.source.kafka.bootstrap_servers
+                    ),
+                );
+            }
+        }
+        let known: BTreeSet<u32> = spec
+            .source
+            .kafka
+            .topics
+            .iter()
+            .filter_map(|t| counts.get(t).copied().filter(|n| *n > 0))
+            .collect();
+        match known.iter().collect::<Vec<_>>().as_slice() {
+            [] => {}
+            [n] => {
+                partitions = Some(**n);
+                if spec.parallelism > **n as i32 {
+                    fail(
+                        "spec.parallelism".into(),
+                        "ParallelismAbovePartitions",
+                        format!(
+                            "parallelism {} is above the {n} partitions of the source, so {} \
+                             workers would have nothing to do; set parallelism to at most {n} \
+                             (or add partitions)",
+                            spec.parallelism,
+                            spec.parallelism - **n as i32
+                        ),
+                    );
+                }
+            }
+            _ => fail(
+                "spec.source.kafka.topics".into(),
+                "SourceNotCoPartitioned",
+                format!(
+                    "source topics must have the same number of partitions (task p reads \
+                     partition p of each), found {}",
+                    spec.source
+                        .kafka
+                        .topics
+                        .iter()
+                        .map(|t| format!("{t}: {}", counts.get(t).copied().unwrap_or(0)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let volume = match &facts.applied {
+        Some(applied) => applied.state.clone(),
+        None => spec.state.clone(),
+    }
+    .unwrap_or_else(default_state);
+    Ok(ValidJob {
+        name: job.name_any(),
+        namespace: job.namespace().unwrap_or_default(),
+        uid: job.uid().unwrap_or_default(),
+        generation: job.metadata.generation.unwrap_or_default(),
+        spec: spec.clone(),
+        volume,
+        partitions,
+    })
+}
+
+/// The state volume of a spec without `state`.
+pub fn default_state() -> StateSpec {
+    serde_json::from_value(serde_json::json!({})).unwrap_or_else(|_| StateSpec {
+        size: k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Gi".into()),
+        storage_class_name: None,
+    })
+}
+
+/// Every Secret the spec refers to: (field, secret name, key if a single key is meant).
+pub fn secret_refs(spec: &StreamJobSpec) -> Vec<(String, String, Option<String>)> {
+    let mut refs = Vec::new();
+    let mut selector = |field: String, s: &SecretKeySelector| {
+        refs.push((field, s.name.clone(), Some(s.key.clone())));
+    };
+    let auths = [
+        ("spec.source.kafka.auth", spec.source.kafka.auth.as_ref()),
+        ("spec.sink.kafka.auth", spec.sink.kafka.auth.as_ref()),
+    ];
+    for (at, auth) in auths {
+        let Some(auth) = auth else { continue };
+        if let Some(sasl) = &auth.sasl {
+            selector(format!("{at}.sasl.username"), &sasl.username);
+            selector(format!("{at}.sasl.password"), &sasl.password);
+        }
+        if let Some(tls) = &auth.tls {
+            for (name, s) in [
+                ("ca", &tls.ca),
+                ("certificate", &tls.certificate),
+                ("key", &tls.key),
+            ] {
+                if let Some(s) = s {
+                    selector(format!("{at}.tls.{name}"), s);
+                }
+            }
+        }
+    }
+    for (i, env) in spec
+        .pod_template
+        .iter()
+        .flat_map(|t| t.env.iter())
+        .enumerate()
+    {
+        if let Some(s) = env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .filter(|s| s.optional != Some(true))
+        {
+            selector(
+                format!("spec.podTemplate.env[{i}].valueFrom.secretKeyRef"),
+                s,
+            );
+        }
+    }
+    if let Some(secret) = &spec.checkpoint.credentials_secret {
+        refs.push((
+            "spec.checkpoint.credentialsSecret".into(),
+            secret.name.clone(),
+            None,
+        ));
+    }
+    refs
+}
+
+/// Every CEL expression in the steps, with its field path.
+fn expressions(spec: &StreamJobSpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let at = format!("spec.steps[{i}]");
+        if let Some(f) = &step.filter {
+            out.push((format!("{at}.filter.expr"), f.expr.clone()));
+        }
+        if let Some(m) = &step.map {
+            out.extend(m.key.iter().map(|e| (format!("{at}.map.key"), e.clone())));
+            out.extend(
+                m.value
+                    .iter()
+                    .map(|e| (format!("{at}.map.value"), e.clone())),
+            );
+        }
+        if let Some(m) = &step.materialize {
+            out.extend(
+                m.key
+                    .iter()
+                    .map(|e| (format!("{at}.materialize.key"), e.clone())),
+            );
+        }
+        if let Some(a) = &step.aggregate {
+            out.push((format!("{at}.aggregate.groupBy"), a.group_by.clone()));
+            for (j, agg) in a.aggregations.iter().enumerate() {
+                out.extend(
+                    agg.expr
+                        .iter()
+                        .map(|e| (format!("{at}.aggregate.aggregations[{j}].expr"), e.clone())),
+                );
+            }
+        }
+        if let Some(d) = &step.dedupe {
+            out.push((format!("{at}.dedupe.key"), d.key.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use sluice_crds::admission::Admission;
+use sluice_crds::v1alpha1::StreamJob;
+
+use super::{Facts, SpecError, validate};
+
+/// A job that runs: one materialize step over a 6-partition topic, S3 checkpoints.
+pub const BASE: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata: {name: customers, namespace: shop, uid: 0b6f9a52-1c1e-4c53-9d8e-6c1f3a1b2c3d, generation: 1}
+spec:
+  parallelism: 3
+  source:
+    kafka: {bootstrapServers: "kafka:9092", topics: [customers], format: debezium-json}
+  steps:
+    - name: table
+      materialize: {}
+  sink:
+    kafka: {topic: customers-table}
+  checkpoint:
+    storage: s3://checkpoints/prod
+"#;
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn facts() -> Facts {
+    Facts {
+        secrets: BTreeMap::new(),
+        source_partitions: Ok(BTreeMap::from([("customers".into(), 6)])),
+        applied: None,
+    }
+}
+
+/// The base job with `patch` merged into it; asserted to pass the CRD's schema and CEL rules,
+/// so every case here is one only the operator can catch.
+fn job(patch: Value) -> StreamJob {
+    let mut value: Value = serde_norway::from_str(BASE).expect("base YAML");
+    merge(&mut value, &patch);
+    if let Err(errors) = Admission::streamjob().check(&value, None) {
+        panic!("the case must pass admission, got {errors:?}");
+    }
+    serde_json::from_value(value).expect("typed")
+}
+
+struct Case {
+    name: &'static str,
+    patch: Value,
+    facts: Facts,
+    field: &'static str,
+    reason: &'static str,
+    says: &'static str,
+}
+
+fn secret(keys: &[&str]) -> Option<BTreeSet<String>> {
+    Some(keys.iter().map(|k| k.to_string()).collect())
+}
+
+fn cases() -> Vec<Case> {
+    let with_partitions = |counts: &[(&str, u32)]| Facts {
+        source_partitions: Ok(counts.iter().map(|(t, n)| (t.to_string(), *n)).collect()),
+        ..facts()
+    };
+    let with_secrets = |secrets: &[(&str, Option<BTreeSet<String>>)]| Facts {
+        secrets: secrets
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.clone()))
+            .collect(),
+        ..facts()
+    };
+    vec![
+        Case {
+            name: "parallelism above the partition count",
+            patch: json!({"spec": {"parallelism": 8}}),
+            facts: facts(),
+            field: "spec.parallelism",
+            reason: "ParallelismAbovePartitions",
+            says: "set parallelism to at most 6",
+        },
+        Case {
+            name: "a source topic that does not exist",
+            patch: json!({}),
+            facts: with_partitions(&[("customers", 0)]),
+            field: "spec.source.kafka.topics[0]",
+            reason: "SourceTopicNotFound",
+            says: "topic customers does not exist on kafka:9092",
+        },
+        Case {
+            name: "source topics with different partition counts",
+            patch: json!({"spec": {"source": {"kafka": {"topics": ["customers", "addresses"]}}}}),
+            facts: with_partitions(&[("customers", 6), ("addresses", 4)]),
+            field: "spec.source.kafka.topics",
+            reason: "SourceNotCoPartitioned",
+            says: "customers: 6, addresses: 4",
+        },
+        Case {
+            name: "a checkpoint credentials Secret that does not exist",
+            patch: json!({"spec": {"checkpoint": {"credentialsSecret": {"name": "s3-creds"}}}}),
+            facts: with_secrets(&[("s3-creds", None)]),
+            field: "spec.checkpoint.credentialsSecret",
+            reason: "SecretNotFound",
+            says: "Secret s3-creds does not exist in namespace shop",
+        },
+        Case {
+            name: "a SASL password key missing from its Secret",
+            patch: json!({"spec": {"source": {"kafka": {"auth": {"sasl": {
+                "mechanism": "SCRAM-SHA-512",
+                "username": {"name": "kafka-user", "key": "username"},
+                "password": {"name": "kafka-user", "key": "password"},
+            }}}}}}),
+            facts: with_secrets(&[("kafka-user", secret(&["username", "passwd"]))]),
+            field: "spec.source.kafka.auth.sasl.password",
+            reason: "SecretKeyMissing",
+            says: "Secret kafka-user has no key password (it has: passwd, username)",
+        },
+        Case {
+            name: "a pod env var from a Secret that does not exist",
+            patch: json!({"spec": {"podTemplate": {"env": [{"name": "API_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}]}}}),
+            facts: with_secrets(&[("api", None)]),
+            field: "spec.podTemplate.env[0].valueFrom.secretKeyRef",
+            reason: "SecretNotFound",
+            says: "create it before the job can start",
+        },
+        Case {
+            name: "a filter expression that does not compile",
+            patch: json!({"spec": {"steps": [{"name": "big", "filter": {"expr": "value.amount >"}}]}}),
+            facts: facts(),
+            field: "spec.steps[0].filter.expr",
+            reason: "ExpressionInvalid",
+            says: "\"value.amount >\" does not compile at line 1, column",
+        },
+        Case {
+            name: "a map expression that does not compile",
+            patch: json!({"spec": {"steps": [{"name": "reshape", "map": {"value": "{'id': value.id"}}]}}),
+            facts: facts(),
+            field: "spec.steps[0].map.value",
+            reason: "ExpressionInvalid",
+            says: "does not compile",
+        },
+        Case {
+            name: "a dedupe key expression that does not compile",
+            patch: json!({"spec": {"steps": [{"name": "once", "dedupe": {"key": "value.id ==", "ttl": "1h"}}]}}),
+            facts: facts(),
+            field: "spec.steps[0].dedupe.key",
+            reason: "ExpressionInvalid",
+            says: "does not compile",
+        },
+        Case {
+            name: "an aggregate step, which this worker build does not run yet",
+            patch: json!({"spec": {"steps": [{"name": "totals", "aggregate": {
+                "groupBy": "key",
+                "aggregations": [{"name": "n", "function": "count"}],
+                "emit": "on-update",
+            }}]}}),
+            facts: facts(),
+            field: "spec.steps",
+            reason: "StepUnsupported",
+            says: "aggregate step, which this worker build does not run yet",
+        },
+        Case {
+            name: "file:// checkpoints, which other pods cannot read",
+            patch: json!({"spec": {"checkpoint": {"storage": "file:///var/lib/checkpoints"}}}),
+            facts: facts(),
+            field: "spec.checkpoint.storage",
+            reason: "StorageNotShared",
+            says: "use s3://, gs:// or az:// storage",
+        },
+        Case {
+            name: "gs:// checkpoints, which this build cannot write",
+            patch: json!({"spec": {"checkpoint": {"storage": "gs://bucket/jobs"}}}),
+            facts: facts(),
+            field: "spec.checkpoint.storage",
+            reason: "StorageUnsupported",
+            says: "use s3://",
+        },
+        Case {
+            name: "exactly-once into another Kafka cluster",
+            patch: json!({"spec": {"sink": {"kafka": {
+                "bootstrapServers": "other-kafka:9092", "deliveryGuarantee": "exactly-once"}}}}),
+            facts: facts(),
+            field: "spec.sink.kafka.bootstrapServers",
+            reason: "TransactionSpansClusters",
+            says: "use deliveryGuarantee: at-least-once",
+        },
+    ]
+}
+
+#[test]
+fn the_base_job_is_valid_and_keeps_its_spec() {
+    let job = job(json!({}));
+    let valid = validate(&job, &facts()).expect("valid");
+    assert_eq!(valid.spec, job.spec);
+    assert_eq!(valid.partitions, Some(6));
+    assert_eq!(
+        (valid.name.as_str(), valid.namespace.as_str()),
+        ("customers", "shop")
+    );
+    assert_eq!(valid.volume.size.0, "10Gi");
+}
+
+#[test]
+fn thirteen_jobs_that_pass_the_crd_but_cannot_run_are_refused_with_the_field_and_what_to_do() {
+    let cases = cases();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let errors = validate(&job(case.patch), &case.facts)
+            .err()
+            .unwrap_or_else(|| panic!("{}: accepted", case.name));
+        let error: &SpecError = errors
+            .iter()
+            .find(|e| e.reason == case.reason)
+            .unwrap_or_else(|| panic!("{}: no {} among {errors:?}", case.name, case.reason));
+        assert_eq!(error.field, case.field, "{}", case.name);
+        assert!(
+            error.message.contains(case.says),
+            "{}: message {:?} should say {:?}",
+            case.name,
+            error.message,
+            case.says
+        );
+    }
+}
+
+#[test]
+fn unreachable_brokers_do_not_make_a_spec_invalid() {
+    let facts = Facts {
+        source_partitions: Err("connection refused".into()),
+        ..facts()
+    };
+    let valid = validate(&job(json!({"spec": {"parallelism": 50}})), &facts).expect("valid");
+    assert_eq!(valid.partitions, None);
+}
+
+#[test]
+fn present_secrets_and_keys_pass() {
+    let facts = Facts {
+        secrets: BTreeMap::from([
+            (
+                "s3-creds".into(),
+                secret(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
+            ),
+            ("kafka-user".into(), secret(&["username", "password"])),
+        ]),
+        ..facts()
+    };
+    let job = job(json!({"spec": {
+        "checkpoint": {"credentialsSecret": {"name": "s3-creds"}},
+        "source": {"kafka": {"auth": {"sasl": {
+            "mechanism": "PLAIN",
+            "username": {"name": "kafka-user", "key": "username"},
+            "password": {"name": "kafka-user", "key": "password"},
+        }}}},
+    }}));
+    validate(&job, &facts).expect("valid");
+}
+
+#[test]
+fn a_running_job_keeps_the_volume_its_stateful_set_was_created_with() {
+    let applied = job(json!({"spec": {"state": {"size": "20Gi"}}})).spec;
+    let resized = job(json!({"spec": {"state": {"size": "50Gi"}}}));
+    let facts = Facts {
+        applied: Some(applied),
+        ..facts()
+    };
+    assert_eq!(
+        validate(&resized, &facts).expect("valid").volume.size.0,
+        "20Gi"
+    );
+    assert_eq!(
+        validate(
+            &resized,
+            &super::Facts {
+                applied: None,
+                ..facts
+            }
+        )
+        .expect("valid")
+        .volume
+        .size
+        .0,
+        "50Gi"
+    );
+}
