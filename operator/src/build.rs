@@ -114,11 +114,14 @@ pub fn job_file(job: &ValidJob) -> Result<String, BuildError> {
 }
 
 /// A short hash of everything that needs a worker restart when it changes: the job file
-/// (which holds the parallelism), the image, resources and pod template. Pods carry it as
+/// (which holds the parallelism) but for the volume size, the image, resources and pod template. Pods carry it as
 /// [`REVISION_LABEL`]; pods of another revision are deleted and come back with this one.
 pub fn revision(job: &ValidJob, settings: &Settings) -> Result<String, BuildError> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(job_file(job)?.as_bytes());
+    // The volume is fixed when the StatefulSet is created (see `change::Effect::Ignored`).
+    let mut without_volume = job.clone();
+    without_volume.spec.state = None;
+    hasher.update(job_file(&without_volume)?.as_bytes());
     let shape = json!({
         "image": image(job, settings),
         "resources": job.spec.resources,

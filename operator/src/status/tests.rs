@@ -1,1 +1,263 @@
+use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
+
+use super::{DEGRADED, Inputs, PROGRESSING, READY, SPEC_VALID, rollout_finished, status};
+use crate::change::{Change, Classified};
+use crate::validate::SpecError;
+
+fn pod(name: &str, revision: &str, ready: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"sluice.dev/revision": revision}},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    }))
+    .expect("pod")
+}
+
+fn crash_looping(name: &str, revision: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"sluice.dev/revision": revision}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{
+                "name": "worker", "image": "w", "imageID": "", "ready": false,
+                "restartCount": 6,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            }],
+        },
+    }))
+    .expect("pod")
+}
+
+fn now() -> Timestamp {
+    "2026-11-22T10:00:00Z".parse().expect("time")
+}
+
+static NONE: Classified = Classified {
+    change: Change::None,
+    ignored: Vec::new(),
+};
+
+fn inputs<'a>(pods: &'a [Pod], previous: Option<&'a StreamJobStatus>) -> Inputs<'a> {
+    Inputs {
+        generation: 7,
+        parallelism: 3,
+        suspend: false,
+        checkpoint_interval: Duration::from_secs(10),
+        previous,
+        errors: &[],
+        change: &NONE,
+        revision: Some("r2"),
+        pods,
+        last_checkpoint: Some(CheckpointRef {
+            id: 41,
+            time: Time(now() - SignedDuration::from_secs(8)),
+        }),
+        lag: None,
+        selector: "sluice.dev/job=customers".into(),
+        now: now(),
+    }
+}
+
+fn condition<'a>(status: &'a StreamJobStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("{type_} in {status:?}"));
+    (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+}
+
+#[test]
+fn all_workers_ready_on_the_current_revision_is_ready_and_done_progressing() {
+    let pods = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let s = status(&inputs(&pods, None));
+    assert_eq!(
+        condition(&s, READY),
+        ("True", "WorkersReady", "3 of 3 workers ready")
+    );
+    assert_eq!(condition(&s, PROGRESSING).0, "False");
+    assert_eq!(condition(&s, PROGRESSING).1, "RolloutComplete");
+    assert_eq!(condition(&s, DEGRADED).0, "False");
+    assert_eq!(condition(&s, SPEC_VALID).0, "True");
+    assert_eq!(s.phase, Some(Phase::Running));
+    assert_eq!((s.ready_workers, s.parallelism), (Some(3), Some(3)));
+    assert_eq!(s.observed_generation, Some(7));
+    assert!(
+        s.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(7))
+    );
+    assert_eq!(s.selector.as_deref(), Some("sluice.dev/job=customers"));
+    assert_eq!(s.last_checkpoint.as_ref().map(|c| c.id), Some(41));
+}
+
+#[test]
+fn pods_of_an_old_revision_mean_a_rollout_in_progress_and_its_downtime_is_reported_when_done() {
+    let rescale = Classified {
+        change: Change::Rescale { from: 2, to: 3 },
+        ignored: vec![],
+    };
+    let pods = [pod("c-0", "r1", true), pod("c-1", "r2", false)];
+    let rolling = status(&Inputs {
+        change: &rescale,
+        now: now() - SignedDuration::from_secs(9),
+        ..inputs(&pods, None)
+    });
+    assert_eq!(
+        condition(&rolling, PROGRESSING),
+        ("True", "Rescaling", "0 of 3 workers ready on revision r2")
+    );
+    assert_eq!(
+        condition(&rolling, READY),
+        ("False", "WorkersNotReady", "0 of 3 workers ready")
+    );
+    assert_eq!(rolling.phase, Some(Phase::Rescaling));
+
+    // Next reconcile: the spec change is applied (no change any more), pods still starting.
+    let pods = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", false),
+        pod("c-2", "r2", true),
+    ];
+    let still = status(&Inputs {
+        now: now() - SignedDuration::from_secs(4),
+        ..inputs(&pods, Some(&rolling))
+    });
+    assert_eq!(
+        condition(&still, PROGRESSING).1,
+        "Rescaling",
+        "the reason is kept"
+    );
+    assert_eq!(
+        still.conditions[1].last_transition_time, rolling.conditions[1].last_transition_time,
+        "no flip, no new transition time"
+    );
+
+    let pods = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let done = status(&inputs(&pods, Some(&still)));
+    assert_eq!(
+        condition(&done, PROGRESSING),
+        (
+            "False",
+            "RolloutComplete",
+            "all 3 workers ready on revision r2, 9.0 s after the rescale began"
+        )
+    );
+    assert_eq!(
+        rollout_finished(Some(&still), &done).as_deref(),
+        Some("all 3 workers ready on revision r2, 9.0 s after the rescale began")
+    );
+    assert_eq!(rollout_finished(Some(&done), &done), None, "reported once");
+    assert_eq!(done.phase, Some(Phase::Running));
+}
+
+#[test]
+fn a_crash_looping_worker_degrades_the_job_with_what_to_run() {
+    let pods = [
+        pod("c-0", "r2", true),
+        crash_looping("c-1", "r2"),
+        pod("c-2", "r2", true),
+    ];
+    let s = status(&inputs(&pods, None));
+    let (value, reason, message) = condition(&s, DEGRADED);
+    assert_eq!((value, reason), ("True", "WorkersFailing"));
+    assert!(
+        message.contains("pod c-1 is in CrashLoopBackOff after 6 restarts"),
+        "{message}"
+    );
+    assert!(message.contains("kubectl logs c-1 --previous"), "{message}");
+    assert_eq!(s.phase, Some(Phase::Degraded));
+}
+
+#[test]
+fn checkpoints_that_stop_advancing_degrade_a_running_job() {
+    let pods = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let s = status(&Inputs {
+        last_checkpoint: Some(CheckpointRef {
+            id: 3,
+            time: Time(now() - SignedDuration::from_secs(300)),
+        }),
+        ..inputs(&pods, None)
+    });
+    let (value, reason, message) = condition(&s, DEGRADED);
+    assert_eq!((value, reason), ("True", "CheckpointsStalled"));
+    assert!(
+        message.starts_with("the oldest task checkpoint is 300 s old, the interval is 10 s"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_invalid_spec_fails_with_every_reason_and_is_not_ready() {
+    let errors = [
+        SpecError {
+            field: "spec.parallelism".into(),
+            reason: "ParallelismAbovePartitions",
+            message: "parallelism 8 is above the 6 partitions".into(),
+        },
+        SpecError {
+            field: "spec.checkpoint.credentialsSecret".into(),
+            reason: "SecretNotFound",
+            message: "Secret s3 does not exist".into(),
+        },
+    ];
+    let s = status(&Inputs {
+        errors: &errors,
+        revision: None,
+        ..inputs(&[], None)
+    });
+    assert_eq!(
+        condition(&s, SPEC_VALID),
+        (
+            "False",
+            "ParallelismAbovePartitions",
+            "spec.parallelism: parallelism 8 is above the 6 partitions; \
+             spec.checkpoint.credentialsSecret: Secret s3 does not exist"
+        )
+    );
+    assert_eq!(condition(&s, READY).0, "False");
+    assert_eq!(condition(&s, DEGRADED).0, "True");
+    assert_eq!(
+        condition(&s, PROGRESSING).0,
+        "False",
+        "nothing will happen until the spec changes"
+    );
+    assert_eq!(s.phase, Some(Phase::Failed));
+}
+
+#[test]
+fn a_suspended_job_waits_for_its_workers_to_stop_then_says_how_to_resume() {
+    let pods = [pod("c-0", "r2", true)];
+    let stopping = status(&Inputs {
+        suspend: true,
+        ..inputs(&pods, None)
+    });
+    assert_eq!(condition(&stopping, PROGRESSING).1, "Suspending");
+    let stopped = status(&Inputs {
+        suspend: true,
+        ..inputs(&[], Some(&stopping))
+    });
+    assert_eq!(condition(&stopped, PROGRESSING).0, "False");
+    let (_, reason, message) = condition(&stopped, READY);
+    assert_eq!(reason, "Suspended");
+    assert!(message.contains("set spec.suspend to false"), "{message}");
+    assert_eq!(stopped.phase, Some(Phase::Suspended));
+    assert_eq!(stopped.parallelism, Some(0));
+}
