@@ -730,7 +730,8 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// `Ready`, `Progressing`, `Degraded` and `SpecValid`, following Kubernetes conventions.
+    /// `Ready`, `Progressing`, `Degraded` and `SpecValid`, following Kubernetes conventions;
+    /// also `Reconciling` and `Stalled` (present only when true) for kstatus readers such as Flux.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

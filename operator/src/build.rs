@@ -285,7 +285,7 @@ fn stateful_set(job: &ValidJob, settings: &Settings) -> Result<Value, BuildError
         .collect();
     let replicas = if spec.suspend { 0 } else { spec.parallelism };
     // Long enough for a final checkpoint: a few intervals, at least a minute.
-    let interval = std::time::Duration::from(spec.checkpoint.interval.clone()).as_secs();
+    let interval = std::time::Duration::from(spec.checkpoint.interval).as_secs();
     let grace = (interval * 3).max(60);
     let mut volume_spec = json!({
         "accessModes": ["ReadWriteOnce"],

@@ -32,12 +32,9 @@ impl Default for Metrics {
             "Reconciles by result (ok or the error category)",
             reconciles.clone(),
         );
-        let duration = Histogram::new(
-            [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]
-            .into_iter(),
-        );
+        let duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         registry.register(
             "reconcile_duration_seconds",
             "Time one reconcile took",

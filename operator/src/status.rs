@@ -20,6 +20,11 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// The spec can run.
 pub const SPEC_VALID: &str = "SpecValid";
+/// kstatus' "in progress" condition: present, True, while Progressing is True.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus' "failed" condition: present, True, while the job cannot make progress without a
+/// person (invalid spec, failing workers).
+pub const STALLED: &str = "Stalled";
 
 /// Waiting reasons of a container that will not get better by waiting.
 const FAILING: &[&str] = &[
@@ -150,7 +155,9 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         set(SPEC_VALID, true, "Valid", "the spec can run".into());
         let message = "suspended: no workers run; state and checkpoints are kept; set \
                        spec.suspend to false to resume from the last checkpoint";
-        set(READY, false, "Suspended", message.into());
+        // Ready: the desired state, no workers, is reached once they stopped (as kstatus,
+        // Flux's health library, reads Ready).
+        set(READY, running == 0, "Suspended", message.into());
         if running > 0 {
             set(
                 PROGRESSING,
@@ -281,6 +288,34 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
                 Phase::Running
             };
         }
+    }
+
+    // The abnormal-true pair kstatus (Flux, kpt, cli-utils) reads: present only when true.
+    let progressing = conditions
+        .iter()
+        .find(|c| c.type_ == PROGRESSING && c.status == "True")
+        .cloned();
+    if let Some(p) = progressing {
+        conditions.push(condition(
+            inputs,
+            &previous,
+            RECONCILING,
+            true,
+            &p.reason,
+            p.message,
+        ));
+    }
+    let stuck = conditions
+        .iter()
+        .find(|c| {
+            (c.type_ == SPEC_VALID && c.status == "False")
+                || (c.type_ == DEGRADED && c.status == "True" && c.reason == "WorkersFailing")
+        })
+        .cloned();
+    if let Some(s) = stuck {
+        conditions.push(condition(
+            inputs, &previous, STALLED, true, &s.reason, s.message,
+        ));
     }
 
     StreamJobStatus {

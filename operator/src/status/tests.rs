@@ -254,10 +254,74 @@ fn a_suspended_job_waits_for_its_workers_to_stop_then_says_how_to_resume() {
         suspend: true,
         ..inputs(&[], Some(&stopping))
     });
+    assert_eq!(
+        condition(&stopping, READY).0,
+        "False",
+        "workers still stopping"
+    );
     assert_eq!(condition(&stopped, PROGRESSING).0, "False");
-    let (_, reason, message) = condition(&stopped, READY);
-    assert_eq!(reason, "Suspended");
+    let (value, reason, message) = condition(&stopped, READY);
+    assert_eq!(
+        (value, reason),
+        ("True", "Suspended"),
+        "the desired state is reached"
+    );
     assert!(message.contains("set spec.suspend to false"), "{message}");
     assert_eq!(stopped.phase, Some(Phase::Suspended));
     assert_eq!(stopped.parallelism, Some(0));
+}
+
+/// kstatus' reading of a custom resource (sigs.k8s.io/cli-utils/pkg/kstatus, which Flux's
+/// health checks use): a generation not yet observed or `Reconciling` is InProgress,
+/// `Stalled` is Failed, `Ready` False is InProgress, else Current.
+fn kstatus(generation: i64, s: &StreamJobStatus) -> &'static str {
+    let is = |t: &str, v: &str| s.conditions.iter().any(|c| c.type_ == t && c.status == v);
+    if s.observed_generation != Some(generation) {
+        "InProgress"
+    } else if is(super::STALLED, "True") {
+        "Failed"
+    } else if is(super::RECONCILING, "True") || is(READY, "False") {
+        "InProgress"
+    } else {
+        "Current"
+    }
+}
+
+#[test]
+fn flux_reads_running_as_current_a_rollout_as_in_progress_and_a_bad_spec_as_failed() {
+    let ready = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    assert_eq!(kstatus(7, &status(&inputs(&ready, None))), "Current");
+    assert_eq!(
+        kstatus(8, &status(&inputs(&ready, None))),
+        "InProgress",
+        "generation not observed yet"
+    );
+    let rolling = [pod("c-0", "r1", true)];
+    assert_eq!(kstatus(7, &status(&inputs(&rolling, None))), "InProgress");
+    let crashing = [
+        pod("c-0", "r2", true),
+        crash_looping("c-1", "r2"),
+        pod("c-2", "r2", true),
+    ];
+    assert_eq!(kstatus(7, &status(&inputs(&crashing, None))), "Failed");
+    let errors = [SpecError {
+        field: "spec.parallelism".into(),
+        reason: "ParallelismAbovePartitions",
+        message: "too many".into(),
+    }];
+    let invalid = status(&Inputs {
+        errors: &errors,
+        revision: None,
+        ..inputs(&[], None)
+    });
+    assert_eq!(kstatus(7, &invalid), "Failed", "not Progressing forever");
+    let suspended = status(&Inputs {
+        suspend: true,
+        ..inputs(&[], None)
+    });
+    assert_eq!(kstatus(7, &suspended), "Current", "not Progressing forever");
 }
