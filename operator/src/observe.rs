@@ -33,6 +33,10 @@ pub trait Outside: Send + Sync {
         job: &StreamJob,
         partitions: u32,
     ) -> BoxFuture<'static, Option<CheckpointRef>>;
+
+    /// Records in the source not yet committed by the job's workers, summed over partitions;
+    /// `None` when the brokers cannot be asked.
+    fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>>;
 }
 
 /// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
@@ -108,6 +112,62 @@ impl Outside for RealOutside {
             }
             oldest
         })
+    }
+
+    fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
+        let kafka = job.spec.source.kafka.clone();
+        // The workers' group (`sluice_worker::kafka::group_id`), where they commit offsets.
+        let group = format!(
+            "sluice-{}-{}",
+            job.namespace().unwrap_or_default(),
+            job.name_any()
+        );
+        Box::pin(async move {
+            if kafka.auth.is_some() {
+                return None;
+            }
+            tokio::task::spawn_blocking(move || Self::blocking_lag(&kafka, &group, partitions))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+impl RealOutside {
+    fn blocking_lag(
+        kafka: &sluice_crds::v1alpha1::KafkaSource,
+        group: &str,
+        partitions: u32,
+    ) -> Option<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        let timeout = std::time::Duration::from_secs(5);
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap_servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .ok()?;
+        let mut list = TopicPartitionList::new();
+        for topic in &kafka.topics {
+            for p in 0..partitions as i32 {
+                list.add_partition(topic, p);
+            }
+        }
+        let committed = consumer.committed_offsets(list, timeout).ok()?;
+        let mut lag = 0;
+        for element in committed.elements() {
+            let (low, high) = consumer
+                .fetch_watermarks(element.topic(), element.partition(), timeout)
+                .ok()?;
+            let at = match element.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += (high - at).max(0);
+        }
+        Some(lag)
     }
 }
 

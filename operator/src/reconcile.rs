@@ -129,7 +129,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     let validated = validate(job, &facts);
     let previous = job.status.as_ref();
 
-    let (errors, revision, last_checkpoint) = match &validated {
+    let (errors, revision, last_checkpoint, lag) = match &validated {
         Ok(valid) => {
             let children = build::children(valid, &ctx.settings)?;
             let revision = build::revision(valid, &ctx.settings)?;
@@ -219,13 +219,16 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                     .await;
                 }
             }
-            let last_checkpoint = match valid.partitions {
-                Some(n) => ctx.outside.last_checkpoint(job, n).await,
-                None => None,
+            let (last_checkpoint, lag) = match valid.partitions {
+                Some(n) => (
+                    ctx.outside.last_checkpoint(job, n).await,
+                    ctx.outside.lag(job, n).await,
+                ),
+                None => (None, None),
             };
-            (vec![], Some(revision), last_checkpoint)
+            (vec![], Some(revision), last_checkpoint, lag)
         }
-        Err(errors) => (errors.clone(), None, None),
+        Err(errors) => (errors.clone(), None, None, None),
     };
 
     let inputs = Inputs {
@@ -239,7 +242,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         revision: revision.as_deref(),
         pods: &pods,
         last_checkpoint,
-        lag: None,
+        lag,
         selector: build::selector_string(&name),
         now: k8s_openapi::jiff::Timestamp::now(),
     };

@@ -20,7 +20,8 @@ use api::{Recorded, ScriptedApi};
 
 const JOBS: &str = "/apis/sluice.dev/v1alpha1/namespaces/shop/streamjobs";
 
-/// Brokers that know one 6-partition topic; an object store without checkpoints yet.
+/// Brokers that know one 6-partition topic, 1000 records behind on each; an object store
+/// without checkpoints yet.
 struct Brokers;
 
 impl Outside for Brokers {
@@ -32,6 +33,9 @@ impl Outside for Brokers {
     }
     fn last_checkpoint(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Option<CheckpointRef>> {
         Box::pin(async { None })
+    }
+    fn lag(&self, _: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
+        Box::pin(async move { Some(1000 * i64::from(partitions)) })
     }
 }
 
@@ -168,6 +172,7 @@ async fn a_new_job_has_its_children_applied_in_order_then_its_status_written() {
     );
     assert_eq!(status["phase"], "Pending");
     assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["lag"], 6000, "lag over all 6 partitions");
     assert_eq!(
         requests[13].body["apiVersion"], "sluice.dev/v1alpha1",
         "status is applied as a StreamJob"

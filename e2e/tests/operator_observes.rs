@@ -1,0 +1,86 @@
+//! The operator's view of what lies outside Kubernetes, against the real broker and S3
+//! server: source partition counts, the job's lag, and its tasks' latest checkpoints — what
+//! validation and the status (`Lag`, `Last-Checkpoint` columns) are made of.
+
+use std::time::Duration;
+
+use sluice_crds::StreamJob;
+use sluice_e2e::cluster::{Scenario, Workers};
+use sluice_operator::observe::{Outside, RealOutside};
+
+const PARTITIONS: u32 = 4;
+const EVENTS: u64 = 6_000;
+/// What Tansu's high watermarks may leave out: one small batch per partition.
+const SHORT_BATCHES: i64 = 4 * 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_and_store() {
+    let mut s = Scenario::start(
+        "observe",
+        "1s",
+        "at-least-once",
+        env!("CARGO_BIN_EXE_sluice-cdc-gen"),
+        (PARTITIONS, 1_000, EVENTS),
+        // Small producer batches: Tansu's ListOffsets answers a high watermark up to one
+        // batch short of the last record (see `read_table`), and lag is computed from it.
+        Some(3_000),
+    );
+    s.input_written();
+    let text = std::fs::read_to_string(&s.job.manifest).expect("manifest");
+    let mut job: StreamJob = serde_norway::from_str(&text).expect("the manifest parses");
+    let outside = RealOutside;
+
+    let partitions = outside.source_partitions(&job).await.expect("the broker answers");
+    assert_eq!(partitions.get(&s.input).copied(), Some(PARTITIONS));
+    let lag = outside.lag(&job, PARTITIONS).await.expect("the broker answers");
+    eprintln!("lag before any processing: {lag} of {EVENTS} records");
+    assert!(
+        (EVENTS as i64 - SHORT_BATCHES..=EVENTS as i64).contains(&lag),
+        "nothing processed yet: lag {lag} should be the {EVENTS} records written, less at most \
+         one small batch per partition that Tansu's high watermark leaves out"
+    );
+    assert_eq!(outside.last_checkpoint(&job, PARTITIONS).await, None, "no checkpoint yet");
+
+    let mut workers = Workers::new(
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        &s.job,
+        &s.dir,
+        1,
+    );
+    let started = std::time::SystemTime::now();
+    workers.start(0);
+    s.checkpoints()
+        .wait_until_covered(&s.input, &s.ends(), || {})
+        .await;
+    workers.stop_all();
+
+    assert_eq!(outside.lag(&job, PARTITIONS).await, Some(0), "all committed");
+    let last = outside
+        .last_checkpoint(&job, PARTITIONS)
+        .await
+        .expect("every task has checkpointed");
+    let oldest_head = {
+        let checkpoints = s.checkpoints();
+        let mut oldest = None;
+        for task in 0..PARTITIONS {
+            let head = checkpoints.head(task).await.expect("a checkpoint");
+            if oldest.is_none_or(|(ms, _)| head.created_at_ms < ms) {
+                oldest = Some((head.created_at_ms, head.id.0));
+            }
+        }
+        oldest.expect("tasks")
+    };
+    assert_eq!(
+        (last.time.0.as_millisecond(), last.id),
+        (oldest_head.0, oldest_head.1 as i64),
+        "the oldest of the tasks' HEAD checkpoints"
+    );
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .expect("clock");
+    assert!(age < Duration::from_secs(600));
+
+    job.spec.source.kafka.topics = vec![format!("{}-missing", s.input)];
+    let partitions = outside.source_partitions(&job).await.expect("the broker answers");
+    assert_eq!(partitions.values().copied().collect::<Vec<_>>(), vec![0], "a missing topic counts 0");
+}
