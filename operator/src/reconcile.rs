@@ -258,9 +258,18 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
             .join("; ");
         publish(EventType::Warning, errors[0].reason, "Validate", message).await;
     }
-    if let Some(message) = status::rollout_finished(previous, &new) {
-        info!(%message, "rollout complete");
-        publish(EventType::Normal, "RolloutComplete", "Roll", message).await;
+    if let Some(rollout) = status::rollout_finished(previous, &new) {
+        info!(reason = %rollout.reason, seconds = rollout.seconds, "rollout complete");
+        if rollout.reason == "Rescaling" {
+            ctx.metrics.rescaled(&namespace, &name, rollout.seconds);
+        }
+        publish(
+            EventType::Normal,
+            "RolloutComplete",
+            "Roll",
+            rollout.message,
+        )
+        .await;
     }
     if previous != Some(&new) {
         let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);

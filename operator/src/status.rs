@@ -330,15 +330,35 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
     }
 }
 
-/// How long the rollout that `new` reports complete took, if `previous` had one running.
+/// A rollout that just completed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    /// What started it: `Starting`, `Rescaling` or `Restarting`.
+    pub reason: String,
+    /// From the start of the rollout until every worker was ready: the downtime.
+    pub seconds: f64,
+    /// The Progressing condition's message.
+    pub message: String,
+}
+
+/// The rollout `new` reports complete, if `previous` had one running.
 pub fn rollout_finished(
     previous: Option<&StreamJobStatus>,
     new: &StreamJobStatus,
-) -> Option<String> {
+) -> Option<Rollout> {
     let was = previous_condition(previous?, PROGRESSING)?;
     let now = new.conditions.iter().find(|c| c.type_ == PROGRESSING)?;
-    (was.status == "True" && now.status == "False" && now.reason == "RolloutComplete")
-        .then(|| now.message.clone())
+    (was.status == "True" && now.status == "False" && now.reason == "RolloutComplete").then(|| {
+        Rollout {
+            reason: was.reason.clone(),
+            seconds: now
+                .last_transition_time
+                .0
+                .duration_since(was.last_transition_time.0)
+                .as_secs_f64(),
+            message: now.message.clone(),
+        }
+    })
 }
 
 fn previous_condition<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Condition> {

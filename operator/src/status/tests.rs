@@ -156,9 +156,14 @@ fn pods_of_an_old_revision_mean_a_rollout_in_progress_and_its_downtime_is_report
             "all 3 workers ready on revision r2, 9.0 s after the rescale began"
         )
     );
+    let rollout = rollout_finished(Some(&still), &done).expect("finished");
     assert_eq!(
-        rollout_finished(Some(&still), &done).as_deref(),
-        Some("all 3 workers ready on revision r2, 9.0 s after the rescale began")
+        (rollout.reason.as_str(), rollout.seconds),
+        ("Rescaling", 9.0)
+    );
+    assert_eq!(
+        rollout.message,
+        "all 3 workers ready on revision r2, 9.0 s after the rescale began"
     );
     assert_eq!(rollout_finished(Some(&done), &done), None, "reported once");
     assert_eq!(done.phase, Some(Phase::Running));
