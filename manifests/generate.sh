@@ -6,7 +6,8 @@
 # `manifests/generate.sh` rewrites them; `manifests/generate.sh --check` fails if they are stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(e2e/ship/tools.sh)"
+tools_env="$(e2e/ship/tools.sh)"  # a failed install stops here
+eval "$tools_env"
 
 render() { # out-dir
   cp crds/streamjob.yaml "$1/streamjob.yaml"

