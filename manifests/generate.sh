@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Renders manifests/base from the same sources as the Helm chart, so the two cannot disagree:
-#   base/crd/streamjob.yaml  a byte copy of crds/streamjob.yaml
+# Renders manifests/base from the same sources as the Helm chart, so the two cannot disagree,
+# and copies the CRD into the chart:
+#   charts/sluice/files/crds/streamjob.yaml and base/crd/streamjob.yaml: byte copies of crds/streamjob.yaml
 #   base/sluice.yaml         `helm template` of charts/sluice with base/chart-values.yaml, less
 #                            the Helm-only labels (helm.sh/chart, managed-by: Helm)
 # `manifests/generate.sh` rewrites them; `manifests/generate.sh --check` fails if they are stale.
@@ -25,15 +26,18 @@ trap 'rm -rf "$out"' EXIT
 render "$out"
 if [[ "${1:-}" == "--check" ]]; then
   stale=0
-  cmp -s "$out/streamjob.yaml" manifests/base/crd/streamjob.yaml || { echo "manifests/base/crd/streamjob.yaml differs from crds/streamjob.yaml" >&2; stale=1; }
+  for copy in charts/sluice/files/crds/streamjob.yaml manifests/base/crd/streamjob.yaml; do
+    cmp -s "$out/streamjob.yaml" "$copy" || { echo "$copy differs from crds/streamjob.yaml" >&2; stale=1; }
+  done
   if ! diff -u manifests/base/sluice.yaml "$out/sluice.yaml" >&2; then
     echo "manifests/base/sluice.yaml differs from what charts/sluice renders (diff above)" >&2
     stale=1
   fi
   [[ $stale -eq 0 ]] || { echo "regenerate with manifests/generate.sh" >&2; exit 1; }
-  echo "manifests/base is up to date with charts/sluice and crds/streamjob.yaml" >&2
+  echo "manifests/base and the chart's CRD are up to date with charts/sluice and crds/streamjob.yaml" >&2
 else
+  cp "$out/streamjob.yaml" charts/sluice/files/crds/streamjob.yaml
   cp "$out/streamjob.yaml" manifests/base/crd/streamjob.yaml
   cp "$out/sluice.yaml" manifests/base/sluice.yaml
-  echo "wrote manifests/base/crd/streamjob.yaml and manifests/base/sluice.yaml" >&2
+  echo "wrote charts/sluice/files/crds/streamjob.yaml, manifests/base/crd/streamjob.yaml and manifests/base/sluice.yaml" >&2
 fi
