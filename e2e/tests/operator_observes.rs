@@ -30,16 +30,26 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
     let mut job: StreamJob = serde_norway::from_str(&text).expect("the manifest parses");
     let outside = RealOutside;
 
-    let partitions = outside.source_partitions(&job).await.expect("the broker answers");
+    let partitions = outside
+        .source_partitions(&job)
+        .await
+        .expect("the broker answers");
     assert_eq!(partitions.get(&s.input).copied(), Some(PARTITIONS));
-    let lag = outside.lag(&job, PARTITIONS).await.expect("the broker answers");
+    let lag = outside
+        .lag(&job, PARTITIONS)
+        .await
+        .expect("the broker answers");
     eprintln!("lag before any processing: {lag} of {EVENTS} records");
     assert!(
         (EVENTS as i64 - SHORT_BATCHES..=EVENTS as i64).contains(&lag),
         "nothing processed yet: lag {lag} should be the {EVENTS} records written, less at most \
          one small batch per partition that Tansu's high watermark leaves out"
     );
-    assert_eq!(outside.last_checkpoint(&job, PARTITIONS).await, None, "no checkpoint yet");
+    assert_eq!(
+        outside.last_checkpoint(&job, PARTITIONS).await,
+        None,
+        "no checkpoint yet"
+    );
 
     let mut workers = Workers::new(
         env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
@@ -54,7 +64,11 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
         .await;
     workers.stop_all();
 
-    assert_eq!(outside.lag(&job, PARTITIONS).await, Some(0), "all committed");
+    assert_eq!(
+        outside.lag(&job, PARTITIONS).await,
+        Some(0),
+        "all committed"
+    );
     let last = outside
         .last_checkpoint(&job, PARTITIONS)
         .await
@@ -81,6 +95,13 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
     assert!(age < Duration::from_secs(600));
 
     job.spec.source.kafka.topics = vec![format!("{}-missing", s.input)];
-    let partitions = outside.source_partitions(&job).await.expect("the broker answers");
-    assert_eq!(partitions.values().copied().collect::<Vec<_>>(), vec![0], "a missing topic counts 0");
+    let partitions = outside
+        .source_partitions(&job)
+        .await
+        .expect("the broker answers");
+    assert_eq!(
+        partitions.values().copied().collect::<Vec<_>>(),
+        vec![0],
+        "a missing topic counts 0"
+    );
 }
