@@ -38,6 +38,9 @@ pub enum KafkaClientError {
     /// The topics do not fit the task model.
     #[error("{0}")]
     Topology(String),
+    /// Credentials the spec asks for are missing from the environment.
+    #[error("{0}")]
+    Credentials(String),
     /// Exactly-once: a newer producer with the task's `transactional.id` exists, so another
     /// owner took the task.
     #[error("producer {transactional_id} was fenced by a newer owner of the task: {source}")]
@@ -51,14 +54,114 @@ fn client(context: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError 
     move |source| KafkaClientError::Client { context, source }
 }
 
-/// Client settings shared by consumer and producer: brokers and extra properties.
-pub fn base_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+/// Settings of every client of the source cluster: brokers, extra properties, credentials.
+pub fn source_config(job: &Job) -> Result<ClientConfig, KafkaClientError> {
+    let kafka = &job.spec.source.kafka;
+    let auth = auth_properties(kafka.auth.as_ref(), "SOURCE", |k| std::env::var(k).ok())?;
+    Ok(client_config(
+        &kafka.bootstrap_servers,
+        &kafka.properties,
+        &auth,
+    ))
+}
+
+/// Settings of every client of the sink cluster (the source's unless the sink names its own
+/// brokers, and then with the source's credentials unless it has its own).
+pub fn sink_config(job: &Job) -> Result<ClientConfig, KafkaClientError> {
+    let (source, sink) = (&job.spec.source.kafka, &job.spec.sink.kafka);
+    let auth = match (&sink.auth, &sink.bootstrap_servers) {
+        (Some(auth), _) => auth_properties(Some(auth), "SINK", |k| std::env::var(k).ok())?,
+        (None, None) => auth_properties(source.auth.as_ref(), "SOURCE", |k| std::env::var(k).ok())?,
+        (None, Some(_)) => Vec::new(),
+    };
+    let bootstrap = sink
+        .bootstrap_servers
+        .as_deref()
+        .unwrap_or(&source.bootstrap_servers);
+    Ok(client_config(bootstrap, &sink.properties, &auth))
+}
+
+fn client_config(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+    auth: &[(&'static str, String)],
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (k, v) in properties {
         config.set(k, v);
     }
+    for (k, v) in auth {
+        config.set(*k, v);
+    }
     config
+}
+
+/// librdkafka settings for `auth`. Secret values come from the environment the operator gives
+/// the pod (`SLUICE_<SIDE>_SASL_USERNAME`, `_SASL_PASSWORD`, `_TLS_CA`, `_TLS_CERTIFICATE`,
+/// `_TLS_KEY`, each from the Secret key the spec names), never from the job file.
+pub fn auth_properties(
+    auth: Option<&sluice_crds::v1alpha1::KafkaAuth>,
+    side: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(&'static str, String)>, KafkaClientError> {
+    let Some(auth) = auth else {
+        return Ok(Vec::new());
+    };
+    let var = |name: &str, field: &str| {
+        let key = format!("SLUICE_{side}_{name}");
+        env(&key).ok_or_else(|| {
+            KafkaClientError::Credentials(format!(
+                "{key} is not set: in a cluster the operator sets it from the Secret key named in \
+                 {field}; running locally, export it"
+            ))
+        })
+    };
+    let at = if side == "SOURCE" {
+        "spec.source.kafka.auth"
+    } else {
+        "spec.sink.kafka.auth"
+    };
+    let mut out = Vec::new();
+    let protocol = match (&auth.sasl, &auth.tls) {
+        (Some(_), Some(_)) => "SASL_SSL",
+        (Some(_), None) => "SASL_PLAINTEXT",
+        (None, Some(_)) => "SSL",
+        (None, None) => "PLAINTEXT",
+    };
+    out.push(("security.protocol", protocol.to_string()));
+    if let Some(sasl) = &auth.sasl {
+        let mechanism = serde_json::to_value(sasl.mechanism)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        out.push(("sasl.mechanism", mechanism));
+        out.push((
+            "sasl.username",
+            var("SASL_USERNAME", &format!("{at}.sasl.username"))?,
+        ));
+        out.push((
+            "sasl.password",
+            var("SASL_PASSWORD", &format!("{at}.sasl.password"))?,
+        ));
+    }
+    if let Some(tls) = &auth.tls {
+        for (present, name, key, field) in [
+            (tls.ca.is_some(), "TLS_CA", "ssl.ca.pem", "tls.ca"),
+            (
+                tls.certificate.is_some(),
+                "TLS_CERTIFICATE",
+                "ssl.certificate.pem",
+                "tls.certificate",
+            ),
+            (tls.key.is_some(), "TLS_KEY", "ssl.key.pem", "tls.key"),
+        ] {
+            if present {
+                out.push((key, var(name, &format!("{at}.{field}"))?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The consumer group used for lag visibility (offsets are committed for it, never read back
@@ -70,7 +173,7 @@ pub fn group_id(job: &Job) -> String {
 /// Number of partitions of the source topics, which must all have the same count.
 pub fn source_partitions(job: &Job) -> Result<u32, KafkaClientError> {
     let kafka = &job.spec.source.kafka;
-    let consumer: BaseConsumer = base_config(&kafka.bootstrap_servers, &kafka.properties)
+    let consumer: BaseConsumer = source_config(job)?
         .create()
         .map_err(client("creating metadata consumer"))?;
     let mut counts = Vec::new();
@@ -193,7 +296,7 @@ fn task_consumer(
     offsets: &BTreeMap<String, i64>,
 ) -> Result<BaseConsumer, KafkaClientError> {
     let kafka = &job.spec.source.kafka;
-    let consumer: BaseConsumer = base_config(&kafka.bootstrap_servers, &kafka.properties)
+    let consumer: BaseConsumer = source_config(job)?
         .set("group.id", group_id(job))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -314,11 +417,7 @@ impl Sink {
     /// or aborts) the transaction one left open, then opens a transaction.
     pub fn new(job: &Job, task: TaskId) -> Result<Self, KafkaClientError> {
         let kafka = &job.spec.sink.kafka;
-        let bootstrap = kafka
-            .bootstrap_servers
-            .as_deref()
-            .unwrap_or(&job.spec.source.kafka.bootstrap_servers);
-        let mut config = base_config(bootstrap, &kafka.properties);
+        let mut config = sink_config(job)?;
         let transactional = kafka.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
         match kafka.delivery_guarantee {
             DeliveryGuarantee::ExactlyOnce | DeliveryGuarantee::AtLeastOnce => {
@@ -356,8 +455,7 @@ impl Sink {
             producer
                 .begin_transaction()
                 .map_err(fenced("beginning a transaction"))?;
-            let source = &job.spec.source.kafka;
-            let group: BaseConsumer = base_config(&source.bootstrap_servers, &source.properties)
+            let group: BaseConsumer = source_config(job)?
                 .set("group.id", group_id(job))
                 .set("enable.auto.commit", "false")
                 .create()
@@ -367,7 +465,7 @@ impl Sink {
                 records: Default::default(),
                 offsets: Default::default(),
                 group,
-                topics: source.topics.clone(),
+                topics: job.spec.source.kafka.topics.clone(),
             })
         } else {
             None
@@ -561,11 +659,7 @@ fn fenced_or(transactional_id: &str, context: &'static str, e: KafkaError) -> Ka
 pub async fn ensure_sink_topics(job: &Job, partitions: u32) -> Result<(), KafkaClientError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let kafka = &job.spec.sink.kafka;
-    let bootstrap = kafka
-        .bootstrap_servers
-        .as_deref()
-        .unwrap_or(&job.spec.source.kafka.bootstrap_servers);
-    let admin: AdminClient<_> = base_config(bootstrap, &kafka.properties)
+    let admin: AdminClient<_> = sink_config(job)?
         .create()
         .map_err(client("creating admin client"))?;
     let dead_letter = job.dead_letter_topic();
@@ -589,4 +683,73 @@ pub async fn ensure_sink_topics(job: &Job, partitions: u32) -> Result<(), KafkaC
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_crds::v1alpha1::KafkaAuth;
+
+    use super::{KafkaClientError, auth_properties};
+
+    fn auth(yaml: &str) -> KafkaAuth {
+        serde_norway::from_str(yaml).expect("auth")
+    }
+
+    #[test]
+    fn sasl_over_tls_takes_its_secrets_from_the_environment_the_operator_sets() {
+        let env: BTreeMap<&str, &str> = BTreeMap::from([
+            ("SLUICE_SOURCE_SASL_USERNAME", "svc-orders"),
+            ("SLUICE_SOURCE_SASL_PASSWORD", "s3cret"),
+            ("SLUICE_SOURCE_TLS_CA", "-----BEGIN CERTIFICATE-----"),
+        ]);
+        let got = auth_properties(
+            Some(&auth(
+                "sasl: {mechanism: SCRAM-SHA-512, username: {name: u, key: user}, password: {name: u, key: pass}}\n\
+                 tls: {ca: {name: ca, key: ca.crt}}",
+            )),
+            "SOURCE",
+            |k| env.get(k).map(|v| v.to_string()),
+        )
+        .expect("complete");
+        assert_eq!(
+            got,
+            vec![
+                ("security.protocol", "SASL_SSL".to_string()),
+                ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
+                ("sasl.username", "svc-orders".to_string()),
+                ("sasl.password", "s3cret".to_string()),
+                ("ssl.ca.pem", "-----BEGIN CERTIFICATE-----".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_credential_names_the_variable_and_the_field_it_comes_from() {
+        let err = auth_properties(
+            Some(&auth(
+                "sasl: {mechanism: PLAIN, username: {name: u, key: user}, password: {name: u, key: pass}}",
+            )),
+            "SINK",
+            |_| None,
+        )
+        .expect_err("incomplete");
+        assert!(matches!(err, KafkaClientError::Credentials(_)));
+        assert_eq!(
+            err.to_string(),
+            "SLUICE_SINK_SASL_USERNAME is not set: in a cluster the operator sets it from the \
+             Secret key named in spec.sink.kafka.auth.sasl.username; running locally, export it"
+        );
+    }
+
+    #[test]
+    fn no_auth_sets_nothing_and_tls_alone_is_ssl() {
+        assert_eq!(
+            auth_properties(None, "SOURCE", |_| None).expect("none"),
+            vec![]
+        );
+        let got = auth_properties(Some(&auth("tls: {}")), "SOURCE", |_| None).expect("tls");
+        assert_eq!(got, vec![("security.protocol", "SSL".to_string())]);
+    }
 }
