@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod change;
+pub mod cli;
 pub mod http;
 pub mod leader;
 pub mod metrics;

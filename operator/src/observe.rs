@@ -3,8 +3,9 @@
 //! pods, the job file the workers run with, and — through [`Outside`] — the source topics'
 //! partition counts and the tasks' checkpoint HEADs.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -12,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
 
 use crate::build::{config_map_name, selector_string};
@@ -40,8 +42,60 @@ pub trait Outside: Send + Sync {
 }
 
 /// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
-/// module, with the operator's own credentials from its environment).
-pub struct RealOutside;
+/// module, with the operator's own credentials from its environment). One metadata client per
+/// bootstrap address is kept; lag and checkpoints, which cost a client per consumer group and a
+/// read per task, are asked at most once per [`RealOutside::REFRESH`] per job.
+#[derive(Default)]
+pub struct RealOutside {
+    clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    lags: Cache<Option<i64>>,
+    checkpoints: Cache<Option<CheckpointRef>>,
+}
+
+type Cache<T> = Arc<Mutex<HashMap<String, (Instant, T)>>>;
+
+impl RealOutside {
+    /// How long a job's lag and last checkpoint are reused.
+    pub const REFRESH: Duration = Duration::from_secs(15);
+
+    fn lags_handle(&self) -> Cache<Option<i64>> {
+        self.lags.clone()
+    }
+
+    fn checkpoints_handle(&self) -> Cache<Option<CheckpointRef>> {
+        self.checkpoints.clone()
+    }
+
+    fn metadata_client(&self, bootstrap: &str) -> Result<Arc<BaseConsumer>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(bootstrap) {
+            return Ok(client.clone());
+        }
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let client = Arc::new(client);
+        clients.insert(bootstrap.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// A value cached per job for [`RealOutside::REFRESH`].
+fn cached<T: Clone>(cache: &Mutex<HashMap<String, (Instant, T)>>, key: &str) -> Option<T> {
+    let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .get(key)
+        .filter(|(at, _)| at.elapsed() < RealOutside::REFRESH)
+        .map(|(_, v)| v.clone())
+}
+
+fn remember<T>(cache: &Mutex<HashMap<String, (Instant, T)>>, key: String, value: T) {
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, (Instant::now(), value));
+}
 
 impl Outside for RealOutside {
     fn source_partitions(
@@ -49,20 +103,19 @@ impl Outside for RealOutside {
         job: &StreamJob,
     ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, String>> {
         let kafka = job.spec.source.kafka.clone();
+        if kafka.auth.is_some() {
+            return Box::pin(async {
+                Err("the source needs credentials the operator does not read".into())
+            });
+        }
+        let client = self.metadata_client(&kafka.bootstrap_servers);
         Box::pin(async move {
-            if kafka.auth.is_some() {
-                return Err("the source needs credentials the operator does not read".into());
-            }
+            let client = client?;
             tokio::task::spawn_blocking(move || {
-                use rdkafka::consumer::{BaseConsumer, Consumer};
-                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &kafka.bootstrap_servers)
-                    .create()
-                    .map_err(|e| e.to_string())?;
                 let mut counts = BTreeMap::new();
                 for topic in &kafka.topics {
-                    let metadata = consumer
-                        .fetch_metadata(Some(topic), std::time::Duration::from_secs(5))
+                    let metadata = client
+                        .fetch_metadata(Some(topic), Duration::from_secs(5))
                         .map_err(|e| {
                             format!("asking {} for topic {topic}: {e}", kafka.bootstrap_servers)
                         })?;
@@ -89,7 +142,11 @@ impl Outside for RealOutside {
         use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
         let spec = job.spec.checkpoint.clone();
         let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
-        Box::pin(async move {
+        let key = format!("{namespace}/{name}");
+        if let Some(known) = cached(&self.checkpoints, &key) {
+            return Box::pin(async move { known });
+        }
+        let read = async move {
             let options = StoreOptions {
                 endpoint: spec.endpoint.clone(),
                 region: spec.region.clone(),
@@ -111,6 +168,12 @@ impl Outside for RealOutside {
                 }
             }
             oldest
+        };
+        let cache = self.checkpoints_handle();
+        Box::pin(async move {
+            let oldest = read.await;
+            remember(&cache, key, oldest.clone());
+            oldest
         })
     }
 
@@ -122,14 +185,24 @@ impl Outside for RealOutside {
             job.namespace().unwrap_or_default(),
             job.name_any()
         );
+        if let Some(known) = cached(&self.lags, &group) {
+            return Box::pin(async move { known });
+        }
+        let metadata = self.metadata_client(&kafka.bootstrap_servers).ok();
+        let cache = self.lags_handle();
         Box::pin(async move {
             if kafka.auth.is_some() {
                 return None;
             }
-            tokio::task::spawn_blocking(move || Self::blocking_lag(&kafka, &group, partitions))
-                .await
-                .ok()
-                .flatten()
+            let key = group.clone();
+            let lag = tokio::task::spawn_blocking(move || {
+                Self::blocking_lag(&kafka, &group, partitions, metadata?.as_ref())
+            })
+            .await
+            .ok()
+            .flatten();
+            remember(&cache, key, lag);
+            lag
         })
     }
 }
@@ -139,8 +212,8 @@ impl RealOutside {
         kafka: &sluice_crds::v1alpha1::KafkaSource,
         group: &str,
         partitions: u32,
+        metadata: &BaseConsumer,
     ) -> Option<i64> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::{Offset, TopicPartitionList};
         let timeout = std::time::Duration::from_secs(5);
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -158,7 +231,7 @@ impl RealOutside {
         let committed = consumer.committed_offsets(list, timeout).ok()?;
         let mut lag = 0;
         for element in committed.elements() {
-            let (low, high) = consumer
+            let (low, high) = metadata
                 .fetch_watermarks(element.topic(), element.partition(), timeout)
                 .ok()?;
             let at = match element.offset() {
