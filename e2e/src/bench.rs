@@ -46,6 +46,30 @@ pub fn metric_sum(exposition: &str, metric: &str) -> f64 {
         .sum()
 }
 
+/// The upper bound of the histogram bucket holding quantile `q` of `metric` (a Prometheus
+/// histogram without labels other than `le`), as `histogram_quantile` would bound it.
+pub fn histogram_quantile(exposition: &str, metric: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{metric}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total && total > 0.0)
+        .map(|(le, _)| *le)
+}
+
 /// `GET /metrics` from `addr` (`host:port`), as text.
 pub fn scrape(addr: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
@@ -77,6 +101,14 @@ pub fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_quantile_is_bounded_by_its_bucket() {
+        let text = "d_bucket{le=\"0.01\"} 50\nd_bucket{le=\"0.1\"} 98\nd_bucket{le=\"1.0\"} 100\nd_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_quantile(text, "d", 0.5), Some(0.01));
+        assert_eq!(histogram_quantile(text, "d", 0.99), Some(1.0));
+        assert_eq!(histogram_quantile("", "d", 0.5), None);
+    }
 
     #[test]
     fn quantiles_use_the_nearest_rank() {

@@ -1,9 +1,11 @@
 //! Shared pieces of the end-to-end tests: where the real broker and object store started by
 //! `e2e/env/up.sh` listen, and clients for them. Reads the environment; no other I/O.
 
+pub mod apiserver;
 pub mod bench;
 pub mod cdc;
 pub mod cluster;
+pub mod statefulset;
 
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
     s.input_written();
     let text = std::fs::read_to_string(&s.job.manifest).expect("manifest");
     let mut job: StreamJob = serde_norway::from_str(&text).expect("the manifest parses");
-    let outside = RealOutside;
+    let outside = RealOutside::default();
 
     let partitions = outside
         .source_partitions(&job)
@@ -73,6 +73,14 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
         .await;
     workers.stop_all();
 
+    // Lag and checkpoints are read at most once per RealOutside::REFRESH per job; a new
+    // observer (as after that interval) reads them afresh.
+    assert_eq!(
+        outside.lag(&job, PARTITIONS).await,
+        Some(lag),
+        "the first answer is reused"
+    );
+    let outside = RealOutside::default();
     assert_eq!(
         outside.lag(&job, PARTITIONS).await,
         Some(0),

@@ -1,0 +1,430 @@
+//! The operator and real workers together, through the HTTP protocol a cluster speaks: the
+//! fake API server, `kubectl`, a real `sluice-operator run` process, and the StatefulSet
+//! simulator running real `sluice-worker run` processes against the real broker and S3 server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_e2e::TestEnv;
+use sluice_e2e::apiserver::{FakeApiServer, Store};
+use sluice_e2e::cluster::{Checkpoints, JobFiles, scratch_dir, start_input};
+use sluice_e2e::statefulset::Simulator;
+
+const NAMESPACE: &str = "shop";
+const PARTITIONS: u32 = 6;
+/// Not all keys complete their create → update → delete cycle, so the final table is not empty.
+const KEYS: u64 = 50_000;
+const EVENTS: u64 = 200_003;
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Operator {
+    child: Option<Child>,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Operator {
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
+            .arg("run")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAMESPACE", "sluice-system")
+            .env("POD_NAME", format!("sluice-operator-{}", self.starts))
+            .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start sluice-operator");
+        self.child = Some(child);
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("the operator exited with {status}:\n{}", tail(&self.log));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn job(store: &Store, name: &str) -> Option<Value> {
+    store.get("sluice.dev", "streamjobs", NAMESPACE, name)
+}
+
+fn condition(job: &Value, type_: &str) -> Option<String> {
+    job["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(String::from))
+}
+
+/// Waits until the job reports `workers` ready workers for its current generation, every pod
+/// on one revision, and the simulator runs exactly that many processes. Returns how long it took.
+fn wait_ready(
+    store: &Store,
+    sim: &Simulator,
+    name: &str,
+    workers: usize,
+    operator: &mut Operator,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        operator.assert_alive();
+        let j = job(store, name).expect("the job exists");
+        let current = j["status"]["observedGeneration"] == j["metadata"]["generation"];
+        let ready = condition(&j, "Ready").as_deref() == Some("True")
+            && j["status"]["readyWorkers"] == workers as i64
+            && j["status"]["phase"] == "Running";
+        let pods = store.list("", "pods", Some(NAMESPACE));
+        let revisions: std::collections::BTreeSet<String> = pods
+            .iter()
+            .map(|p| p["metadata"]["labels"]["sluice.dev/revision"].to_string())
+            .collect();
+        if current
+            && ready
+            && pods.len() == workers
+            && revisions.len() == 1
+            && sim.processes() == workers
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "not {workers} ready workers after 4 minutes; status {}; {} pods, {} processes; operator log:\n{}",
+            j["status"],
+            pods.len(),
+            sim.processes(),
+            tail(&operator.log)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The CDC example with this machine's broker, topics and S3 server in place of the cluster's.
+fn example_job(
+    env: &TestEnv,
+    dir: &Path,
+    name: &str,
+    input: &str,
+    output: &str,
+) -> (PathBuf, JobFiles) {
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/cdc-materialize.yaml");
+    let mut manifest: Value =
+        serde_norway::from_str(&std::fs::read_to_string(root).expect("example")).expect("yaml");
+    let storage = format!("s3://{}/{name}", env.s3_bucket);
+    manifest["metadata"]["name"] = name.into();
+    manifest["metadata"]["namespace"] = NAMESPACE.into();
+    let spec = &mut manifest["spec"];
+    spec["parallelism"] = 2.into();
+    spec["source"]["kafka"]["bootstrapServers"] = env.kafka_bootstrap.clone().into();
+    spec["source"]["kafka"]["topics"] = serde_json::json!([input]);
+    spec["sink"]["kafka"]["topic"] = output.into();
+    spec["deadLetter"]["topic"] = format!("{output}.dlq").into();
+    spec["checkpoint"]["storage"] = storage.clone().into();
+    spec["checkpoint"]["endpoint"] = env.s3_endpoint.clone().into();
+    spec["checkpoint"]["interval"] = "2s".into();
+    spec["state"]["size"] = "1Gi".into();
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, serde_norway::to_string(&manifest).expect("yaml")).expect("write job");
+    let files = JobFiles {
+        manifest: path.clone(),
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+        storage,
+    };
+    (path, files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete() {
+    let env = TestEnv::from_env();
+    let dir = scratch_dir("k8s");
+    let name = sluice_e2e::unique_name("k8s");
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let server = FakeApiServer::start().await;
+    let kubeconfig = server.kubeconfig(&dir);
+    let store = server.store.clone();
+
+    // The checkpoint credentials, as a Secret the job names: workers get them only from it.
+    let mut data = serde_json::Map::new();
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ALLOW_HTTP",
+    ] {
+        data.insert(key.into(), std::env::var(key).unwrap_or_default().into());
+    }
+    store.write(
+        "",
+        "secrets",
+        NAMESPACE,
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sluice-s3"}, "stringData": data}),
+        false,
+    );
+    let base_env = vec![(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_default(),
+    )];
+    let sim = Simulator::start(
+        store.clone(),
+        env!("CARGO_BIN_EXE_sluice-worker").into(),
+        dir.join("cluster"),
+        base_env,
+    );
+    let mut operator = Operator {
+        child: None,
+        kubeconfig: kubeconfig.clone(),
+        log: dir.join("operator.log"),
+        starts: 0,
+    };
+    operator.start();
+
+    let mut generator = start_input(
+        env!("CARGO_BIN_EXE_sluice-cdc-gen"),
+        &env,
+        &input,
+        (PARTITIONS, KEYS, EVENTS),
+        Some(8_000),
+    );
+    let (manifest, files) = example_job(&env, &dir, &name, &input, &output);
+    let applied = kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            manifest.to_str().expect("path"),
+        ],
+    );
+    eprintln!("{}", applied.trim());
+    let took = wait_ready(&store, &sim, &name, 2, &mut operator);
+    eprintln!(
+        "Ready with 2 workers {:.1} s after kubectl apply:",
+        took.as_secs_f64()
+    );
+    eprint!("{}", kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]));
+
+    for to in [5, 1] {
+        eprint!(
+            "{}",
+            kubectl(
+                &kubeconfig,
+                &[
+                    "scale",
+                    "-n",
+                    NAMESPACE,
+                    &format!("sj/{name}"),
+                    &format!("--replicas={to}")
+                ]
+            )
+        );
+        let took = wait_ready(&store, &sim, &name, to, &mut operator);
+        eprintln!(
+            "rescaled to {to} workers: ready {:.1} s after kubectl scale",
+            took.as_secs_f64()
+        );
+        eprint!("{}", kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]));
+    }
+
+    // Suspend: a final checkpoint and no workers; resume from it.
+    kubectl(
+        &kubeconfig,
+        &[
+            "patch",
+            "sj",
+            &name,
+            "-n",
+            NAMESPACE,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+    );
+    let started = Instant::now();
+    loop {
+        let j = job(&store, &name).expect("job");
+        if j["status"]["phase"] == "Suspended"
+            && sim.processes() == 0
+            && store.list("", "pods", Some(NAMESPACE)).is_empty()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not suspended: {}",
+            j["status"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let checkpoints = Checkpoints::of(&env, &files);
+    let at_suspend: Vec<u64> = {
+        let mut ids = Vec::new();
+        for task in 0..PARTITIONS {
+            ids.push(
+                checkpoints
+                    .head(task)
+                    .await
+                    .expect("a final checkpoint")
+                    .id
+                    .0,
+            );
+        }
+        ids
+    };
+    eprintln!(
+        "suspended in {:.1} s: no workers; HEAD checkpoints {at_suspend:?}",
+        started.elapsed().as_secs_f64()
+    );
+    eprint!("{}", kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]));
+    std::thread::sleep(Duration::from_secs(3));
+    for (task, id) in at_suspend.iter().enumerate() {
+        let now = checkpoints
+            .head(task as u32)
+            .await
+            .expect("checkpoint")
+            .id
+            .0;
+        assert_eq!(now, *id, "task {task}: nothing checkpoints while suspended");
+    }
+    kubectl(
+        &kubeconfig,
+        &[
+            "patch",
+            "sj",
+            &name,
+            "-n",
+            NAMESPACE,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ],
+    );
+    let took = wait_ready(&store, &sim, &name, 1, &mut operator);
+    eprintln!(
+        "resumed: ready {:.1} s after unsuspending",
+        took.as_secs_f64()
+    );
+
+    // The operator SIGKILLed in the middle of a rescale converges once restarted.
+    kubectl(
+        &kubeconfig,
+        &[
+            "scale",
+            "-n",
+            NAMESPACE,
+            &format!("sj/{name}"),
+            "--replicas=3",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    operator.kill();
+    let pods_then = store.list("", "pods", Some(NAMESPACE)).len();
+    eprintln!("SIGKILLed the operator 1.5 s into the rescale to 3 ({pods_then} pods then)");
+    std::thread::sleep(Duration::from_secs(2));
+    operator.start();
+    let took = wait_ready(&store, &sim, &name, 3, &mut operator);
+    eprintln!(
+        "the restarted operator converged: 3 ready workers {:.1} s after its restart",
+        took.as_secs_f64()
+    );
+
+    let status = generator.wait().expect("generator");
+    assert!(status.success());
+    let ends = sluice_e2e::cdc::events_per_partition(EVENTS, KEYS, PARTITIONS);
+    checkpoints.wait_until_covered(&input, &ends, || {}).await;
+    let live = checkpoints
+        .assert_materialized(&env, &input, &output, &ends, &dir)
+        .await;
+    eprintln!(
+        "changelog and the state of all {PARTITIONS} tasks equal the reference ({live} live rows)"
+    );
+    eprint!("{}", kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]));
+
+    // Deleting the job removes its children (garbage collection) and keeps its checkpoints.
+    kubectl(&kubeconfig, &["delete", "sj", &name, "-n", NAMESPACE]);
+    let started = Instant::now();
+    loop {
+        let left: usize = [
+            ("", "configmaps"),
+            ("", "services"),
+            ("apps", "statefulsets"),
+            ("policy", "poddisruptionbudgets"),
+            ("", "pods"),
+        ]
+        .iter()
+        .map(|(g, p)| store.list(g, p, Some(NAMESPACE)).len())
+        .sum();
+        if left == 0 && sim.processes() == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{left} children, {} processes left",
+            sim.processes()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for task in 0..PARTITIONS {
+        assert!(
+            checkpoints.head(task).await.is_some(),
+            "task {task}: checkpoints kept"
+        );
+    }
+    eprintln!(
+        "deleted: children and workers gone in {:.1} s, checkpoints kept",
+        started.elapsed().as_secs_f64()
+    );
+    drop(sim);
+    let _ = Arc::strong_count(&store);
+}
