@@ -21,17 +21,25 @@ async fn a_worker_sigtermed_during_start_up_exits_cleanly() {
         &s.dir,
         1,
     );
-    // From "barely exec'd" to "tasks running": every phase of start-up gets a SIGTERM.
-    for delay_ms in [50, 150, 300, 600, 1200, 2500] {
+    // From "signals handled" (the worker's first step, a few milliseconds after exec; before
+    // it, as for any process, SIGTERM's default action applies) to "tasks running": every
+    // phase of start-up gets a SIGTERM.
+    for delay_ms in [0, 50, 150, 300, 600, 1200, 2500] {
+        let logged = workers.log(0).matches("SIGTERM now stops the worker cleanly").count();
         workers.start(0);
+        let started = std::time::Instant::now();
+        while workers.log(0).matches("SIGTERM now stops the worker cleanly").count() == logged {
+            assert!(started.elapsed() < Duration::from_secs(60), "the worker did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         workers.signal(0, "TERM");
         let status = workers.wait_for_exit(0, Duration::from_secs(60));
         assert!(
             status.success(),
-            "SIGTERM {delay_ms} ms after start: worker exited with {status}; its log ends:\n{}",
+            "SIGTERM {delay_ms} ms into start-up: worker exited with {status}; its log ends:\n{}",
             workers.log_tail(0)
         );
-        eprintln!("SIGTERM {delay_ms} ms after start: exited cleanly");
+        eprintln!("SIGTERM {delay_ms} ms into start-up: exited cleanly");
     }
 }

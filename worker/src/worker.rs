@@ -76,6 +76,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     // told to stop at any moment of its start-up, and the default action would kill it.
     let stop = Arc::new(AtomicBool::new(false));
     runtime.block_on(listen_for_stop(stop.clone()));
+    info!("SIGTERM now stops the worker cleanly");
     let job = Arc::new(config.job.clone());
     // Refuse steps this build cannot run before touching anything.
     crate::pipeline::Pipeline::new(&job)?;
