@@ -5,6 +5,7 @@ pub mod assignment;
 pub mod checkpoint;
 pub mod cli;
 pub mod decode;
+pub mod expr;
 pub mod failpoint;
 pub mod http;
 pub mod io;

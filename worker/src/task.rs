@@ -21,7 +21,7 @@ use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
 use crate::metrics::{DeadLetterLabels, Metrics, PartitionLabels, TaskLabels};
-use crate::pipeline::{Pipeline, Record, StepError};
+use crate::pipeline::{Pipeline, StepError};
 use crate::state::{StateBackend, StateError};
 
 /// Records polled before the loop looks at checkpoints and progress again.
@@ -219,19 +219,12 @@ pub fn run<S: StateBackend, C: Connector>(
                 input.poll(BATCH, POLL_WAIT, |record| {
                     source_header(&mut source, &record);
                     let mut send_error = None;
-                    let result = pipeline.process(
-                        Record {
-                            key: record.key,
-                            value: record.value,
-                        },
-                        &mut state,
-                        &mut |emitted| {
-                            out += 1;
-                            if let Err(e) = output.send(emitted.key, emitted.value, &source) {
-                                send_error.get_or_insert(e);
-                            }
-                        },
-                    );
+                    let result = pipeline.process(record, &mut state, &mut |emitted| {
+                        out += 1;
+                        if let Err(e) = output.send(emitted.key, emitted.value, &source) {
+                            send_error.get_or_insert(e);
+                        }
+                    });
                     if let Some(e) = send_error {
                         return Err(TaskError::from(e));
                     }
@@ -631,6 +624,8 @@ mod tests {
                 offset,
                 key: None,
                 value: None,
+                timestamp_ms: None,
+                headers: None,
             };
             source_header(&mut header, &record);
             assert_eq!(header, want);

@@ -146,6 +146,14 @@ fn cases() -> Vec<Case> {
             says: "\"value.amount >\" does not compile at line 1, column",
         },
         Case {
+            name: "a filter expression that reads a name records do not have",
+            patch: json!({"spec": {"steps": [{"name": "big", "filter": {"expr": "vlaue.amount > 100"}}]}}),
+            facts: facts(),
+            field: "spec.steps[0].filter.expr",
+            reason: "ExpressionInvalid",
+            says: "\"vlaue.amount > 100\" is invalid at line 1, column 1: undeclared reference to \"vlaue\"",
+        },
+        Case {
             name: "a map expression that does not compile",
             patch: json!({"spec": {"steps": [{"name": "reshape", "map": {"value": "{'id': value.id"}}]}}),
             facts: facts(),
