@@ -58,6 +58,9 @@ pub enum DecodeError {
     /// The value is not UTF-8, so it is not JSON.
     #[error("the value is not UTF-8 (first bad byte at {0}), so it is not JSON")]
     InvalidUtf8(usize),
+    /// The record has no value (a Kafka tombstone) or the JSON `null`, and a step reads it.
+    #[error("the record has no value (a tombstone or JSON null) and a step reads it")]
+    NullValue,
     /// The value is larger than [`MAX_VALUE_BYTES`].
     #[error("the value is {0} bytes, more than the {MAX_VALUE_BYTES} steps decode")]
     TooLarge(usize),
@@ -73,6 +76,7 @@ impl DecodeError {
             Self::MissingAfter(_) => "missing-after",
             Self::InvalidUtf8(_) => "invalid-utf8",
             Self::TooLarge(_) => "too-large",
+            Self::NullValue => "null-value",
         }
     }
 }
