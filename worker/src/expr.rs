@@ -543,6 +543,13 @@ fn write_json_into(value: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> 
     Ok(())
 }
 
+/// `value` as a JSON value.
+pub fn to_json(value: &Value) -> Result<serde_json::Value, EncodeError> {
+    let mut out = Vec::new();
+    write_json(value, &mut out)?;
+    serde_json::from_slice(&out).map_err(|e| EncodeError(e.to_string()))
+}
+
 fn key_text(key: &Key) -> String {
     match key {
         Key::Int(i) => i.to_string(),

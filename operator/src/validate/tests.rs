@@ -170,16 +170,16 @@ fn cases() -> Vec<Case> {
             says: "does not compile",
         },
         Case {
-            name: "an aggregate step, which this worker build does not run yet",
+            name: "an aggregate step followed by another step, which this worker build does not run",
             patch: json!({"spec": {"steps": [{"name": "totals", "aggregate": {
                 "groupBy": "key",
                 "aggregations": [{"name": "n", "function": "count"}],
                 "emit": "on-update",
-            }}]}}),
+            }}, {"name": "big", "filter": {"expr": "value.n > 10"}}]}}),
             facts: facts(),
             field: "spec.steps",
             reason: "StepUnsupported",
-            says: "aggregate step, which this worker build does not run yet",
+            says: "\"totals\" is an aggregate step followed by other steps",
         },
         Case {
             name: "file:// checkpoints, which other pods cannot read",
