@@ -793,13 +793,18 @@ pub fn create_topic(env: &TestEnv, topic: &str, partitions: u32) {
         partitions as i32,
         TopicReplication::Fixed(1),
     )];
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime
-        .block_on(admin.create_topics(&topics, &AdminOptions::new()))
-        .expect("create topic");
+    // On a thread of its own: callers may be inside an async runtime.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime
+                .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+                .expect("create topic");
+        });
+    });
     wait_for_topic(env, topic, partitions);
 }
 
@@ -819,6 +824,8 @@ pub struct ExampleRun<'a> {
     pub parallelism: u32,
     /// Checkpoint interval, e.g. `2s`.
     pub interval: &'a str,
+    /// Fields of `spec` to set, e.g. a shorter `eventTime.idleTimeout` (`{}` for none).
+    pub spec_patch: serde_json::Value,
 }
 
 /// Writes the example manifest `run.example` into `dir`, pointed at the test servers and
@@ -843,6 +850,11 @@ pub fn write_example_job(env: &TestEnv, dir: &Path, run: &ExampleRun<'_>) -> Job
     }
     spec["sink"]["kafka"]["topic"] = run.output.into();
     spec["deadLetter"] = serde_json::json!({"topic": run.dead_letter});
+    if let Some(patch) = run.spec_patch.as_object() {
+        for (field, value) in patch {
+            spec[field] = value.clone();
+        }
+    }
     spec["checkpoint"] = serde_json::json!({
         "storage": storage,
         "endpoint": env.s3_endpoint,

@@ -334,6 +334,7 @@ fn ten_thousand_malformed_records_go_to_the_dead_letter_topic_and_every_good_one
                 dead_letter: &dead,
                 parallelism: *parallelism,
                 interval: "2s",
+                spec_patch: serde_json::json!({}),
             },
         );
         let mut workers = Workers::new(
