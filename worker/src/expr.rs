@@ -543,11 +543,31 @@ fn write_json_into(value: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> 
     Ok(())
 }
 
-/// `value` as a JSON value.
+/// `value` as a JSON value, as [`write_json`] would write it.
 pub fn to_json(value: &Value) -> Result<serde_json::Value, EncodeError> {
-    let mut out = Vec::new();
-    write_json(value, &mut out)?;
-    serde_json::from_slice(&out).map_err(|e| EncodeError(e.to_string()))
+    use serde_json::Value as Json;
+    Ok(match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::UInt(u) => Json::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .ok_or_else(|| EncodeError(format!("{f} cannot be written as JSON")))?,
+        Value::String(s) => Json::String(s.to_string()),
+        Value::List(items) => Json::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Value::Map(map) => Json::Object(
+            map.map
+                .iter()
+                .map(|(k, v)| Ok((key_text(k), to_json(v)?)))
+                .collect::<Result<_, EncodeError>>()?,
+        ),
+        other => {
+            let mut out = Vec::new();
+            write_json(other, &mut out)?;
+            serde_json::from_slice(&out).map_err(|e| EncodeError(e.to_string()))?
+        }
+    })
 }
 
 fn key_text(key: &Key) -> String {
@@ -687,6 +707,11 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             r#"{"a":[1,2.5,"x",null,true],"m":{"k":"k1"},"z":-3}"#
+        );
+        assert_eq!(
+            to_json(&value).unwrap(),
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            "to_json and write_json agree"
         );
         write_bytes(&Value::String(Arc::new("plain".into())), &mut out).unwrap();
         assert_eq!(out, b"plain");
