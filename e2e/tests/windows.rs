@@ -40,11 +40,17 @@ struct Golden {
     job: sluice_e2e::cluster::JobFiles,
     workers: Workers,
     producer: BaseProducer,
-    written: i64,
+    /// Records written, per partition.
+    written: Vec<i64>,
 }
 
 impl Golden {
     fn start(example: &str, spec_patch: Value) -> Self {
+        Self::start_on(example, spec_patch, 1, 1)
+    }
+
+    /// The job over a topic of `partitions` partitions, on `workers` workers.
+    fn start_on(example: &str, spec_patch: Value, partitions: u32, workers: u32) -> Self {
         let env = TestEnv::from_env();
         let name = unique_name("golden");
         let dir = scratch_dir("golden");
@@ -53,7 +59,7 @@ impl Golden {
             format!("{name}.out"),
             format!("{name}.dlq"),
         );
-        create_topic(&env, &input, 1);
+        create_topic(&env, &input, partitions);
         let job = write_example_job(
             &env,
             &dir,
@@ -63,7 +69,7 @@ impl Golden {
                 input: &input,
                 output: &output,
                 dead_letter: &dead,
-                parallelism: 1,
+                parallelism: workers,
                 interval: "1s",
                 spec_patch,
             },
@@ -79,35 +85,43 @@ impl Golden {
             job,
             workers,
             producer,
-            written: 0,
+            written: vec![0; partitions as usize],
         }
     }
 
     fn write(&mut self, values: &[Value]) {
+        self.write_to(0, values);
+    }
+
+    fn write_to(&mut self, partition: i32, values: &[Value]) {
         for value in values {
             let payload = value.to_string();
             let record: BaseRecord<'_, str, str> = BaseRecord::to(&self.input)
-                .partition(0)
+                .partition(partition)
                 .payload(payload.as_str());
             self.producer.send(record).expect("enqueue");
-            self.written += 1;
+            self.written[partition as usize] += 1;
         }
         self.producer
             .flush(Duration::from_secs(60))
             .expect("flush input");
     }
 
-    /// Waits until the committed checkpoint covers everything written so far.
+    /// Waits until every task's committed checkpoint covers everything written so far.
     async fn wait_for_checkpoint(&mut self) {
         let checkpoints = Checkpoints::of(&self.env, &self.job);
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let covered = checkpoints
-                .head(0)
-                .await
-                .and_then(|d| d.source_offsets.get(&self.input).copied())
-                .unwrap_or(0);
-            if covered >= self.written {
+            let mut covered = true;
+            for (task, written) in self.written.iter().enumerate() {
+                let at = checkpoints
+                    .head(task as u32)
+                    .await
+                    .and_then(|d| d.source_offsets.get(&self.input).copied())
+                    .unwrap_or(0);
+                covered &= at >= *written;
+            }
+            if covered {
                 return;
             }
             assert!(Instant::now() < deadline, "no checkpoint covers the input");
@@ -131,7 +145,7 @@ impl Golden {
         let got = read_until(
             &self.env,
             &self.output,
-            1,
+            self.written.len() as u32,
             Duration::from_secs(300),
             |records| want.is_subset(&distinct(records)),
             || assert_eq!(workers.crashed(), vec![], "the worker crashed"),
@@ -146,7 +160,7 @@ impl Golden {
         let got = read_until(
             &self.env,
             &self.dead,
-            1,
+            self.written.len() as u32,
             Duration::from_secs(120),
             |records| records.len() >= kinds.len(),
             || assert_eq!(workers.crashed(), vec![], "the worker crashed"),
@@ -235,6 +249,34 @@ async fn tumbling_windows_over_late_and_out_of_order_orders_survive_sigkills_mid
         ("c3", revenue(120, 1, 2, 2)),
     ]);
     g.expect_dead_letters(&[("late", &late.to_string())]);
+    g.assert_alive();
+    g.workers.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_windows_move_with_their_task_when_the_job_is_rescaled() {
+    let mut g = Golden::start_on(
+        "windowed-aggregate.yaml",
+        json!({"eventTime": {"field": "created_at", "maxOutOfOrderness": "5s", "idleTimeout": "60s"}}),
+        2,
+        1,
+    );
+    // One worker owns both tasks; each task holds an open window [0, 60).
+    g.write_to(
+        0,
+        &[order("c1", "paid", 10, 0), order("c1", "paid", 20, 30)],
+    );
+    g.write_to(1, &[order("c2", "paid", 5, 10), order("c2", "paid", 7, 50)]);
+    g.wait_for_checkpoint().await;
+    // Task 1 moves to the new worker 1, which restores it from the checkpoint store.
+    g.workers.rescale(2);
+    g.write_to(0, &[order("c1", "paid", 1, 70)]); // watermark 64.999 s in task 0
+    g.write_to(1, &[order("c2", "paid", 1, 75)]); // watermark 69.999 s in task 1
+    g.expect_output(&[("c1", revenue(0, 2, 30, 20)), ("c2", revenue(0, 2, 12, 7))]);
+    assert!(
+        g.workers.log(1).contains("checkpoint committed task=1"),
+        "worker 1 runs task 1 after the rescale"
+    );
     g.assert_alive();
     g.workers.stop_all();
 }
