@@ -131,6 +131,9 @@ enum Bench {
         /// Scratch directory for the volume and the `file://` checkpoints.
         #[arg(long)]
         dir: PathBuf,
+        /// Run the steps benchmark's job over its orders instead of the CDC materialize job.
+        #[arg(long)]
+        steps: bool,
     },
 }
 
@@ -184,7 +187,8 @@ fn main() -> anyhow::Result<()> {
             partitions,
             interval,
             dir,
-        } => engine(keys, events, partitions, &interval, &dir),
+            steps,
+        } => engine(keys, events, partitions, &interval, &dir, steps),
     }
 }
 
@@ -272,23 +276,10 @@ fn orders(bootstrap: &str, topic: &str, events: u64, partitions: u32) -> anyhow:
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let start: i64 = 1_700_000_040_000;
     let mut progress = Progress::new("orders", events);
     let mut value = String::with_capacity(160);
     for i in 0..events {
-        // Up to 3 s out of order: within the job's 5 s bound, so nothing is late.
-        let jitter = ((i * 7919) % 3000) as i64;
-        let status = if i % 5 == 0 { "pending" } else { "paid" };
-        value.clear();
-        use std::fmt::Write;
-        write!(
-            value,
-            r#"{{"id":{i},"customer_id":"c{}","status":"{status}","amount":{}.{:02},"created_at":{}}}"#,
-            i % 1000,
-            i % 500,
-            i % 100,
-            start + i as i64 - jitter
-        )?;
+        order_json(i, &mut value);
         let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic)
             .partition((i % u64::from(partitions)) as i32)
             .payload(value.as_str());
@@ -311,22 +302,42 @@ fn orders(bootstrap: &str, topic: &str, events: u64, partitions: u32) -> anyhow:
     Ok(())
 }
 
-fn steps_worker(
-    topic: &str,
-    events: u64,
-    worker: &Path,
+/// Order `i` of the steps benchmark, as JSON, into `out`.
+fn order_json(i: u64, out: &mut String) {
+    use std::fmt::Write;
+    const START: i64 = 1_700_000_040_000;
+    // Up to 3 s out of order: within the job's 5 s bound, so nothing is late.
+    let jitter = ((i * 7919) % 3000) as i64;
+    let status = if i.is_multiple_of(5) {
+        "pending"
+    } else {
+        "paid"
+    };
+    out.clear();
+    let _ = write!(
+        out,
+        r#"{{"id":{i},"customer_id":"c{}","status":"{status}","amount":{}.{:02},"created_at":{}}}"#,
+        i % 1000,
+        i % 500,
+        i % 100,
+        START + i as i64 - jitter
+    );
+}
+
+/// The steps benchmark's job: the `windowed-aggregate` example with a map step added.
+fn steps_job(
+    env: &TestEnv,
     dir: &Path,
+    name: &str,
+    topic: &str,
     interval: &str,
-) -> anyhow::Result<()> {
-    let env = TestEnv::from_env();
-    std::fs::create_dir_all(dir)?;
-    let name = sluice_e2e::unique_name("bench-steps");
-    let job = write_example_job(
-        &env,
+) -> sluice_e2e::cluster::JobFiles {
+    write_example_job(
+        env,
         dir,
         &ExampleRun {
             example: "windowed-aggregate.yaml",
-            name: &name,
+            name,
             input: topic,
             output: &format!("{topic}-revenue"),
             dead_letter: &format!("{topic}-revenue.dlq"),
@@ -350,7 +361,20 @@ fn steps_worker(
                         "emit": "on-close"}}],
             }),
         },
-    );
+    )
+}
+
+fn steps_worker(
+    topic: &str,
+    events: u64,
+    worker: &Path,
+    dir: &Path,
+    interval: &str,
+) -> anyhow::Result<()> {
+    let env = TestEnv::from_env();
+    std::fs::create_dir_all(dir)?;
+    let name = sluice_e2e::unique_name("bench-steps");
+    let job = steps_job(&env, dir, &name, topic, interval);
     run_worker(&job.manifest, events, worker, dir)
 }
 
@@ -432,12 +456,23 @@ fn engine(
     partitions: u32,
     interval: &str,
     dir: &Path,
+    steps: bool,
 ) -> anyhow::Result<()> {
-    let events = events.min(keys * cdc::EVENTS_PER_KEY);
-    let topic = "bench.cdc";
+    let events = if steps {
+        events
+    } else {
+        events.min(keys * cdc::EVENTS_PER_KEY)
+    };
+    let topic = if steps { "bench.orders" } else { "bench.cdc" };
     let generating = Instant::now();
     let mut data: Vec<MemoryPartition> = (0..partitions).map(|_| Default::default()).collect();
+    let mut order = String::new();
     for i in 0..events {
+        if steps {
+            order_json(i, &mut order);
+            data[(i % u64::from(partitions)) as usize].push(None, Some(order.as_bytes()));
+            continue;
+        }
         let (key, step) = cdc::position(i, keys);
         data[cdc::partition(key, partitions) as usize].push(
             Some(cdc::key(key).as_bytes()),
@@ -464,15 +499,19 @@ fn engine(
         s3_endpoint: "http://unused".into(),
         s3_bucket: "unused".into(),
     };
-    let job = write_materialize_job(
-        &nowhere,
-        dir,
-        "engine",
-        topic,
-        &format!("{topic}-changelog"),
-        interval,
-        "at-least-once",
-    );
+    let job = if steps {
+        steps_job(&nowhere, dir, "engine", topic, interval)
+    } else {
+        write_materialize_job(
+            &nowhere,
+            dir,
+            "engine",
+            topic,
+            &format!("{topic}-changelog"),
+            interval,
+            "at-least-once",
+        )
+    };
     let log_path = dir.join("engine.log");
     let log = std::fs::File::create(&log_path)?;
     tracing_subscriber::fmt()
@@ -558,7 +597,7 @@ fn engine(
         rate / cores as f64,
     );
     anyhow::ensure!(
-        out == events,
+        steps || out == events,
         "the changelog has {out} records for {events} events"
     );
     println!("engine events={events} seconds={seconds:.2} events_per_s={rate:.0} cores={cores}");
