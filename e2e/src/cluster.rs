@@ -782,3 +782,163 @@ impl Checkpoints {
         rows
     }
 }
+
+/// Creates `topic` with `partitions` partitions (an existing one is fine).
+pub fn create_topic(env: &TestEnv, topic: &str, partitions: u32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = env.kafka_config().create().expect("admin");
+    let topics = [NewTopic::new(
+        topic,
+        partitions as i32,
+        TopicReplication::Fixed(1),
+    )];
+    // On a thread of its own: callers may be inside an async runtime.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime
+                .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+                .expect("create topic");
+        });
+    });
+    wait_for_topic(env, topic, partitions);
+}
+
+/// What a test changes in an example manifest so it runs against the test servers.
+pub struct ExampleRun<'a> {
+    /// File name under `manifests/examples/`.
+    pub example: &'a str,
+    /// Job name.
+    pub name: &'a str,
+    /// Source topic (the example's topics are replaced by this one).
+    pub input: &'a str,
+    /// Sink topic.
+    pub output: &'a str,
+    /// Dead-letter topic.
+    pub dead_letter: &'a str,
+    /// Workers.
+    pub parallelism: u32,
+    /// Checkpoint interval, e.g. `2s`.
+    pub interval: &'a str,
+    /// Fields of `spec` to set, e.g. a shorter `eventTime.idleTimeout` (`{}` for none).
+    pub spec_patch: serde_json::Value,
+}
+
+/// Writes the example manifest `run.example` into `dir`, pointed at the test servers and
+/// topics; its steps, format and event time stay as the example has them.
+pub fn write_example_job(env: &TestEnv, dir: &Path, run: &ExampleRun<'_>) -> JobFiles {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/examples")
+        .join(run.example);
+    let text = std::fs::read_to_string(&path).expect("read example");
+    let mut job: serde_json::Value = serde_norway::from_str(&text).expect("example YAML");
+    let storage = format!("s3://{}/{}", env.s3_bucket, run.name);
+    job["metadata"] = serde_json::json!({"name": run.name, "namespace": "e2e"});
+    let spec = &mut job["spec"];
+    spec["parallelism"] = run.parallelism.into();
+    let kafka = &mut spec["source"]["kafka"];
+    kafka["bootstrapServers"] = env.kafka_bootstrap.clone().into();
+    kafka["topics"] = serde_json::json!([run.input]);
+    if let Some(kafka) = kafka.as_object_mut() {
+        for field in ["auth", "properties", "startingOffsets"] {
+            kafka.remove(field);
+        }
+    }
+    spec["sink"]["kafka"]["topic"] = run.output.into();
+    spec["deadLetter"] = serde_json::json!({"topic": run.dead_letter});
+    if let Some(patch) = run.spec_patch.as_object() {
+        for (field, value) in patch {
+            spec[field] = value.clone();
+        }
+    }
+    spec["checkpoint"] = serde_json::json!({
+        "storage": storage,
+        "endpoint": env.s3_endpoint,
+        "interval": run.interval,
+        "retain": 3,
+    });
+    let manifest = dir.join(format!("{}.yaml", run.name));
+    std::fs::write(&manifest, serde_norway::to_string(&job).expect("job YAML")).expect("write job");
+    JobFiles {
+        manifest,
+        namespace: "e2e".into(),
+        name: run.name.into(),
+        storage,
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Partition.
+    pub partition: i32,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers, by name (the last of a repeated name).
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+impl Received {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads `topic` from the beginning (`read_committed`) until `done` says the records read so far
+/// are enough, calling `alive` between polls (e.g. to assert no worker crashed); fails after
+/// `within`.
+pub fn read_until(
+    env: &TestEnv,
+    topic: &str,
+    partitions: u32,
+    within: Duration,
+    mut done: impl FnMut(&[Received]) -> bool,
+    mut alive: impl FnMut(),
+) -> Vec<Received> {
+    use rdkafka::message::Headers;
+    let consumer = reader(env, topic, partitions);
+    let deadline = Instant::now() + within;
+    let mut records = Vec::new();
+    let mut checked = Instant::now();
+    while !done(&records) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: still not done after {within:?} with {} records",
+            records.len()
+        );
+        if checked.elapsed() > Duration::from_secs(1) {
+            alive();
+            checked = Instant::now();
+        }
+        for _ in 0..10_000 {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                break;
+            };
+            let message = message.expect("fetch");
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Received {
+                partition: message.partition(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    records
+}

@@ -145,8 +145,10 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
     }
 
     // Expressions compile.
+    let mut invalid_expressions = BTreeSet::new();
     for (field, expr) in expressions(spec) {
         if let Err(e) = cel::Program::compile(&expr) {
+            invalid_expressions.insert(field.clone());
             let at = e
                 .errors
                 .first()
@@ -170,8 +172,27 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
         name: job.name_any(),
         spec: spec.clone(),
     };
-    if let Err(e) = sluice_worker::pipeline::Pipeline::new(&worker_job) {
-        fail("spec.steps".into(), "StepUnsupported", e.to_string());
+    match sluice_worker::pipeline::Pipeline::new(&worker_job) {
+        Ok(_) => {}
+        Err(sluice_worker::job::JobError::Expression { error, .. }) => {
+            // What the worker refuses beyond syntax, e.g. a name that is no record variable.
+            let step = spec.steps.iter().position(|s| s.name == error.step);
+            let field = step.map_or_else(
+                || "spec.steps".to_string(),
+                |i| format!("spec.steps[{i}].{}", error.field),
+            );
+            if !invalid_expressions.contains(&field) {
+                fail(
+                    field,
+                    "ExpressionInvalid",
+                    format!(
+                        "the CEL expression {:?} is invalid at line {}, column {}: {}",
+                        error.expr, error.line, error.column, error.problem
+                    ),
+                );
+            }
+        }
+        Err(e) => fail("spec.steps".into(), "StepUnsupported", e.to_string()),
     }
 
     // Source topology.

@@ -28,7 +28,17 @@ pub struct Change<'a> {
     pub before: Option<&'a RawValue>,
     /// The row after the change (raw JSON); `None` for deletes.
     pub after: Option<&'a RawValue>,
+    /// The connector's `source` block (raw JSON), when present.
+    pub source: Option<&'a RawValue>,
+    /// The `op` as sent.
+    pub op_text: &'static str,
+    /// The whole event (raw JSON), without the `schema`/`payload` envelope.
+    pub event: &'a [u8],
 }
+
+/// Values larger than this are not decoded for steps: they go to the dead-letter topic as
+/// `too-large`, so one giant record cannot exhaust a task's memory in the interpreter.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// Why a record could not be decoded. Its `kind` becomes the dead-letter header.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +55,15 @@ pub enum DecodeError {
     /// A create, update or read without an `after` row.
     #[error("op {0:?} has no after row")]
     MissingAfter(&'static str),
+    /// The value is not UTF-8, so it is not JSON.
+    #[error("the value is not UTF-8 (first bad byte at {0}), so it is not JSON")]
+    InvalidUtf8(usize),
+    /// The record has no value (a Kafka tombstone) or the JSON `null`, and a step reads it.
+    #[error("the record has no value (a tombstone or JSON null) and a step reads it")]
+    NullValue,
+    /// The value is larger than [`MAX_VALUE_BYTES`].
+    #[error("the value is {0} bytes, more than the {MAX_VALUE_BYTES} steps decode")]
+    TooLarge(usize),
 }
 
 impl DecodeError {
@@ -55,6 +74,9 @@ impl DecodeError {
             Self::NotAChangeEvent(_) => "not-a-change-event",
             Self::UnknownOp(_) => "unknown-op",
             Self::MissingAfter(_) => "missing-after",
+            Self::InvalidUtf8(_) => "invalid-utf8",
+            Self::TooLarge(_) => "too-large",
+            Self::NullValue => "null-value",
         }
     }
 }
@@ -67,6 +89,8 @@ struct Envelope<'a> {
     before: Option<&'a RawValue>,
     #[serde(borrow, default)]
     after: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    source: Option<&'a RawValue>,
     /// Set when the converter wraps the event as `{"schema": ..., "payload": ...}`.
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
@@ -75,15 +99,17 @@ struct Envelope<'a> {
 /// Decodes a Debezium JSON change event, with or without the `schema`/`payload` envelope.
 pub fn debezium(value: &[u8]) -> Result<Change<'_>, DecodeError> {
     let outer: Envelope<'_> = parse(value)?;
-    let event = match outer.payload {
-        Some(payload) if outer.op.is_none() => parse(payload.get().as_bytes())?,
-        _ => outer,
+    let (event, event_bytes) = match outer.payload {
+        Some(payload) if outer.op.is_none() => {
+            (parse(payload.get().as_bytes())?, payload.get().as_bytes())
+        }
+        _ => (outer, value),
     };
-    let op = match event.op.as_deref() {
-        Some("c") => Op::Create,
-        Some("u") => Op::Update,
-        Some("d") => Op::Delete,
-        Some("r") => Op::Read,
+    let (op, op_text) = match event.op.as_deref() {
+        Some("c") => (Op::Create, "c"),
+        Some("u") => (Op::Update, "u"),
+        Some("d") => (Op::Delete, "d"),
+        Some("r") => (Op::Read, "r"),
         Some(other) => return Err(DecodeError::UnknownOp(other.to_string())),
         None => return Err(DecodeError::NotAChangeEvent("no op field".into())),
     };
@@ -99,6 +125,9 @@ pub fn debezium(value: &[u8]) -> Result<Change<'_>, DecodeError> {
         op,
         before: event.before.filter(|raw| raw.get() != "null"),
         after,
+        source: event.source.filter(|raw| raw.get() != "null"),
+        op_text,
+        event: event_bytes,
     })
 }
 
@@ -107,9 +136,17 @@ fn parse<'a>(bytes: &'a [u8]) -> Result<Envelope<'a>, DecodeError> {
         if e.is_data() {
             DecodeError::NotAChangeEvent(e.to_string())
         } else {
-            DecodeError::InvalidJson(e.to_string())
+            json_error(bytes, &e)
         }
     })
+}
+
+/// The decode error for `bytes` that `serde_json` refused: not UTF-8, or not JSON.
+pub fn json_error(bytes: &[u8], error: &serde_json::Error) -> DecodeError {
+    match std::str::from_utf8(bytes) {
+        Err(e) => DecodeError::InvalidUtf8(e.valid_up_to()),
+        Ok(_) => DecodeError::InvalidJson(error.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +200,6 @@ mod tests {
         assert_eq!(kind(br#"{"op":"t"}"#), "unknown-op");
         assert_eq!(kind(br#"{"op":"c","after":null}"#), "missing-after");
         assert_eq!(kind(br#"{"op":5}"#), "not-a-change-event");
-        assert_eq!(kind(&[0xff, 0xfe]), "invalid-json");
+        assert_eq!(kind(&[0xff, 0xfe]), "invalid-utf8");
     }
 }

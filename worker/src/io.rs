@@ -23,6 +23,26 @@ pub struct InputRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// Record value; `None` for a Kafka tombstone.
     pub value: Option<&'a [u8]>,
+    /// Kafka record timestamp, epoch milliseconds, when the record has one.
+    pub timestamp_ms: Option<i64>,
+    /// Record headers, when it has any.
+    pub headers: Option<&'a dyn RecordHeaders>,
+}
+
+impl std::fmt::Debug for dyn RecordHeaders + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        self.each(&mut |name, value| {
+            list.entry(&(name, value));
+        });
+        list.finish()
+    }
+}
+
+/// The headers of an input record, read only by steps that ask for them.
+pub trait RecordHeaders {
+    /// Visits every header in order: name and value (`None` for a null value).
+    fn each<'s>(&'s self, visit: &mut dyn FnMut(&'s str, Option<&'s [u8]>));
 }
 
 /// The records of one task, in offset order per topic.
@@ -260,6 +280,8 @@ impl TaskInput for MemoryInput {
                 offset: offset as i64,
                 key,
                 value,
+                timestamp_ms: None,
+                headers: None,
             });
             if result.is_err() {
                 break;

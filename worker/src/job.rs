@@ -21,6 +21,12 @@ pub enum JobError {
     /// The StreamJob asks for something this worker cannot do.
     #[error("job {job}: {message}")]
     Unsupported { job: String, message: String },
+    /// A CEL expression of a step does not compile.
+    #[error("job {job}: {error}")]
+    Expression {
+        job: String,
+        error: Box<crate::expr::ExprError>,
+    },
 }
 
 /// The job: where it lives and what it does.

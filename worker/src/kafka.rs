@@ -258,6 +258,10 @@ impl TaskInput for KafkaInput {
                 offset: message.offset(),
                 key: message.key(),
                 value: message.payload(),
+                timestamp_ms: message.timestamp().to_millis(),
+                headers: message
+                    .headers()
+                    .map(|h| h as &dyn crate::io::RecordHeaders),
             })?;
         }
         Ok(polled)
@@ -285,6 +289,15 @@ impl TaskInput for KafkaInput {
             .fetch_watermarks(topic, self.task as i32, Duration::from_secs(2))
             .ok()?;
         Some((high - next.unwrap_or(low)).max(0))
+    }
+}
+
+impl crate::io::RecordHeaders for rdkafka::message::BorrowedHeaders {
+    fn each<'s>(&'s self, visit: &mut dyn FnMut(&'s str, Option<&'s [u8]>)) {
+        use rdkafka::message::Headers;
+        for header in self.iter() {
+            visit(header.key, header.value);
+        }
     }
 }
 
@@ -427,6 +440,10 @@ impl Sink {
                 config.set("enable.idempotence", "false").set("acks", "1");
             }
         }
+        // A dead-lettered record goes out unchanged, however large it came in; librdkafka's
+        // default (1,000,000 bytes) is below what a broker accepts by default and would stop
+        // the task on the first large bad record.
+        config.set_if_absent("message.max.bytes", "16777216");
         let interval: Duration = job.spec.checkpoint.interval.into();
         if transactional {
             // A transaction spans one checkpoint interval plus the checkpoint itself.

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub lag: Family<PartitionLabels, Gauge>,
     /// Tasks restarted after a failure.
     pub task_restarts: Family<TaskLabels, Counter>,
+    /// Records later than their windows' allowed lateness, dropped (`lateRecords: drop`).
+    pub late_records: Family<TaskLabels, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -72,6 +74,7 @@ impl Default for Metrics {
             checkpoint_time: Family::default(),
             lag: Family::default(),
             task_restarts: Family::default(),
+            late_records: Family::default(),
             registry: Registry::default(),
         };
         registry.register("records_in", "Records consumed", metrics.records_in.clone());
@@ -114,6 +117,11 @@ impl Default for Metrics {
             "task_restarts",
             "Tasks restarted after a failure",
             metrics.task_restarts.clone(),
+        );
+        registry.register(
+            "late_records",
+            "Records later than their windows' allowed lateness, dropped",
+            metrics.late_records.clone(),
         );
         Self {
             registry,

@@ -21,7 +21,7 @@ use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
 use crate::metrics::{DeadLetterLabels, Metrics, PartitionLabels, TaskLabels};
-use crate::pipeline::{Pipeline, Record, StepError};
+use crate::pipeline::{Pipeline, StepError};
 use crate::state::{StateBackend, StateError};
 
 /// Records polled before the loop looks at checkpoints and progress again.
@@ -188,6 +188,8 @@ pub fn run<S: StateBackend, C: Connector>(
     let mut last_checkpoint = restored.descriptor.as_ref().map(|d| (d.id, Instant::now()));
     let mut input = connector.input(&offsets)?;
     let mut pipeline = Pipeline::new(job).map_err(|e| KafkaClientError::Topology(e.to_string()))?;
+    // The watermark is part of the state: windows resume where the checkpoint left them.
+    pipeline.restore(&state)?;
 
     let mut next_id = checkpoints.next_id();
     let uploader = Uploader::spawn(env, task, checkpoints, fingerprint);
@@ -197,6 +199,8 @@ pub fn run<S: StateBackend, C: Connector>(
     let m_in = env.metrics.records_in.get_or_create(&labels).clone();
     let m_out = env.metrics.records_out.get_or_create(&labels).clone();
     let m_pause = env.metrics.checkpoint_pause.get_or_create(&labels).clone();
+    let m_late = env.metrics.late_records.get_or_create(&labels).clone();
+    let mut late_seen = 0u64;
     let interval: Duration = job.spec.checkpoint.interval.into();
     let mut next_checkpoint = Instant::now() + interval;
     let mut in_flight: Option<CheckpointId> = None;
@@ -219,19 +223,12 @@ pub fn run<S: StateBackend, C: Connector>(
                 input.poll(BATCH, POLL_WAIT, |record| {
                     source_header(&mut source, &record);
                     let mut send_error = None;
-                    let result = pipeline.process(
-                        Record {
-                            key: record.key,
-                            value: record.value,
-                        },
-                        &mut state,
-                        &mut |emitted| {
-                            out += 1;
-                            if let Err(e) = output.send(emitted.key, emitted.value, &source) {
-                                send_error.get_or_insert(e);
-                            }
-                        },
-                    );
+                    let result = pipeline.process(record, &mut state, &mut |emitted| {
+                        out += 1;
+                        if let Err(e) = output.send(emitted.key, emitted.value, &source) {
+                            send_error.get_or_insert(e);
+                        }
+                    });
                     if let Some(e) = send_error {
                         return Err(TaskError::from(e));
                     }
@@ -264,9 +261,33 @@ pub fn run<S: StateBackend, C: Connector>(
                     Ok(())
                 })?
             } as u64;
+            // Processing time moves on between batches: idle inputs stop holding the watermark.
+            let mut tick_error = None;
+            pipeline
+                .tick(unix_ms(), &mut state, &mut |emitted| {
+                    out += 1;
+                    if let Err(e) = output.send(emitted.key, emitted.value, "watermark") {
+                        tick_error.get_or_insert(e);
+                    }
+                })
+                .map_err(|e| match e {
+                    StepError::State(e) => TaskError::State(e),
+                    StepError::Record(e) => TaskError::State(StateError::Corrupt {
+                        path: live.clone(),
+                        message: e.to_string(),
+                    }),
+                })?;
+            if let Some(e) = tick_error {
+                return Err(e.into());
+            }
             records_in += polled;
             m_in.inc_by(polled);
             m_out.inc_by(out);
+            let late = pipeline.late_dropped();
+            if late > late_seen {
+                m_late.inc_by(late - late_seen);
+                late_seen = late;
+            }
 
             // results of checkpoint uploads
             while let Some(done) = uploader.committed()? {
@@ -318,11 +339,12 @@ pub fn run<S: StateBackend, C: Connector>(
                 output.flush()?;
                 let id = next_id;
                 next_id = id.next();
+                pipeline.save(&mut state)?;
                 state.checkpoint(&checkpoint::local_dir(&task_dir.join("checkpoints"), id))?;
                 let request = Taken {
                     id,
                     source_offsets: offsets.clone(),
-                    watermark_ms: None,
+                    watermark_ms: pipeline.watermark_ms(),
                     records_in,
                     transactional_id: transactional_id.clone(),
                 };
@@ -364,6 +386,12 @@ pub fn run<S: StateBackend, C: Connector>(
         }
     };
     process().map_err(|e| uploader.fenced_or(e))
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Writes `topic/partition/offset` of `record` into `header`, reusing its buffer.
@@ -631,6 +659,8 @@ mod tests {
                 offset,
                 key: None,
                 value: None,
+                timestamp_ms: None,
+                headers: None,
             };
             source_header(&mut header, &record);
             assert_eq!(header, want);

@@ -8,6 +8,9 @@
 //!   event.
 //! - `engine`: the same job with the records fed from memory and written to memory, in this
 //!   process: decode → materialize in RocksDB → encode, checkpoints on (`file://`).
+//! - `orders` and `steps` (`e2e/bench/steps.sh`): JSON orders written to a topic, then one
+//!   worker running the `windowed-aggregate` example's steps over them (CEL filter, CEL map,
+//!   one-minute tumbling windows on event time with RocksDB state), timed like `cdc`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,7 +22,9 @@ use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_e2e::bench::{self, mib};
-use sluice_e2e::cluster::{Checkpoints, Workers, write_materialize_job};
+use sluice_e2e::cluster::{
+    Checkpoints, ExampleRun, Workers, create_topic, write_example_job, write_materialize_job,
+};
 use sluice_e2e::{TestEnv, cdc};
 use sluice_worker::io::{MemoryConnector, MemoryOutput, MemoryPartition};
 use sluice_worker::job::Job;
@@ -86,6 +91,33 @@ enum Bench {
         #[arg(long, default_value_t = 6)]
         to: u32,
     },
+    /// Write `events` JSON orders (1,000 customers, one per millisecond of event time, up to
+    /// 3 s out of order, one in five not paid) into `partitions` partitions of `topic`.
+    Orders {
+        #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        events: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
+    /// Run one worker with the steps benchmark's job (filter → map → tumbling-window aggregate)
+    /// over the orders topic; prints `worker events=N seconds=S events_per_s=X` like `cdc`.
+    Steps {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        events: u64,
+        /// The `sluice-worker` binary.
+        #[arg(long)]
+        worker: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+    },
     /// The engine from memory; prints `engine events=N seconds=S events_per_s=X cores=C`.
     Engine {
         #[arg(long, default_value_t = 906_667)]
@@ -99,6 +131,9 @@ enum Bench {
         /// Scratch directory for the volume and the `file://` checkpoints.
         #[arg(long)]
         dir: PathBuf,
+        /// Run the steps benchmark's job over its orders instead of the CDC materialize job.
+        #[arg(long)]
+        steps: bool,
     },
 }
 
@@ -116,6 +151,19 @@ fn main() -> anyhow::Result<()> {
             dir,
             interval,
         } => cdc_worker(&topic, events, &worker, &dir, &interval),
+        Bench::Orders {
+            bootstrap,
+            topic,
+            events,
+            partitions,
+        } => orders(&bootstrap, &topic, events, partitions),
+        Bench::Steps {
+            topic,
+            events,
+            worker,
+            dir,
+            interval,
+        } => steps_worker(&topic, events, &worker, &dir, &interval),
         Bench::Rescale {
             worker,
             generator,
@@ -139,7 +187,8 @@ fn main() -> anyhow::Result<()> {
             partitions,
             interval,
             dir,
-        } => engine(keys, events, partitions, &interval, &dir),
+            steps,
+        } => engine(keys, events, partitions, &interval, &dir, steps),
     }
 }
 
@@ -211,6 +260,127 @@ fn cdc_worker(
         interval,
         "at-least-once",
     );
+    run_worker(&job.manifest, events, worker, dir)
+}
+
+fn orders(bootstrap: &str, topic: &str, events: u64, partitions: u32) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let env = TestEnv {
+        kafka_bootstrap: bootstrap.to_string(),
+        ..TestEnv::from_env()
+    };
+    create_topic(&env, topic, partitions);
+    let producer: BaseProducer = env
+        .kafka_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut progress = Progress::new("orders", events);
+    let mut value = String::with_capacity(160);
+    for i in 0..events {
+        order_json(i, &mut value);
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic)
+            .partition((i % u64::from(partitions)) as i32)
+            .payload(value.as_str());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+            progress.tick(i);
+        }
+    }
+    producer.flush(Duration::from_secs(300))?;
+    eprintln!("orders: wrote {events} to {topic}");
+    Ok(())
+}
+
+/// Order `i` of the steps benchmark, as JSON, into `out`.
+fn order_json(i: u64, out: &mut String) {
+    use std::fmt::Write;
+    const START: i64 = 1_700_000_040_000;
+    // Up to 3 s out of order: within the job's 5 s bound, so nothing is late.
+    let jitter = ((i * 7919) % 3000) as i64;
+    let status = if i.is_multiple_of(5) {
+        "pending"
+    } else {
+        "paid"
+    };
+    out.clear();
+    let _ = write!(
+        out,
+        r#"{{"id":{i},"customer_id":"c{}","status":"{status}","amount":{}.{:02},"created_at":{}}}"#,
+        i % 1000,
+        i % 500,
+        i % 100,
+        START + i as i64 - jitter
+    );
+}
+
+/// The steps benchmark's job: the `windowed-aggregate` example with a map step added.
+fn steps_job(
+    env: &TestEnv,
+    dir: &Path,
+    name: &str,
+    topic: &str,
+    interval: &str,
+) -> sluice_e2e::cluster::JobFiles {
+    write_example_job(
+        env,
+        dir,
+        &ExampleRun {
+            example: "windowed-aggregate.yaml",
+            name,
+            input: topic,
+            output: &format!("{topic}-revenue"),
+            dead_letter: &format!("{topic}-revenue.dlq"),
+            parallelism: 1,
+            interval,
+            spec_patch: serde_json::json!({
+                "sink": {"kafka": {"topic": format!("{topic}-revenue"), "deliveryGuarantee": "at-least-once"}},
+                "steps": [
+                    {"name": "paid-only", "filter": {"expr": "value.status == 'paid'"}},
+                    {"name": "slim", "map": {
+                        "key": "value.customer_id",
+                        "value": "{'customer_id': value.customer_id, 'amount': value.amount}"}},
+                    {"name": "revenue", "aggregate": {
+                        "groupBy": "value.customer_id",
+                        "aggregations": [
+                            {"name": "orders", "function": "count"},
+                            {"name": "revenue", "function": "sum", "expr": "value.amount"},
+                            {"name": "largest", "function": "max", "expr": "value.amount"}],
+                        "window": {"tumbling": {"size": "1m"}},
+                        "allowedLateness": "30s",
+                        "emit": "on-close"}}],
+            }),
+        },
+    )
+}
+
+fn steps_worker(
+    topic: &str,
+    events: u64,
+    worker: &Path,
+    dir: &Path,
+    interval: &str,
+) -> anyhow::Result<()> {
+    let env = TestEnv::from_env();
+    std::fs::create_dir_all(dir)?;
+    let name = sluice_e2e::unique_name("bench-steps");
+    let job = steps_job(&env, dir, &name, topic, interval);
+    run_worker(&job.manifest, events, worker, dir)
+}
+
+/// Runs one `sluice-worker run` over `manifest` until it has consumed `events` records; prints
+/// its figures.
+fn run_worker(manifest: &Path, events: u64, worker: &Path, dir: &Path) -> anyhow::Result<()> {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.local_addr()?.port()
@@ -222,7 +392,7 @@ fn cdc_worker(
     let mut child = Command::new(worker)
         .arg("run")
         .arg("--job")
-        .arg(&job.manifest)
+        .arg(manifest)
         .args(["--ordinal", "0", "--parallelism", "1", "--http-addr", &addr])
         .arg("--state-dir")
         .arg(dir.join("volume"))
@@ -286,12 +456,23 @@ fn engine(
     partitions: u32,
     interval: &str,
     dir: &Path,
+    steps: bool,
 ) -> anyhow::Result<()> {
-    let events = events.min(keys * cdc::EVENTS_PER_KEY);
-    let topic = "bench.cdc";
+    let events = if steps {
+        events
+    } else {
+        events.min(keys * cdc::EVENTS_PER_KEY)
+    };
+    let topic = if steps { "bench.orders" } else { "bench.cdc" };
     let generating = Instant::now();
     let mut data: Vec<MemoryPartition> = (0..partitions).map(|_| Default::default()).collect();
+    let mut order = String::new();
     for i in 0..events {
+        if steps {
+            order_json(i, &mut order);
+            data[(i % u64::from(partitions)) as usize].push(None, Some(order.as_bytes()));
+            continue;
+        }
         let (key, step) = cdc::position(i, keys);
         data[cdc::partition(key, partitions) as usize].push(
             Some(cdc::key(key).as_bytes()),
@@ -318,15 +499,19 @@ fn engine(
         s3_endpoint: "http://unused".into(),
         s3_bucket: "unused".into(),
     };
-    let job = write_materialize_job(
-        &nowhere,
-        dir,
-        "engine",
-        topic,
-        &format!("{topic}-changelog"),
-        interval,
-        "at-least-once",
-    );
+    let job = if steps {
+        steps_job(&nowhere, dir, "engine", topic, interval)
+    } else {
+        write_materialize_job(
+            &nowhere,
+            dir,
+            "engine",
+            topic,
+            &format!("{topic}-changelog"),
+            interval,
+            "at-least-once",
+        )
+    };
     let log_path = dir.join("engine.log");
     let log = std::fs::File::create(&log_path)?;
     tracing_subscriber::fmt()
@@ -412,7 +597,7 @@ fn engine(
         rate / cores as f64,
     );
     anyhow::ensure!(
-        out == events,
+        steps || out == events,
         "the changelog has {out} records for {events} events"
     );
     println!("engine events={events} seconds={seconds:.2} events_per_s={rate:.0} cores={cores}");

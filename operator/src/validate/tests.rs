@@ -146,6 +146,14 @@ fn cases() -> Vec<Case> {
             says: "\"value.amount >\" does not compile at line 1, column",
         },
         Case {
+            name: "a filter expression that reads a name records do not have",
+            patch: json!({"spec": {"steps": [{"name": "big", "filter": {"expr": "vlaue.amount > 100"}}]}}),
+            facts: facts(),
+            field: "spec.steps[0].filter.expr",
+            reason: "ExpressionInvalid",
+            says: "\"vlaue.amount > 100\" is invalid at line 1, column 1: undeclared reference to \"vlaue\"",
+        },
+        Case {
             name: "a map expression that does not compile",
             patch: json!({"spec": {"steps": [{"name": "reshape", "map": {"value": "{'id': value.id"}}]}}),
             facts: facts(),
@@ -162,16 +170,16 @@ fn cases() -> Vec<Case> {
             says: "does not compile",
         },
         Case {
-            name: "an aggregate step, which this worker build does not run yet",
+            name: "an aggregate step followed by another step, which this worker build does not run",
             patch: json!({"spec": {"steps": [{"name": "totals", "aggregate": {
                 "groupBy": "key",
                 "aggregations": [{"name": "n", "function": "count"}],
                 "emit": "on-update",
-            }}]}}),
+            }}, {"name": "big", "filter": {"expr": "value.n > 10"}}]}}),
             facts: facts(),
             field: "spec.steps",
             reason: "StepUnsupported",
-            says: "aggregate step, which this worker build does not run yet",
+            says: "\"totals\" is an aggregate step followed by other steps",
         },
         Case {
             name: "file:// checkpoints, which other pods cannot read",
