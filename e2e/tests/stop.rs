@@ -25,11 +25,22 @@ async fn a_worker_sigtermed_during_start_up_exits_cleanly() {
     // it, as for any process, SIGTERM's default action applies) to "tasks running": every
     // phase of start-up gets a SIGTERM.
     for delay_ms in [0, 50, 150, 300, 600, 1200, 2500] {
-        let logged = workers.log(0).matches("SIGTERM now stops the worker cleanly").count();
+        let logged = workers
+            .log(0)
+            .matches("SIGTERM now stops the worker cleanly")
+            .count();
         workers.start(0);
         let started = std::time::Instant::now();
-        while workers.log(0).matches("SIGTERM now stops the worker cleanly").count() == logged {
-            assert!(started.elapsed() < Duration::from_secs(60), "the worker did not start");
+        while workers
+            .log(0)
+            .matches("SIGTERM now stops the worker cleanly")
+            .count()
+            == logged
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the worker did not start"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
