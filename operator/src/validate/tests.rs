@@ -223,7 +223,7 @@ fn the_base_job_is_valid_and_keeps_its_spec() {
 }
 
 #[test]
-fn thirteen_jobs_that_pass_the_crd_but_cannot_run_are_refused_with_the_field_and_what_to_do() {
+fn jobs_that_pass_the_crd_but_cannot_run_are_refused_with_the_field_and_what_to_do() {
     let cases = cases();
     assert!(cases.len() >= 10);
     for case in cases {
