@@ -101,6 +101,23 @@ impl Admission {
     }
 }
 
+/// RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`:
+/// objects merge key by key, a `null` removes the key, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 fn collect_rules(schema: &Value, f: &mut impl FnMut(&str)) {
     if let Some(rules) = schema
         .get("x-kubernetes-validations")

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use sluice_crds::StreamJob;
-use sluice_crds::admission::{Admission, FieldError};
+use sluice_crds::admission::{Admission, FieldError, merge_patch};
 
 const VALID: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -26,22 +26,6 @@ spec:
 
 fn yaml(text: &str) -> Value {
     serde_norway::from_str(text).expect("test YAML parses")
-}
-
-/// RFC 7386 JSON merge patch: objects merge, everything else replaces, null deletes.
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 fn rejected(admission: &Admission, job: &Value) -> Vec<FieldError> {
@@ -231,7 +215,7 @@ fn invalid_streamjobs_are_rejected_with_their_intended_message() {
     let mut failures = Vec::new();
     for (what, patch, path, words) in &cases {
         let mut job = yaml(VALID);
-        merge(&mut job, patch);
+        merge_patch(&mut job, patch);
         let errors = rejected(&admission, &job);
         let intended = errors
             .iter()
@@ -251,7 +235,7 @@ fn checkpoint_storage_cannot_change_once_set() {
     let admission = Admission::streamjob();
     let old = yaml(VALID);
     let mut new = old.clone();
-    merge(
+    merge_patch(
         &mut new,
         &json!({"spec": {"checkpoint": {"storage": "s3://other/place"}}}),
     );

@@ -30,6 +30,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Value, json};
+use sluice_crds::admission::merge_patch;
 use tokio::sync::broadcast;
 
 /// A kind the server serves.
@@ -562,34 +563,10 @@ fn target(path: &str) -> Option<Target<'static>> {
 }
 
 fn query(uri: &Uri) -> BTreeMap<String, String> {
-    uri.query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = percent_decode(v);
-            (!k.is_empty()).then(|| (k.to_string(), v))
-        })
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Equality-based label selectors (`a=b,c=d`, `a==b`, `a!=b`, `a`).
@@ -604,21 +581,6 @@ pub fn matches(selector: &str, object: &Value) -> bool {
             !labels[term.trim()].is_null()
         }
     })
-}
-
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
@@ -880,7 +842,7 @@ async fn handle(
                         return status(422, "Invalid", e);
                     }
                 } else {
-                    merge(&mut scale, &body);
+                    merge_patch(&mut scale, &body);
                 }
                 object["spec"]["parallelism"] = scale["spec"]["replicas"].clone();
                 let written = store.write(t.group, t.plural, &ns, object, false);
@@ -896,7 +858,7 @@ async fn handle(
                 if let Some(meta) = sent.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
-                merge(&mut object, &sent);
+                merge_patch(&mut object, &sent);
                 if let (Some(spec), Some(o)) = (body.get("spec"), object.as_object_mut()) {
                     o.insert("spec".into(), spec.clone());
                 }
@@ -904,7 +866,7 @@ async fn handle(
                     object["data"] = data.clone();
                 }
             } else {
-                merge(&mut object, &body);
+                merge_patch(&mut object, &body);
             }
             let written = store.write(t.group, t.plural, &ns, object, sub == Some("status"));
             finalize_if_done(store, t, &ns, name);

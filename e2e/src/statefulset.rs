@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
 use crate::apiserver::Store;
@@ -334,16 +335,15 @@ impl Sim {
             value.to_string()
         };
         let secret = |secret_name: &str| -> Result<BTreeMap<String, String>, String> {
-            let s = self
+            let object = self
                 .store
                 .get("", "secrets", namespace, secret_name)
                 .ok_or(format!("secret \"{secret_name}\" not found"))?;
-            let mut out = BTreeMap::new();
-            for (k, v) in s["stringData"].as_object().into_iter().flatten() {
-                out.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
-            }
-            for (k, v) in s["data"].as_object().into_iter().flatten() {
-                out.insert(k.clone(), decode_base64(v.as_str().unwrap_or_default()));
+            // The typed Secret decodes `data` from base64.
+            let s: Secret = serde_json::from_value(object).map_err(|e| e.to_string())?;
+            let mut out: BTreeMap<String, String> = s.string_data.unwrap_or_default();
+            for (k, v) in s.data.unwrap_or_default() {
+                out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
             }
             Ok(out)
         };
@@ -503,24 +503,4 @@ fn http_ok(port: u16, path: &str) -> bool {
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
-}
-
-fn decode_base64(s: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()) {
-        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
-            continue;
-        };
-        bits = (bits << 6) | v as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

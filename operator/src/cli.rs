@@ -71,16 +71,7 @@ pub fn main() -> anyhow::Result<()> {
             worker_image,
             http_addr,
         } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into());
-            if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
-                tracing_subscriber::fmt()
-                    .json()
-                    .with_env_filter(filter)
-                    .init();
-            } else {
-                tracing_subscriber::fmt().with_env_filter(filter).init();
-            }
+            sluice_worker::cli::init_logging("info");
             let namespaces: Vec<String> = watch_namespaces
                 .into_iter()
                 .map(|n| n.trim().to_string())

@@ -90,6 +90,15 @@ fn lines(requests: &[Recorded]) -> Vec<String> {
     requests.iter().map(Recorded::line).collect()
 }
 
+/// The requests that change something (all but GETs).
+fn writes(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(Recorded::line)
+        .collect()
+}
+
 fn status(api: &ScriptedApi) -> Value {
     api.get(&format!("{JOBS}/customers")).expect("job")["status"].clone()
 }
@@ -229,11 +238,7 @@ async fn jobs_that_cannot_run_get_spec_valid_false_a_warning_and_no_children() {
         let api = ScriptedApi::default();
         api.put(&format!("{JOBS}/customers"), job_manifest(spec.clone()));
         let requests = reconcile_job(&api).await;
-        let writes: Vec<String> = requests
-            .iter()
-            .filter(|r| r.method != "GET")
-            .map(Recorded::line)
-            .collect();
+        let writes = writes(&requests);
         assert_eq!(
             writes,
             [
@@ -288,11 +293,7 @@ async fn a_rescale_applies_the_new_parallelism_and_deletes_every_pod_of_the_old_
     job["metadata"]["generation"] = json!(2);
     api.put(&format!("{JOBS}/customers"), job);
     let requests = reconcile_job(&api).await;
-    let writes: Vec<String> = requests
-        .iter()
-        .filter(|r| r.method != "GET")
-        .map(Recorded::line)
-        .collect();
+    let writes = writes(&requests);
     assert_eq!(
         writes,
         [

@@ -62,10 +62,11 @@ enum Command {
     },
 }
 
-/// Runs the command line; the binaries' `main` is only this.
-pub fn main() -> anyhow::Result<()> {
+/// Sets up logging for a Sluice process: `RUST_LOG` (else `default_filter`), JSON lines with
+/// `SLUICE_LOG_FORMAT=json`, colours only on a terminal without `NO_COLOR`.
+pub fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rdkafka=warn".into());
+        .unwrap_or_else(|_| default_filter.into());
     if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
         tracing_subscriber::fmt()
             .json()
@@ -80,6 +81,11 @@ pub fn main() -> anyhow::Result<()> {
             .with_ansi(ansi)
             .init();
     }
+}
+
+/// Runs the command line; the binaries' `main` is only this.
+pub fn main() -> anyhow::Result<()> {
+    init_logging("info,rdkafka=warn");
     let config = match Cli::parse().command {
         Command::Run {
             job,

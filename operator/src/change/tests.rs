@@ -1,4 +1,5 @@
 use serde_json::{Value, json};
+use sluice_crds::admission::merge_patch;
 use sluice_crds::v1alpha1::{StreamJob, StreamJobSpec};
 
 use super::{Change, Effect, FIELDS, classify};
@@ -22,20 +23,9 @@ spec:
     storage: s3://checkpoints/prod
 "#;
 
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
 fn job(spec_patch: &Value) -> StreamJob {
     let mut value: Value = serde_norway::from_str(JOB).expect("fixture");
-    merge(&mut value["spec"], spec_patch);
+    merge_patch(&mut value["spec"], spec_patch);
     serde_json::from_value(value).expect("typed")
 }
 

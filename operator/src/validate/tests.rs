@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
-use sluice_crds::admission::Admission;
+use sluice_crds::admission::{Admission, merge_patch};
 use sluice_crds::v1alpha1::StreamJob;
 
 use super::{Facts, SpecError, validate};
@@ -24,21 +24,6 @@ spec:
     storage: s3://checkpoints/prod
 "#;
 
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
 fn facts() -> Facts {
     Facts {
         secrets: BTreeMap::new(),
@@ -51,7 +36,7 @@ fn facts() -> Facts {
 /// so every case here is one only the operator can catch.
 fn job(patch: Value) -> StreamJob {
     let mut value: Value = serde_norway::from_str(BASE).expect("base YAML");
-    merge(&mut value, &patch);
+    merge_patch(&mut value, &patch);
     if let Err(errors) = Admission::streamjob().check(&value, None) {
         panic!("the case must pass admission, got {errors:?}");
     }
