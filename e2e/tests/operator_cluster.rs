@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -426,5 +425,4 @@ async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete()
         started.elapsed().as_secs_f64()
     );
     drop(sim);
-    let _ = Arc::strong_count(&store);
 }
