@@ -98,6 +98,17 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name, in clock
+    // ticks: USER_HZ, 100 on every Linux ABI.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +154,24 @@ sluice_records_out_total{task=\"0\"} 1";
     #[test]
     fn this_process_has_a_peak_rss() {
         assert!(peak_rss_bytes(std::process::id()).unwrap() > 1024 * 1024);
+    }
+
+    #[test]
+    fn cpu_time_grows_while_this_process_computes() {
+        let me = std::process::id();
+        let before = cpu_seconds(me).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut x = 1u64;
+        // Spins until /proc shows 50 ms more (on a busy machine that takes longer than 50 ms).
+        while cpu_seconds(me).unwrap() < before + 0.05 {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CPU time stuck at {before} s"
+            );
+        }
+        assert_eq!(cpu_seconds(u32::MAX), None);
     }
 }

@@ -453,6 +453,7 @@ impl Sink {
                 .set_if_absent("transaction.timeout.ms", &timeout.as_millis().to_string());
         }
         config
+            .set_if_absent("delivery.report.only.error", "true")
             .set_if_absent("linger.ms", "5")
             .set_if_absent("queue.buffering.max.messages", "500000")
             .set_if_absent("batch.num.messages", "10000");

@@ -2,7 +2,10 @@
 //! `e2e/bench/engine.sh` run them with a release build.
 //!
 //! - `raw`: a bare rdkafka consumer loop over the topic that does nothing with the records
-//!   (same librdkafka, same fetch settings as the worker): the broker's ceiling.
+//!   (same librdkafka, same fetch settings as the worker): the broker's ceiling. With
+//!   `--copy-to`, it also writes every record unchanged to another topic through a producer
+//!   per partition with the worker's at-least-once settings (as the worker has one per task):
+//!   the ceiling for a job that writes one result per input, as the CDC job does.
 //! - `cdc`: one `sluice-worker run` process owning every task of a materialize job over the
 //!   topic, checkpointing to the S3 server; timed from its start until it has consumed every
 //!   event.
@@ -39,7 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Consume the topic with a bare rdkafka loop; prints `raw events=N seconds=S events_per_s=X`.
+    /// Consume the topic with a bare rdkafka loop; prints `raw events=N seconds=S
+    /// events_per_s=X … cpu_s=C` (`copy …` with `--copy-to`).
     Raw {
         #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP")]
         bootstrap: String,
@@ -48,6 +52,10 @@ enum Bench {
         /// Records the topic holds (the loop stops there).
         #[arg(long)]
         events: u64,
+        /// Also write every record (key, value, a `sluice.source` header) to the same
+        /// partition of this topic, created with the input's partition count.
+        #[arg(long)]
+        copy_to: Option<String>,
     },
     /// Run one worker over the topic; prints `worker events=N seconds=S events_per_s=X` and
     /// checkpoint pauses, peak RSS.
@@ -143,7 +151,8 @@ fn main() -> anyhow::Result<()> {
             bootstrap,
             topic,
             events,
-        } => raw(&bootstrap, &topic, events),
+            copy_to,
+        } => raw(&bootstrap, &topic, events, copy_to.as_deref()),
         Bench::Cdc {
             topic,
             events,
@@ -192,9 +201,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn raw(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<()> {
-    // The worker's consumer settings (sluice_worker::kafka), minus the group commits.
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+/// The worker's consumer settings (sluice_worker::kafka), minus the group commits.
+fn bare_consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-bench-raw")
         .set("enable.auto.commit", "false")
@@ -202,13 +211,20 @@ fn raw(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<()> {
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "100")
         .set("queued.min.messages", "20000")
-        .create()?;
+        .create()?)
+}
+
+fn raw(bootstrap: &str, topic: &str, events: u64, copy_to: Option<&str>) -> anyhow::Result<()> {
+    let consumer = bare_consumer(bootstrap)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
     let partitions = metadata
         .topics()
         .first()
         .map_or(0, |t| t.partitions().len() as i32);
     anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
+    if let Some(out) = copy_to {
+        return copy(bootstrap, topic, partitions, events, out);
+    }
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -234,9 +250,115 @@ fn raw(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<()> {
         );
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = bench::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
     println!(
-        "raw events={count} seconds={seconds:.2} events_per_s={:.0} value_bytes={bytes}",
+        "raw events={count} seconds={seconds:.2} events_per_s={:.0} value_bytes={bytes} cpu_s={cpu:.1}",
         count as f64 / seconds
+    );
+    Ok(())
+}
+
+/// The worker's shape without its engine: per partition a thread with its own consumer and
+/// producer (the worker's at-least-once sink settings) writing every record unchanged, with a
+/// `sluice.source` header, to the same partition of `out`. Timed like the worker, until every
+/// record is consumed and handed to a producer. (One consumer feeding the producers was
+/// measured 5 times slower against Tansu: its fetches wait behind the produce requests.)
+fn copy(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    events: u64,
+    out: &str,
+) -> anyhow::Result<()> {
+    use rdkafka::Message;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let env = TestEnv {
+        kafka_bootstrap: bootstrap.to_string(),
+        ..TestEnv::from_env()
+    };
+    create_topic(&env, out, partitions as u32);
+    let count = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let started = Instant::now();
+    let seconds = std::thread::scope(|scope| -> anyhow::Result<f64> {
+        let threads: Vec<_> = (0..partitions)
+            .map(|p| {
+                let (count, done) = (&count, &done);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let consumer = bare_consumer(bootstrap)?;
+                    let mut assignment = TopicPartitionList::new();
+                    assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+                    consumer.assign(&assignment)?;
+                    let producer: ThreadedProducer<DefaultProducerContext> =
+                        rdkafka::ClientConfig::new()
+                            .set("bootstrap.servers", bootstrap)
+                            .set("enable.idempotence", "true")
+                            .set("acks", "all")
+                            .set("delivery.report.only.error", "true")
+                            .set("linger.ms", "5")
+                            .set("queue.buffering.max.messages", "500000")
+                            .set("batch.num.messages", "10000")
+                            .set("message.max.bytes", "16777216")
+                            .create()?;
+                    let mut source = String::with_capacity(96);
+                    while !done.load(Ordering::Relaxed) {
+                        let message = match consumer.poll(Duration::from_millis(100)) {
+                            Some(Ok(message)) => message,
+                            Some(Err(e)) => anyhow::bail!("copy: consumer error: {e}"),
+                            None => continue,
+                        };
+                        use std::fmt::Write;
+                        source.clear();
+                        let _ = write!(source, "{topic}/{p}/{}", message.offset());
+                        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(out)
+                            .partition(p)
+                            .headers(OwnedHeaders::new().insert(Header {
+                                key: "sluice.source",
+                                value: Some(source.as_str()),
+                            }));
+                        record.key = message.key();
+                        record.payload = message.payload();
+                        while let Err((e, back)) = producer.send(record) {
+                            anyhow::ensure!(
+                                e.rdkafka_error_code()
+                                    == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                                "copy: producing: {e}"
+                            );
+                            record = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    producer.flush(Duration::from_secs(300))?;
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut progress = Progress::new("copy", events);
+        while count.load(Ordering::Relaxed) < events {
+            std::thread::sleep(Duration::from_millis(10));
+            progress.tick(count.load(Ordering::Relaxed));
+            if started.elapsed() > Duration::from_secs(1800)
+                || threads.iter().any(|t| t.is_finished())
+            {
+                break;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().expect("copy thread panicked")?;
+        }
+        Ok(seconds)
+    })?;
+    let count = count.load(Ordering::Relaxed);
+    anyhow::ensure!(count >= events, "copy: only {count} of {events} records");
+    let cpu = bench::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
+    println!(
+        "copy events={count} seconds={seconds:.2} events_per_s={:.0} cpu_s={cpu:.1} flushed_after_s={:.2}",
+        count as f64 / seconds,
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -429,6 +551,7 @@ fn run_worker(manifest: &Path, events: u64, worker: &Path, dir: &Path) -> anyhow
     let out = bench::scrape(&addr)
         .map(|t| bench::metric_sum(&t, "sluice_records_out_total") as u64)
         .unwrap_or(0);
+    let cpu = bench::cpu_seconds(pid).unwrap_or(f64::NAN);
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
@@ -444,7 +567,7 @@ fn run_worker(manifest: &Path, events: u64, worker: &Path, dir: &Path) -> anyhow
         log_path.display()
     );
     println!(
-        "worker events={consumed} seconds={seconds:.2} events_per_s={:.0}",
+        "worker events={consumed} seconds={seconds:.2} events_per_s={:.0} cpu_s={cpu:.1}",
         consumed as f64 / seconds
     );
     Ok(())
