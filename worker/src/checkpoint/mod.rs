@@ -411,7 +411,18 @@ impl TaskCheckpoints {
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some(id) = plan::pending_to_adopt(self.head.checkpoint, &pending, committed) else {
+        let head_offsets = match self.head.checkpoint {
+            Some(id) if !pending.is_empty() => {
+                self.store
+                    .read_descriptor(&self.layout, id)
+                    .await?
+                    .source_offsets
+            }
+            _ => BTreeMap::new(),
+        };
+        let Some(id) =
+            plan::pending_to_adopt(self.head.checkpoint, &head_offsets, &pending, committed)
+        else {
             if !pending.is_empty() {
                 info!(
                     task = self.task,

@@ -89,21 +89,31 @@ pub fn restore_plan(head: Option<&Head>, on_volume: &[CheckpointId]) -> RestoreP
 }
 
 /// Exactly-once recovery: which pending descriptor (written above HEAD, HEAD never named it)
-/// to adopt, given the source offsets the consumer group has committed. Its transaction
-/// committed exactly when the group holds its offsets (they were sent in that transaction),
-/// so adopt the newest transactional one whose offsets the group holds; otherwise none, and
-/// HEAD's checkpoint stands (its successor's transaction was aborted).
+/// to adopt, given the source offsets the consumer group has committed (`committed`) and those
+/// of HEAD's checkpoint (`head_offsets`, empty without one). Its transaction committed exactly
+/// when it moved the group to its offsets (they were sent in that transaction), so adopt the
+/// oldest transactional one whose offsets the group holds; otherwise none, and HEAD's
+/// checkpoint stands (its successors' transactions were aborted).
+///
+/// When the group holds HEAD's own offsets, a pending checkpoint that read no input since
+/// HEAD (its transaction held only results fired by time, such as closing windows) cannot be
+/// told committed from aborted. HEAD stands then: its timers fire again, so such results may
+/// be written twice, never lost.
 pub fn pending_to_adopt(
     head: Option<CheckpointId>,
+    head_offsets: &BTreeMap<String, i64>,
     pending: &[Descriptor],
     committed: &BTreeMap<String, i64>,
 ) -> Option<CheckpointId> {
+    if committed.is_empty() || committed == head_offsets {
+        return None;
+    }
     pending
         .iter()
         .filter(|d| Some(d.id) > head && d.transactional_id.is_some())
-        .filter(|d| !d.source_offsets.is_empty() && &d.source_offsets == committed)
+        .filter(|d| &d.source_offsets == committed)
         .map(|d| d.id)
-        .max()
+        .min()
 }
 
 #[cfg(test)]
@@ -261,33 +271,66 @@ mod tests {
     fn a_pending_checkpoint_is_adopted_only_when_the_group_holds_its_offsets() {
         let committed = |o: i64| BTreeMap::from([("in".to_string(), o)]);
         let head = Some(CheckpointId(4));
+        let at_head = committed(60);
+        let adopt =
+            |head, pending: &[Descriptor], group| pending_to_adopt(head, &at_head, pending, &group);
         let candidates = [pending(5, 100, true), pending(6, 180, true)];
         // The transaction of 6 committed (its offsets are the group's): adopt it.
         assert_eq!(
-            pending_to_adopt(head, &candidates, &committed(180)),
+            adopt(head, &candidates, committed(180)),
             Some(CheckpointId(6))
         );
         // 6's transaction was aborted, 5's committed but its HEAD write was lost.
         assert_eq!(
-            pending_to_adopt(head, &candidates, &committed(100)),
+            adopt(head, &candidates, committed(100)),
             Some(CheckpointId(5))
         );
         // The group holds HEAD's offsets (or none): every pending one was aborted.
-        assert_eq!(pending_to_adopt(head, &candidates, &committed(60)), None);
-        assert_eq!(pending_to_adopt(head, &candidates, &BTreeMap::new()), None);
+        assert_eq!(adopt(head, &candidates, committed(60)), None);
+        assert_eq!(adopt(head, &candidates, BTreeMap::new()), None);
         // Never below HEAD, never a descriptor written without a transaction.
         assert_eq!(
-            pending_to_adopt(Some(CheckpointId(6)), &candidates, &committed(180)),
+            adopt(Some(CheckpointId(6)), &candidates, committed(180)),
             None
         );
-        assert_eq!(
-            pending_to_adopt(head, &[pending(5, 100, false)], &committed(100)),
-            None
-        );
+        assert_eq!(adopt(head, &[pending(5, 100, false)], committed(100)), None);
         // No checkpoint yet: a pending first checkpoint is adopted the same way.
         assert_eq!(
-            pending_to_adopt(None, &[pending(1, 7, true)], &committed(7)),
+            pending_to_adopt(
+                None,
+                &BTreeMap::new(),
+                &[pending(1, 7, true)],
+                &committed(7)
+            ),
             Some(CheckpointId(1))
+        );
+    }
+
+    #[test]
+    fn a_pending_checkpoint_that_read_nothing_since_its_predecessor_is_never_adopted() {
+        let committed = |o: i64| BTreeMap::from([("in".to_string(), o)]);
+        // 5 read nothing after HEAD (4, at 60); its transaction held only results fired by
+        // time. The group holds 60 whether it committed or not: HEAD stands (results may be
+        // written twice, never lost by adopting an aborted transaction's state).
+        assert_eq!(
+            pending_to_adopt(
+                Some(CheckpointId(4)),
+                &committed(60),
+                &[pending(5, 60, true)],
+                &committed(60)
+            ),
+            None
+        );
+        // 5 moved the group to 100 and 6 read nothing after it: 5 is the one whose
+        // transaction is known to have committed.
+        assert_eq!(
+            pending_to_adopt(
+                Some(CheckpointId(4)),
+                &committed(60),
+                &[pending(5, 100, true), pending(6, 100, true)],
+                &committed(100)
+            ),
+            Some(CheckpointId(5))
         );
     }
 }
