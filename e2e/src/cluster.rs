@@ -2,7 +2,7 @@
 //! processes, reads topics back, and reads tasks' committed state from the checkpoint store
 //! without taking the tasks over. Process, Kafka and object-store I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -492,13 +492,39 @@ fn reader(env: &TestEnv, topic: &str, partitions: u32) -> BaseConsumer {
     consumer
 }
 
-/// Per partition of the output `topic`: records, and records whose `sluice.source` header
-/// (`topic/partition/offset` of the input record) an earlier record already carried, i.e.
-/// results written twice. Reads until no record arrived for five seconds.
-pub fn source_duplicates(env: &TestEnv, topic: &str, partitions: u32) -> Vec<(u64, u64)> {
+/// The `sluice.source` headers (`topic/partition/offset` of the input record) of an output
+/// topic's records.
+pub struct Sources {
+    /// Per output partition: records, and records whose source an earlier record already
+    /// named, i.e. results written twice.
+    pub counts: Vec<(u64, u64)>,
+    /// Every source named.
+    pub seen: HashSet<Vec<u8>>,
+}
+
+impl Sources {
+    /// Input records of `input` (offsets `0..ends[p]` of partition `p`) whose source no
+    /// output record names: inputs whose effect never reached the output.
+    pub fn missing(&self, input: &str, ends: &[i64]) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (partition, end) in ends.iter().enumerate() {
+            for offset in 0..*end {
+                let source = format!("{input}/{partition}/{offset}");
+                if !self.seen.contains(source.as_bytes()) {
+                    missing.push(source);
+                }
+            }
+        }
+        missing
+    }
+}
+
+/// Reads every record of the output `topic` until none arrived for five seconds, and collects
+/// their sources.
+pub fn sources(env: &TestEnv, topic: &str, partitions: u32) -> Sources {
     use rdkafka::message::Headers;
     let consumer = reader(env, topic, partitions);
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut counts = vec![(0u64, 0u64); partitions as usize];
     let mut last_record = Instant::now();
     while last_record.elapsed() < Duration::from_secs(5) {
@@ -519,7 +545,12 @@ pub fn source_duplicates(env: &TestEnv, topic: &str, partitions: u32) -> Vec<(u6
             count.1 += 1;
         }
     }
-    counts
+    Sources { counts, seen }
+}
+
+/// Per partition of the output `topic`: records, and results written twice (see [`Sources`]).
+pub fn source_duplicates(env: &TestEnv, topic: &str, partitions: u32) -> Vec<(u64, u64)> {
+    sources(env, topic, partitions).counts
 }
 
 /// The source offsets (next offset per topic) consumer group `group` has committed for

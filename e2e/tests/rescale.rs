@@ -1,14 +1,18 @@
 //! One continuous run of 1,000,003 CDC events while the job is rescaled 3 → 6 → 2 → 5 workers
 //! (old and new workers overlap, as when an operator rolls a StatefulSet) with random SIGKILLs
-//! in between. Tasks move between workers through their checkpoints; at the end the changelog
-//! and every task's state equal the reference. With exactly-once, every task's HEAD ends with
-//! the offsets its transaction committed to the consumer group; results written twice are
-//! counted by source header and reported (Tansu shows aborted transactions to
-//! `read_committed` consumers, so they include every aborted transaction's records).
+//! in between. Tasks move between workers through their checkpoints: after each rescale, a
+//! task that stayed on its ordinal reuses the volume when its previous worker took its final
+//! checkpoint, and one that moved restores from the store (or from its new volume only when
+//! that volume committed the very checkpoint HEAD still names, from an earlier stay there). At the end the changelog and
+//! every task's state equal the reference, and the changelog names every input record as a
+//! source (every input's effect is there). With exactly-once, every task's HEAD ends with the
+//! offsets its transaction committed to the consumer group; results written twice are counted
+//! by source header and reported (Tansu shows aborted transactions to `read_committed`
+//! consumers, so they include every aborted transaction's records).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sluice_e2e::cluster::{Rng, Scenario, Workers, group_offsets, source_duplicates};
+use sluice_e2e::cluster::{Rng, Scenario, Workers, group_offsets, sources};
 
 const PARTITIONS: u32 = 12;
 const KEYS: u64 = 170_000;
@@ -17,6 +21,102 @@ const EVENTS: u64 = 1_000_003;
 enum Step {
     Kill,
     Rescale(u32),
+}
+
+/// The first line a worker logs.
+const STARTED: &str = "SIGTERM now stops the worker cleanly";
+
+/// The value of `name=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// A rescale from `from` to `to` workers, and how long each worker's log was before it.
+struct Rescaled {
+    from: u32,
+    to: u32,
+    marks: Vec<usize>,
+}
+
+/// Checks how each task's new worker restored it after `rescaled`; returns (tasks restored
+/// from the volume, from the store).
+fn check_restores(workers: &Workers, rescaled: &Rescaled) -> (u32, u32) {
+    let Rescaled { from, to, marks } = rescaled;
+    let (mut local, mut download) = (0, 0);
+    for task in 0..PARTITIONS {
+        let ordinal = task % to;
+        let task_field = task.to_string();
+        let of_task = |line: &&str| field(line, "task") == Some(task_field.as_str());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (plan, final_checkpoint) = loop {
+            let log = workers.log(ordinal);
+            let since = &log[marks
+                .get(ordinal as usize)
+                .copied()
+                .unwrap_or(0)
+                .min(log.len())..];
+            // The new worker's lines start at its first line (the last start in `since`; no
+            // worker was killed since the rescale). A worker restarted just before the rescale
+            // may still have been restoring after `marks` was taken.
+            let start = since.rfind(STARTED).unwrap_or(since.len());
+            let (old, new) = since.split_at(start);
+            let plan = new
+                .lines()
+                .filter(of_task)
+                .find(|l| l.contains("restored task state"))
+                .and_then(|l| field(l, "plan"))
+                .map(str::to_string);
+            if let Some(plan) = plan {
+                // Logged by the previous worker of this ordinal as it stopped for the rescale.
+                let final_checkpoint = old
+                    .lines()
+                    .filter(of_task)
+                    .any(|l| l.contains("task stopped after its final checkpoint"));
+                break (plan, final_checkpoint);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task}: worker {ordinal} did not restore it within 60 s of the rescale \
+                 {from} → {to}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let stayed = task % from == ordinal;
+        if stayed && final_checkpoint {
+            assert!(
+                plan.starts_with("Local("),
+                "task {task} stayed on worker {ordinal} ({from} → {to}) after its final \
+                 checkpoint there, yet restored {plan} instead of reusing the volume"
+            );
+        }
+        if !stayed && let Some(id) = plan.strip_prefix("Local(") {
+            // Only when HEAD did not move since this volume last held the task: the volume
+            // then holds the very checkpoint HEAD names, committed from there.
+            let id: String = id.chars().filter(char::is_ascii_digit).collect();
+            let log = workers.log(ordinal);
+            let before = &log[..marks
+                .get(ordinal as usize)
+                .copied()
+                .unwrap_or(0)
+                .min(log.len())];
+            assert!(
+                before
+                    .lines()
+                    .filter(of_task)
+                    .any(|l| l.contains("checkpoint committed")
+                        && field(l, "checkpoint") == Some(id.as_str())),
+                "task {task} moved to worker {ordinal} ({from} → {to}) and restored {plan} from \
+                 a volume that never committed that checkpoint"
+            );
+        }
+        if plan.starts_with("Local(") {
+            local += 1;
+        } else if plan.starts_with("Download(") {
+            download += 1;
+        }
+    }
+    (local, download)
 }
 
 async fn rescale_during_a_run(guarantee: &str) {
@@ -50,6 +150,17 @@ async fn rescale_during_a_run(guarantee: &str) {
         );
     };
     use Step::{Kill, Rescale};
+    let mut rescaled: Option<Rescaled> = None;
+    let check = |workers: &Workers, rescaled: Option<Rescaled>| {
+        if let Some(r) = rescaled {
+            let (local, download) = check_restores(workers, &r);
+            eprintln!(
+                "{guarantee}: after {} → {}: {local} tasks reused the volume, {download} \
+                 downloaded their checkpoint",
+                r.from, r.to
+            );
+        }
+    };
     for step in [
         Kill,
         Rescale(6),
@@ -62,6 +173,7 @@ async fn rescale_during_a_run(guarantee: &str) {
     ] {
         std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
         alive(&mut workers);
+        check(&workers, rescaled.take());
         match step {
             Kill => {
                 let victim = rng.below(u64::from(workers.parallelism())) as u32;
@@ -72,7 +184,9 @@ async fn rescale_during_a_run(guarantee: &str) {
             }
             Rescale(to) => {
                 let from = workers.parallelism();
+                let marks = (0..from.max(to)).map(|o| workers.log(o).len()).collect();
                 let stopping = workers.rescale(to);
+                rescaled = Some(Rescaled { from, to, marks });
                 eprintln!(
                     "{guarantee}: rescaled {from} → {to}; the old workers stopped within {:.1} s",
                     stopping.as_secs_f64()
@@ -80,6 +194,7 @@ async fn rescale_during_a_run(guarantee: &str) {
             }
         }
     }
+    check(&workers, rescaled.take());
     s.input_written();
 
     let ends = s.ends();
@@ -90,8 +205,16 @@ async fn rescale_during_a_run(guarantee: &str) {
     workers.stop_all();
 
     let live_rows = s.assert_materialized(&checkpoints).await;
-    let duplicates = source_duplicates(&s.env, &s.output, PARTITIONS);
-    let (records, twice) = duplicates
+    let sources = sources(&s.env, &s.output, PARTITIONS);
+    let missing = sources.missing(&s.input, &ends);
+    assert!(
+        missing.is_empty(),
+        "{} input records have no result in the changelog, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let (records, twice) = sources
+        .counts
         .iter()
         .fold((0, 0), |(r, d), (pr, pd)| (r + pr, d + pd));
     eprintln!(
