@@ -92,8 +92,10 @@ pub fn restore_plan(head: Option<&Head>, on_volume: &[CheckpointId]) -> RestoreP
 /// to adopt, given the source offsets the consumer group has committed (`committed`) and those
 /// of HEAD's checkpoint (`head_offsets`, empty without one). Its transaction committed exactly
 /// when it moved the group to its offsets (they were sent in that transaction), so adopt the
-/// oldest transactional one whose offsets the group holds; otherwise none, and HEAD's
-/// checkpoint stands (its successors' transactions were aborted).
+/// transactional one whose offsets the group holds; otherwise none, and HEAD's checkpoint
+/// stands (its successors' transactions were aborted). Among several, the newest owner's
+/// (only the newest producer could commit; a zombie's descriptor is of an older epoch), and
+/// of that owner's the oldest (the one whose transaction moved the group there).
 ///
 /// When the group holds HEAD's own offsets, a pending checkpoint that read no input since
 /// HEAD (its transaction held only results fired by time, such as closing windows) cannot be
@@ -112,8 +114,8 @@ pub fn pending_to_adopt(
         .iter()
         .filter(|d| Some(d.id) > head && d.transactional_id.is_some())
         .filter(|d| &d.source_offsets == committed)
+        .min_by_key(|d| (std::cmp::Reverse(d.epoch), d.id))
         .map(|d| d.id)
-        .min()
 }
 
 #[cfg(test)]
@@ -331,6 +333,25 @@ mod tests {
                 &committed(100)
             ),
             Some(CheckpointId(5))
+        );
+        // A zombie of an older epoch wrote 5 with the same offsets as the newest owner's 6,
+        // whose transaction committed: 6 is adopted.
+        let zombie = Descriptor {
+            epoch: Epoch(1),
+            ..pending(5, 100, true)
+        };
+        let owner = Descriptor {
+            epoch: Epoch(2),
+            ..pending(6, 100, true)
+        };
+        assert_eq!(
+            pending_to_adopt(
+                Some(CheckpointId(4)),
+                &committed(60),
+                &[zombie, owner],
+                &committed(100)
+            ),
+            Some(CheckpointId(6))
         );
     }
 }
