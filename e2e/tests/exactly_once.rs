@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use sluice_e2e::cluster::{Scenario, group_offsets, source_duplicates};
+use sluice_e2e::logs::{field, of_task};
 use sluice_worker::checkpoint::descriptor::Descriptor;
 
 const PARTITIONS: u32 = 4;
@@ -111,13 +112,9 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
     }
 }
 
-fn has_field(line: &str, field: &str) -> bool {
-    line.split_whitespace().any(|w| w == field)
-}
-
 fn restore_line(log: &str, task: u32) -> &str {
     log.lines()
-        .find(|l| l.contains("restored task state") && has_field(l, &format!("task={task}")))
+        .find(|l| l.contains("restored task state") && of_task(l, task))
         .unwrap_or_else(|| panic!("no restore of task {task}:\n{log}"))
 }
 
@@ -137,8 +134,8 @@ async fn a_checkpoint_whose_transaction_committed_before_head_moved_is_adopted()
             .restart_log
             .lines()
             .any(|l| l.contains("adopted a checkpoint")
-                && has_field(l, &format!("task={task}"))
-                && has_field(l, &format!("checkpoint={}", committed.id.0))),
+                && of_task(l, task)
+                && field(l, "checkpoint") == Some(committed.id.0.to_string().as_str())),
         "task {task} adopts checkpoint {}:\n{}",
         committed.id.0,
         outcome.restart_log
@@ -179,7 +176,7 @@ async fn a_transaction_left_open_by_a_crash_is_aborted_and_head_stands() {
         !outcome
             .restart_log
             .lines()
-            .any(|l| l.contains("adopted a checkpoint") && has_field(l, &format!("task={task}"))),
+            .any(|l| l.contains("adopted a checkpoint") && of_task(l, task)),
         "task {task} must not adopt an uncommitted checkpoint"
     );
     let expected = at_crash

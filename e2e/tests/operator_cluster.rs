@@ -276,20 +276,24 @@ async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete()
         eprint!("{}", kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]));
     }
 
+    let suspend = |suspended: bool| {
+        let patch = format!(r#"{{"spec":{{"suspend":{suspended}}}}}"#);
+        kubectl(
+            &kubeconfig,
+            &[
+                "patch",
+                "sj",
+                &name,
+                "-n",
+                NAMESPACE,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+        )
+    };
     // Suspend: a final checkpoint and no workers; resume from it.
-    kubectl(
-        &kubeconfig,
-        &[
-            "patch",
-            "sj",
-            &name,
-            "-n",
-            NAMESPACE,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":true}}"#,
-        ],
-    );
+    suspend(true);
     let started = Instant::now();
     loop {
         let j = job(&store, &name).expect("job");
@@ -336,19 +340,7 @@ async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete()
             .0;
         assert_eq!(now, *id, "task {task}: nothing checkpoints while suspended");
     }
-    kubectl(
-        &kubeconfig,
-        &[
-            "patch",
-            "sj",
-            &name,
-            "-n",
-            NAMESPACE,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":false}}"#,
-        ],
-    );
+    suspend(false);
     let took = wait_ready(&store, &sim, &name, 1, &mut operator);
     eprintln!(
         "resumed: ready {:.1} s after unsuspending",

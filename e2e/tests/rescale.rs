@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_e2e::cluster::{Rng, Scenario, Workers, group_offsets, sources};
+use sluice_e2e::logs::{field, of_task};
 
 const PARTITIONS: u32 = 12;
 const KEYS: u64 = 170_000;
@@ -25,12 +26,6 @@ enum Step {
 
 /// The first line a worker logs.
 const STARTED: &str = "SIGTERM now stops the worker cleanly";
-
-/// The value of `name=` in a log line.
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    line[at..].split_whitespace().next()
-}
 
 /// A rescale from `from` to `to` workers, and how long each worker's log was before it.
 struct Rescaled {
@@ -46,21 +41,17 @@ fn check_restores(workers: &Workers, rescaled: &Rescaled) -> (u32, u32) {
     let (mut local, mut download) = (0, 0);
     for task in 0..PARTITIONS {
         let ordinal = task % to;
-        let task_field = task.to_string();
-        let of_task = |line: &&str| field(line, "task") == Some(task_field.as_str());
+        let mark = marks.get(ordinal as usize).copied().unwrap_or(0);
+        let of_task = |line: &&str| of_task(line, task);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (plan, final_checkpoint) = loop {
+        // The log before the rescale, the previous worker's lines since, and the new worker's.
+        let (log, plan) = loop {
             let log = workers.log(ordinal);
-            let since = &log[marks
-                .get(ordinal as usize)
-                .copied()
-                .unwrap_or(0)
-                .min(log.len())..];
+            let (_, since) = log.split_at(mark.min(log.len()));
             // The new worker's lines start at its first line (the last start in `since`; no
             // worker was killed since the rescale). A worker restarted just before the rescale
             // may still have been restoring after `marks` was taken.
-            let start = since.rfind(STARTED).unwrap_or(since.len());
-            let (old, new) = since.split_at(start);
+            let new = &since[since.rfind(STARTED).unwrap_or(since.len())..];
             let plan = new
                 .lines()
                 .filter(of_task)
@@ -68,12 +59,7 @@ fn check_restores(workers: &Workers, rescaled: &Rescaled) -> (u32, u32) {
                 .and_then(|l| field(l, "plan"))
                 .map(str::to_string);
             if let Some(plan) = plan {
-                // Logged by the previous worker of this ordinal as it stopped for the rescale.
-                let final_checkpoint = old
-                    .lines()
-                    .filter(of_task)
-                    .any(|l| l.contains("task stopped after its final checkpoint"));
-                break (plan, final_checkpoint);
+                break (log, plan);
             }
             assert!(
                 Instant::now() < deadline,
@@ -82,6 +68,13 @@ fn check_restores(workers: &Workers, rescaled: &Rescaled) -> (u32, u32) {
             );
             std::thread::sleep(Duration::from_millis(200));
         };
+        let (before, since) = log.split_at(mark.min(log.len()));
+        let old = &since[..since.rfind(STARTED).unwrap_or(since.len())];
+        // Logged by the previous worker of this ordinal as it stopped for the rescale.
+        let final_checkpoint = old
+            .lines()
+            .filter(of_task)
+            .any(|l| l.contains("task stopped after its final checkpoint"));
         let stayed = task % from == ordinal;
         if stayed && final_checkpoint {
             assert!(
@@ -94,12 +87,6 @@ fn check_restores(workers: &Workers, rescaled: &Rescaled) -> (u32, u32) {
             // Only when HEAD did not move since this volume last held the task: the volume
             // then holds the very checkpoint HEAD names, committed from there.
             let id: String = id.chars().filter(char::is_ascii_digit).collect();
-            let log = workers.log(ordinal);
-            let before = &log[..marks
-                .get(ordinal as usize)
-                .copied()
-                .unwrap_or(0)
-                .min(log.len())];
             assert!(
                 before
                     .lines()

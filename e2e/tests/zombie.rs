@@ -7,21 +7,12 @@
 use std::time::{Duration, Instant};
 
 use sluice_e2e::cluster::{Rng, Scenario, Workers};
+use sluice_e2e::logs::{field, of_task};
 
 const PARTITIONS: u32 = 2;
 const KEYS: u64 = 50_000;
 const EVENTS: u64 = 300_000;
 const TRIALS: usize = 20;
-
-/// The value of `name=value` in a log line.
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-}
-
-fn of_task(line: &str, task: u32) -> bool {
-    field(line, "task") == Some(&task.to_string())
-}
 
 /// The successor's first takeover of `task` in `log`: (epoch, the checkpoint HEAD named then).
 fn takeover(log: &str, task: u32) -> Option<(u64, u64)> {

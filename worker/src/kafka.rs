@@ -309,16 +309,10 @@ fn task_consumer(
     offsets: &BTreeMap<String, i64>,
 ) -> Result<BaseConsumer, KafkaClientError> {
     let kafka = &job.spec.source.kafka;
-    let consumer: BaseConsumer = source_config(job)?
-        .set("group.id", group_id(job))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed")
-        .set_if_absent("fetch.wait.max.ms", "100")
-        .set_if_absent("queued.min.messages", "20000")
-        .create()
-        .map_err(client("creating consumer"))?;
+    let consumer: BaseConsumer =
+        consumer_settings(source_config(job)?.set("group.id", group_id(job)))
+            .create()
+            .map_err(client("creating consumer"))?;
     let mut assignment = TopicPartitionList::new();
     for topic in &kafka.topics {
         let offset = match offsets.get(topic) {
@@ -352,6 +346,46 @@ fn task_consumer(
         .assign(&assignment)
         .map_err(client("assigning partitions"))?;
     Ok(consumer)
+}
+
+/// A task consumer's settings besides brokers, credentials and group: no automatic commits
+/// (assignment is manual, offsets live in checkpoints), committed records only, fetches
+/// batched unless the job's properties say otherwise.
+pub fn consumer_settings(config: &mut ClientConfig) -> &mut ClientConfig {
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .set_if_absent("fetch.wait.max.ms", "100")
+        .set_if_absent("queued.min.messages", "20000")
+}
+
+/// A sink producer's settings for `guarantee` besides brokers, credentials and transactions:
+/// idempotence and acks, delivery reports only for failures (the only ones a task counts),
+/// room for a large dead-lettered record, and batching unless the job's properties say
+/// otherwise.
+pub fn producer_settings(
+    config: &mut ClientConfig,
+    guarantee: DeliveryGuarantee,
+) -> &mut ClientConfig {
+    match guarantee {
+        DeliveryGuarantee::ExactlyOnce | DeliveryGuarantee::AtLeastOnce => {
+            config.set("enable.idempotence", "true").set("acks", "all");
+        }
+        DeliveryGuarantee::None => {
+            config.set("enable.idempotence", "false").set("acks", "1");
+        }
+    }
+    // A dead-lettered record goes out unchanged, however large it came in; librdkafka's
+    // default (1,000,000 bytes) is below what a broker accepts by default and would stop
+    // the task on the first large bad record.
+    config
+        .set_if_absent("message.max.bytes", "16777216")
+        .set_if_absent("delivery.report.only.error", "true")
+        .set_if_absent("linger.ms", "5")
+        .set_if_absent("queue.buffering.max.messages", "500000")
+        .set_if_absent("batch.num.messages", "10000")
 }
 
 trait SetIfAbsent {
@@ -432,18 +466,7 @@ impl Sink {
         let kafka = &job.spec.sink.kafka;
         let mut config = sink_config(job)?;
         let transactional = kafka.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
-        match kafka.delivery_guarantee {
-            DeliveryGuarantee::ExactlyOnce | DeliveryGuarantee::AtLeastOnce => {
-                config.set("enable.idempotence", "true").set("acks", "all");
-            }
-            DeliveryGuarantee::None => {
-                config.set("enable.idempotence", "false").set("acks", "1");
-            }
-        }
-        // A dead-lettered record goes out unchanged, however large it came in; librdkafka's
-        // default (1,000,000 bytes) is below what a broker accepts by default and would stop
-        // the task on the first large bad record.
-        config.set_if_absent("message.max.bytes", "16777216");
+        producer_settings(&mut config, kafka.delivery_guarantee);
         let interval: Duration = job.spec.checkpoint.interval.into();
         if transactional {
             // A transaction spans one checkpoint interval plus the checkpoint itself.
@@ -452,11 +475,6 @@ impl Sink {
                 .set("transactional.id", transactional_id(job, task))
                 .set_if_absent("transaction.timeout.ms", &timeout.as_millis().to_string());
         }
-        config
-            .set_if_absent("delivery.report.only.error", "true")
-            .set_if_absent("linger.ms", "5")
-            .set_if_absent("queue.buffering.max.messages", "500000")
-            .set_if_absent("batch.num.messages", "10000");
         let tracker = DeliveryTracker::default();
         let producer: ThreadedProducer<DeliveryTracker> = config
             .create_with_context(tracker.clone())

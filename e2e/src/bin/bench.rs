@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_crds::v1alpha1::DeliveryGuarantee;
 use sluice_e2e::bench::{self, mib};
 use sluice_e2e::cluster::{
     Checkpoints, ExampleRun, Workers, create_topic, write_example_job, write_materialize_job,
@@ -31,6 +32,7 @@ use sluice_e2e::cluster::{
 use sluice_e2e::{TestEnv, cdc};
 use sluice_worker::io::{MemoryConnector, MemoryOutput, MemoryPartition};
 use sluice_worker::job::Job;
+use sluice_worker::kafka;
 use sluice_worker::task::{self, TaskEnv};
 
 #[derive(Parser)]
@@ -59,21 +61,7 @@ enum Bench {
     },
     /// Run one worker over the topic; prints `worker events=N seconds=S events_per_s=X` and
     /// checkpoint pauses, peak RSS.
-    Cdc {
-        #[arg(long)]
-        topic: String,
-        /// Records the topic holds.
-        #[arg(long)]
-        events: u64,
-        /// The `sluice-worker` binary.
-        #[arg(long)]
-        worker: PathBuf,
-        /// Scratch directory for the job, the volume and the log.
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "10s")]
-        interval: String,
-    },
+    Cdc(WorkerRun),
     /// Rescale downtime: a job with large state on `from` workers, rescaled to `to` while
     /// input trickles in; prints `rescale … downtime_s=X`, the time from the rescale's start
     /// until every task processes records again.
@@ -113,19 +101,7 @@ enum Bench {
     },
     /// Run one worker with the steps benchmark's job (filter → map → tumbling-window aggregate)
     /// over the orders topic; prints `worker events=N seconds=S events_per_s=X` like `cdc`.
-    Steps {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        events: u64,
-        /// The `sluice-worker` binary.
-        #[arg(long)]
-        worker: PathBuf,
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "10s")]
-        interval: String,
-    },
+    Steps(WorkerRun),
     /// The engine from memory; prints `engine events=N seconds=S events_per_s=X cores=C`.
     Engine {
         #[arg(long, default_value_t = 906_667)]
@@ -145,6 +121,24 @@ enum Bench {
     },
 }
 
+/// One worker over a topic, as `cdc` and `steps` run it.
+#[derive(clap::Args)]
+struct WorkerRun {
+    #[arg(long)]
+    topic: String,
+    /// Records the topic holds.
+    #[arg(long)]
+    events: u64,
+    /// The `sluice-worker` binary.
+    #[arg(long)]
+    worker: PathBuf,
+    /// Scratch directory for the job, the volume and the log.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = "10s")]
+    interval: String,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Raw {
@@ -153,26 +147,14 @@ fn main() -> anyhow::Result<()> {
             events,
             copy_to,
         } => raw(&bootstrap, &topic, events, copy_to.as_deref()),
-        Bench::Cdc {
-            topic,
-            events,
-            worker,
-            dir,
-            interval,
-        } => cdc_worker(&topic, events, &worker, &dir, &interval),
+        Bench::Cdc(run) => cdc_worker(&run),
         Bench::Orders {
             bootstrap,
             topic,
             events,
             partitions,
         } => orders(&bootstrap, &topic, events, partitions),
-        Bench::Steps {
-            topic,
-            events,
-            worker,
-            dir,
-            interval,
-        } => steps_worker(&topic, events, &worker, &dir, &interval),
+        Bench::Steps(run) => steps_worker(&run),
         Bench::Rescale {
             worker,
             generator,
@@ -201,17 +183,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The worker's consumer settings (sluice_worker::kafka), minus the group commits.
+/// A consumer with the worker's settings, minus the group commits.
 fn bare_consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
-    Ok(rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-bench-raw")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "100")
-        .set("queued.min.messages", "20000")
-        .create()?)
+    Ok(kafka::consumer_settings(
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "sluice-bench-raw"),
+    )
+    .create()?)
 }
 
 fn raw(bootstrap: &str, topic: &str, events: u64, copy_to: Option<&str>) -> anyhow::Result<()> {
@@ -291,16 +270,11 @@ fn copy(
                     assignment.add_partition_offset(topic, p, Offset::Beginning)?;
                     consumer.assign(&assignment)?;
                     let producer: ThreadedProducer<DefaultProducerContext> =
-                        rdkafka::ClientConfig::new()
-                            .set("bootstrap.servers", bootstrap)
-                            .set("enable.idempotence", "true")
-                            .set("acks", "all")
-                            .set("delivery.report.only.error", "true")
-                            .set("linger.ms", "5")
-                            .set("queue.buffering.max.messages", "500000")
-                            .set("batch.num.messages", "10000")
-                            .set("message.max.bytes", "16777216")
-                            .create()?;
+                        kafka::producer_settings(
+                            rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap),
+                            DeliveryGuarantee::AtLeastOnce,
+                        )
+                        .create()?;
                     let mut source = String::with_capacity(96);
                     while !done.load(Ordering::Relaxed) {
                         let message = match consumer.poll(Duration::from_millis(100)) {
@@ -363,26 +337,20 @@ fn copy(
     Ok(())
 }
 
-fn cdc_worker(
-    topic: &str,
-    events: u64,
-    worker: &Path,
-    dir: &Path,
-    interval: &str,
-) -> anyhow::Result<()> {
+fn cdc_worker(run: &WorkerRun) -> anyhow::Result<()> {
     let env = TestEnv::from_env();
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(&run.dir)?;
     let name = sluice_e2e::unique_name("bench");
     let job = write_materialize_job(
         &env,
-        dir,
+        &run.dir,
         &name,
-        topic,
-        &format!("{topic}-changelog"),
-        interval,
+        &run.topic,
+        &format!("{}-changelog", run.topic),
+        &run.interval,
         "at-least-once",
     );
-    run_worker(&job.manifest, events, worker, dir)
+    run_worker(&job.manifest, run)
 }
 
 fn orders(bootstrap: &str, topic: &str, events: u64, partitions: u32) -> anyhow::Result<()> {
@@ -486,23 +454,24 @@ fn steps_job(
     )
 }
 
-fn steps_worker(
-    topic: &str,
-    events: u64,
-    worker: &Path,
-    dir: &Path,
-    interval: &str,
-) -> anyhow::Result<()> {
+fn steps_worker(run: &WorkerRun) -> anyhow::Result<()> {
     let env = TestEnv::from_env();
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(&run.dir)?;
     let name = sluice_e2e::unique_name("bench-steps");
-    let job = steps_job(&env, dir, &name, topic, interval);
-    run_worker(&job.manifest, events, worker, dir)
+    let job = steps_job(&env, &run.dir, &name, &run.topic, &run.interval);
+    run_worker(&job.manifest, run)
 }
 
-/// Runs one `sluice-worker run` over `manifest` until it has consumed `events` records; prints
-/// its figures.
-fn run_worker(manifest: &Path, events: u64, worker: &Path, dir: &Path) -> anyhow::Result<()> {
+/// Runs one `sluice-worker run` over `manifest` until it has consumed `run.events` records;
+/// prints its figures.
+fn run_worker(manifest: &Path, run: &WorkerRun) -> anyhow::Result<()> {
+    let WorkerRun {
+        events,
+        worker,
+        dir,
+        ..
+    } = run;
+    let events = *events;
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.local_addr()?.port()
