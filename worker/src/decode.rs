@@ -1,8 +1,10 @@
 //! Decoding record values into changes. Pure, and zero-copy for Debezium rows: `before` and
-//! `after` stay the raw JSON text of the record, so materializing a row copies it once, into
-//! state. The envelope is read by [`crate::json_scan`], which validates the whole event.
+//! `after` stay the raw JSON bytes of the record, so materializing a row copies it once, into state.
 
-use crate::json_scan::{self, Document};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// What a change event does to its row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,11 +25,11 @@ pub struct Change<'a> {
     /// What happened.
     pub op: Op,
     /// The row before the change (raw JSON), when the connector sends it.
-    pub before: Option<&'a str>,
+    pub before: Option<&'a RawValue>,
     /// The row after the change (raw JSON); `None` for deletes.
-    pub after: Option<&'a str>,
+    pub after: Option<&'a RawValue>,
     /// The connector's `source` block (raw JSON), when present.
-    pub source: Option<&'a str>,
+    pub source: Option<&'a RawValue>,
     /// The `op` as sent.
     pub op_text: &'static str,
     /// The whole event (raw JSON), without the `schema`/`payload` envelope.
@@ -79,64 +81,74 @@ impl DecodeError {
     }
 }
 
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    after: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    source: Option<&'a RawValue>,
+    /// Set when the converter wraps the event as `{"schema": ..., "payload": ...}`.
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
 /// Decodes a Debezium JSON change event, with or without the `schema`/`payload` envelope.
 pub fn debezium(value: &[u8]) -> Result<Change<'_>, DecodeError> {
+    // UTF-8 is checked once, here, for the whole value. From bytes, serde_json checked each raw
+    // value it borrowed but none of the strings it skipped, so a bad byte in an unread field
+    // went through; from a `&str` it checks nothing again. Measured on CDC-benchmark events,
+    // interleaved with the old way: 0.84 of its time.
     let text = std::str::from_utf8(value).map_err(|e| DecodeError::InvalidUtf8(e.valid_up_to()))?;
-    let [op, before, after, source, payload] = envelope(text)?;
-    let (op, before, after, source, event) = match (op, payload) {
-        // `{"schema": ..., "payload": {...}}`, as Kafka Connect's JSON converter writes it
-        // with schemas enabled.
-        (None, Some(payload)) => {
-            let [op, before, after, source, _] = envelope(payload)?;
-            (op, before, after, source, payload)
-        }
-        _ => (op, before, after, source, text),
+    let outer: Envelope<'_> = parse(text)?;
+    let (event, event_text) = match outer.payload {
+        Some(payload) if outer.op.is_none() => (parse(payload.get())?, payload.get()),
+        _ => (outer, text),
     };
-    let op = match op {
+    let (op, op_text) = match event.op.as_deref() {
+        Some("c") => (Op::Create, "c"),
+        Some("u") => (Op::Update, "u"),
+        Some("d") => (Op::Delete, "d"),
+        Some("r") => (Op::Read, "r"),
+        Some(other) => return Err(DecodeError::UnknownOp(other.to_string())),
         None => return Err(DecodeError::NotAChangeEvent("no op field".into())),
-        Some(op) if op.starts_with('"') => json_scan::unescape(op),
-        Some(op) => {
-            return Err(DecodeError::NotAChangeEvent(format!(
-                "op is {op}, not a string"
-            )));
-        }
     };
-    let (op, op_text) = match &*op {
-        "c" => (Op::Create, "c"),
-        "u" => (Op::Update, "u"),
-        "d" => (Op::Delete, "d"),
-        "r" => (Op::Read, "r"),
-        other => return Err(DecodeError::UnknownOp(other.to_string())),
-    };
+    let after = event.after.filter(|raw| raw.get() != "null");
     if after.is_none() && op != Op::Delete {
-        return Err(DecodeError::MissingAfter(op_text));
+        return Err(DecodeError::MissingAfter(match op {
+            Op::Create => "c",
+            Op::Update => "u",
+            _ => "r",
+        }));
     }
     Ok(Change {
         op,
-        before,
+        before: event.before.filter(|raw| raw.get() != "null"),
         after,
-        source,
+        source: event.source.filter(|raw| raw.get() != "null"),
         op_text,
-        event: event.as_bytes(),
+        event: event_text.as_bytes(),
     })
 }
 
-/// The raw `op`, `before`, `after`, `source` and `payload` members of an event object, each
-/// `None` when absent or `null`.
-fn envelope(text: &str) -> Result<[Option<&str>; 5], DecodeError> {
-    match json_scan::members(text, ["op", "before", "after", "source", "payload"]) {
-        Err(e) => Err(DecodeError::InvalidJson(e.to_string())),
-        Ok(Document::Other(kind)) => Err(DecodeError::NotAChangeEvent(format!(
-            "the value is {kind}, not an object"
-        ))),
-        Ok(Document::Object {
-            duplicate: Some(name),
-            ..
-        }) => Err(DecodeError::NotAChangeEvent(format!(
-            "the field {name} occurs twice"
-        ))),
-        Ok(Document::Object { members, .. }) => Ok(members.map(|m| m.filter(|raw| *raw != "null"))),
+fn parse(text: &str) -> Result<Envelope<'_>, DecodeError> {
+    let envelope = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            DecodeError::NotAChangeEvent(e.to_string())
+        } else {
+            DecodeError::InvalidJson(e.to_string())
+        }
+    })?;
+    // serde also reads a struct from an array, its elements taken as the fields in order.
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError::NotAChangeEvent(
+            "the value is not a JSON object".into(),
+        ));
     }
+    Ok(envelope)
 }
 
 /// The decode error for `bytes` that `serde_json` refused: not UTF-8, or not JSON.
@@ -159,7 +171,7 @@ mod tests {
         assert_eq!(change.op, Op::Create);
         assert!(change.before.is_none());
         assert_eq!(
-            change.after.unwrap(),
+            change.after.unwrap().get(),
             r#"{"id":1,"name":"a \"quoted\" name"}"#
         );
     }
@@ -169,8 +181,8 @@ mod tests {
         let value = br#"{"schema":{"type":"struct","fields":[]},"payload":{"before":{"id":1},"after":{"id":1,"v":2},"op":"u","source":{"lsn":7}}}"#;
         let change = debezium(value).unwrap();
         assert_eq!(change.op, Op::Update);
-        assert_eq!(change.before.unwrap(), r#"{"id":1}"#);
-        assert_eq!(change.after.unwrap(), r#"{"id":1,"v":2}"#);
+        assert_eq!(change.before.unwrap().get(), r#"{"id":1}"#);
+        assert_eq!(change.after.unwrap().get(), r#"{"id":1,"v":2}"#);
     }
 
     #[test]
@@ -199,8 +211,8 @@ mod tests {
         assert_eq!(kind(br#"{"op":"c","after":null}"#), "missing-after");
         assert_eq!(kind(br#"{"op":5}"#), "not-a-change-event");
         assert_eq!(kind(&[0xff, 0xfe]), "invalid-utf8");
-        // Both were decoded as creates before the scanner: serde reads a struct from an
-        // array's elements in field order, and does not check UTF-8 in strings it skips.
+        // Both were decoded as creates before: serde reads a struct from an array's elements
+        // in field order, and from bytes it does not check UTF-8 in strings it skips.
         assert_eq!(kind(br#"["c",null,{"id":1}]"#), "not-a-change-event");
         assert_eq!(
             kind(b"{\"op\":\"c\",\"after\":{\"id\":1},\"ts\":\"\xff\"}"),
@@ -210,116 +222,5 @@ mod tests {
             kind(br#"{"op":"c","op":"u","after":{}}"#),
             "not-a-change-event"
         );
-    }
-
-    /// The decoder this module had before [`json_scan`]: serde_json into borrowed raw values.
-    /// Kept as the oracle the scanner-based one is compared with.
-    fn serde_oracle(value: &[u8]) -> Result<[Option<String>; 4], &'static str> {
-        use serde_json::value::RawValue;
-        #[derive(serde::Deserialize)]
-        struct Envelope<'a> {
-            #[serde(borrow, default)]
-            op: Option<std::borrow::Cow<'a, str>>,
-            #[serde(borrow, default)]
-            before: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            after: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            source: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            payload: Option<&'a RawValue>,
-        }
-        fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
-            serde_json::from_slice(bytes).map_err(|e| {
-                if e.is_data() {
-                    "not-a-change-event"
-                } else {
-                    "invalid-json"
-                }
-            })
-        }
-        let outer = parse(value)?;
-        let event = match outer.payload {
-            Some(payload) if outer.op.is_none() => parse(payload.get().as_bytes())?,
-            _ => outer,
-        };
-        let raw = |r: Option<&RawValue>| r.map(|r| r.get().to_string()).filter(|r| r != "null");
-        let op = match event.op.as_deref() {
-            Some(op @ ("c" | "u" | "d" | "r")) => op.to_string(),
-            Some(_) => return Err("unknown-op"),
-            None => return Err("not-a-change-event"),
-        };
-        let after = raw(event.after);
-        if after.is_none() && op != "d" {
-            return Err("missing-after");
-        }
-        Ok([Some(op), raw(event.before), after, raw(event.source)])
-    }
-
-    /// Mutated CDC events, decoded by this module and by the serde oracle: the same changes,
-    /// the same kinds of error. Two documented differences are left out: serde_json reads a
-    /// top-level array as a struct's fields in order (an array is no change event), and it
-    /// reports a duplicate field before a syntax error further on (here the syntax error wins).
-    #[test]
-    fn decodes_like_serde_json_did() {
-        let seeds = [
-            r#"{"before":{"id":7,"name":"a\"b"},"after":{"id":7,"name":"\u00e9","n":[1,2.5,-3e2]},"source":{"db":"x"},"op":"u","ts_ms":1}"#,
-            r#"{"before":null,"after":{"id":1},"op":"c"}"#,
-            r#"{"before":{"id":1},"after":null,"op":"d","source":null}"#,
-            r#"{"schema":{"type":"struct"},"payload":{"after":{"id":2},"op":"r"}}"#,
-        ];
-        let alphabet = b"{}[]\":,\\ -.e019tnulcdrops\t";
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
-        let mut outcomes = std::collections::BTreeMap::<&str, u32>::new();
-        for _ in 0..100_000 {
-            let mut bytes = seeds[next(seeds.len())].as_bytes().to_vec();
-            for _ in 0..1 + next(2) {
-                let at = next(bytes.len() + 1);
-                match next(3) {
-                    0 if at < bytes.len() => {
-                        bytes.remove(at);
-                    }
-                    1 if at < bytes.len() => bytes[at] = alphabet[next(alphabet.len())],
-                    _ => bytes.insert(at, alphabet[next(alphabet.len())]),
-                }
-            }
-            let text = std::str::from_utf8(&bytes).expect("the alphabet is ASCII");
-            if text.trim_start().starts_with('[') {
-                continue;
-            }
-            let ours = debezium(&bytes).map(|c| {
-                [Some(c.op_text), c.before, c.after, c.source].map(|f| f.map(str::to_string))
-            });
-            let oracle = serde_oracle(&bytes);
-            match (&ours, &oracle) {
-                (Err(e), Err("not-a-change-event"))
-                    if e.kind() == "invalid-json"
-                        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() => {}
-                _ => assert_eq!(
-                    ours.as_ref().map_err(|e| e.kind()),
-                    oracle.as_ref().map_err(|e| *e),
-                    "{text}"
-                ),
-            }
-            *outcomes
-                .entry(ours.as_ref().map_or_else(|e| e.kind(), |_| "decoded"))
-                .or_default() += 1;
-        }
-        // Every outcome was met often enough for the comparison to mean something.
-        for kind in [
-            "decoded",
-            "invalid-json",
-            "not-a-change-event",
-            "unknown-op",
-            "missing-after",
-        ] {
-            assert!(outcomes.get(kind).is_some_and(|n| *n > 100), "{outcomes:?}");
-        }
     }
 }

@@ -11,7 +11,6 @@ pub mod failpoint;
 pub mod http;
 pub mod io;
 pub mod job;
-pub mod json_scan;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;

@@ -626,7 +626,7 @@ impl Pipeline {
                                 match change.op {
                                     Op::Delete => None,
                                     Op::Create | Op::Update | Op::Read => {
-                                        change.after.map(str::as_bytes)
+                                        change.after.map(|raw| raw.get().as_bytes())
                                     }
                                 }
                             }
@@ -1069,7 +1069,7 @@ fn decode_vars<'a>(
                 (Var::Source, change.source),
             ] {
                 if let Some(raw) = raw.filter(|_| uses.has(var)) {
-                    vars.set(var, json(raw.as_bytes())?);
+                    vars.set(var, json(raw.get().as_bytes())?);
                 }
             }
         }
