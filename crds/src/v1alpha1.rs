@@ -176,6 +176,16 @@ pub struct KafkaSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting_timestamp: Option<Time>,
 
+    /// What a task does when the offset it must resume from is no longer in the partition:
+    /// below the log start (retention or a deletion removed records the job had not read,
+    /// e.g. after it was suspended for longer than the topic's retention) or above its end
+    /// (the topic was deleted and created again). `fail` (default) stops the task and says
+    /// which topic, partition and offsets in the worker's `/readyz` and logs; `earliest`
+    /// resumes at the log start and counts the records given up in the metric
+    /// `sluice_records_skipped_total`.
+    #[serde(default)]
+    pub on_offset_out_of_range: OffsetOutOfRange,
+
     /// How record values are decoded.
     #[serde(default)]
     pub format: Format,
@@ -203,6 +213,17 @@ pub enum StartingOffsets {
     Latest,
     /// The first record at or after `startingTimestamp`.
     Timestamp,
+}
+
+/// What a task does when its resume offset is outside the partition.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetOutOfRange {
+    /// Stop the task and say why; nothing is skipped.
+    #[default]
+    Fail,
+    /// Resume at the oldest record still in the partition, counting what is given up.
+    Earliest,
 }
 
 /// How a record value is decoded.

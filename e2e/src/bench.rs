@@ -72,17 +72,30 @@ pub fn histogram_quantile(exposition: &str, metric: &str, q: f64) -> Option<f64>
 
 /// `GET /metrics` from `addr` (`host:port`), as text.
 pub fn scrape(addr: &str) -> std::io::Result<String> {
+    http_get(addr, "/metrics").map(|(_, body)| body)
+}
+
+/// `GET path` from `addr` (`host:port`): the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string()))
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, body)| body.to_string()),
+    ))
 }
 
 /// Peak resident memory of process `pid` so far (`VmHWM`), from `/proc`.

@@ -232,10 +232,13 @@ spec:
     storage: "{storage}"
     endpoint: "{endpoint}"
     interval: {interval}
-    retain: 3
+    retain: {retain}
 "#,
             bootstrap = env.kafka_bootstrap,
             endpoint = env.s3_endpoint,
+            // Exactly-once tests walk every task's chain of committed checkpoints to tell
+            // committed output from aborted (see `CommittedTransactions`): keep them all.
+            retain = if guarantee == "exactly-once" { 100 } else { 3 },
         ),
     )
     .expect("write job manifest");
@@ -506,12 +509,12 @@ impl Sources {
     /// Input records of `input` (offsets `0..ends[p]` of partition `p`) whose source no
     /// output record names: inputs whose effect never reached the output.
     pub fn missing(&self, input: &str, ends: &[i64]) -> Vec<String> {
-        let mut missing = Vec::new();
-        for (partition, end) in ends.iter().enumerate() {
+        let (mut missing, mut source) = (Vec::new(), String::new());
+        for (partition, end) in (0..).zip(ends) {
             for offset in 0..*end {
-                let source = format!("{input}/{partition}/{offset}");
+                sluice_worker::task::source_header(&mut source, input, partition, offset);
                 if !self.seen.contains(source.as_bytes()) {
-                    missing.push(source);
+                    missing.push(source.clone());
                 }
             }
         }
@@ -522,6 +525,16 @@ impl Sources {
 /// Reads every record of the output `topic` until none arrived for five seconds, and collects
 /// their sources.
 pub fn sources(env: &TestEnv, topic: &str, partitions: u32) -> Sources {
+    sources_where(env, topic, partitions, None)
+}
+
+/// [`sources`] of only the records `committed` holds.
+pub fn sources_where(
+    env: &TestEnv,
+    topic: &str,
+    partitions: u32,
+    committed: Option<&CommittedTransactions>,
+) -> Sources {
     use rdkafka::message::Headers;
     let consumer = reader(env, topic, partitions);
     let mut seen = HashSet::new();
@@ -533,6 +546,9 @@ pub fn sources(env: &TestEnv, topic: &str, partitions: u32) -> Sources {
         };
         let message = message.expect("fetch");
         last_record = Instant::now();
+        if committed.is_some_and(|c| !c.holds(&message)) {
+            continue;
+        }
         let source = message
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "sluice.source"))
@@ -594,6 +610,18 @@ pub fn read_table(
     partitions: u32,
     expected: Option<&[i64]>,
 ) -> Vec<Table> {
+    read_table_where(env, topic, partitions, expected, None)
+}
+
+/// [`read_table`] of only the records `committed` holds (records without a `sluice.txn`
+/// header, written outside transactions, are all kept).
+pub fn read_table_where(
+    env: &TestEnv,
+    topic: &str,
+    partitions: u32,
+    expected: Option<&[i64]>,
+    committed: Option<&CommittedTransactions>,
+) -> Vec<Table> {
     let consumer = reader(env, topic, partitions);
     let mut tables = vec![Table::new(); partitions as usize];
     let mut positions = vec![0i64; partitions as usize];
@@ -618,8 +646,47 @@ pub fn read_table(
         last_record = Instant::now();
         let p = message.partition() as usize;
         positions[p] = message.offset() + 1;
+        if committed.is_some_and(|c| !c.holds(&message)) {
+            continue;
+        }
         let key = message.key().expect("keyed records").to_vec();
         tables[p].insert(key, message.payload().map(<[u8]>::to_vec));
+    }
+}
+
+/// The transactions of an exactly-once job that committed, for reading its output as a
+/// broker that hides aborted transactions would show it (Tansu shows `read_committed`
+/// consumers every record). Each record a task writes in a transaction carries the header
+/// `sluice.txn = <task>/<epoch>/<checkpoint>`; the transaction committed exactly when that
+/// checkpoint is in the task's chain of committed checkpoints: HEAD, and each one's
+/// `previous` back to the task's first (an adopted checkpoint is in it once HEAD names it).
+/// An aborted transaction's checkpoint never becomes HEAD, so it is in no chain.
+#[derive(Debug)]
+pub struct CommittedTransactions {
+    /// Per task: the labels of its committed checkpoints.
+    labels: Vec<HashSet<String>>,
+}
+
+impl CommittedTransactions {
+    /// Whether `message` was written outside transactions or in a committed one.
+    pub fn holds(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+        use rdkafka::message::Headers;
+        let Some(label) = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "sluice.txn"))
+            .and_then(|h| h.value)
+        else {
+            return true;
+        };
+        let label = String::from_utf8_lossy(label);
+        let task: usize = label
+            .split('/')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("a sluice.txn header names its task: {label}"));
+        self.labels
+            .get(task)
+            .is_some_and(|labels| labels.contains(label.as_ref()))
     }
 }
 
@@ -652,6 +719,78 @@ impl Checkpoints {
                 .await
                 .expect("read descriptor"),
         )
+    }
+
+    /// The chain of `task`'s committed checkpoints, newest first: HEAD's, then each one's
+    /// `previous`, back to the task's first. Panics when a link is missing: exactly-once
+    /// tests keep every checkpoint (`retain` above their count) so the chain can be walked.
+    pub async fn chain(&self, task: u32) -> Vec<Descriptor> {
+        self.try_chain(task).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Checkpoints::chain`], or what link is missing (retention deleted it).
+    async fn try_chain(&self, task: u32) -> Result<Vec<Descriptor>, String> {
+        let mut chain = Vec::new();
+        let mut next = self.head(task).await;
+        while let Some(descriptor) = next {
+            next = match descriptor.previous {
+                Some(id) => Some(
+                    self.store
+                        .read_descriptor(&self.layout.task(task), id)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "task {task}: checkpoint {id}, before {}, is gone ({e}): keep \
+                                 every checkpoint in exactly-once tests",
+                                descriptor.id
+                            )
+                        })?,
+                ),
+                None => None,
+            };
+            chain.push(descriptor);
+        }
+        Ok(chain)
+    }
+
+    /// The committed transactions of every task (see [`CommittedTransactions`]), after
+    /// checking each task's chain: every link moves the offsets forward or keeps them, so
+    /// every input offset up to HEAD's is covered by exactly one committed checkpoint.
+    pub async fn committed_transactions(&self, partitions: u32) -> CommittedTransactions {
+        self.try_committed_transactions(partitions)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Checkpoints::committed_transactions`], or why the chains cannot be walked.
+    async fn try_committed_transactions(
+        &self,
+        partitions: u32,
+    ) -> Result<CommittedTransactions, String> {
+        let mut labels = Vec::new();
+        for task in 0..partitions {
+            let chain = self.try_chain(task).await?;
+            for pair in chain.windows(2) {
+                let (newer, older) = (&pair[0], &pair[1]);
+                for (topic, next) in &older.source_offsets {
+                    assert!(
+                        newer.source_offsets.get(topic).is_some_and(|n| n >= next),
+                        "task {task}: checkpoint {} goes back from {}'s offsets {:?} to {:?}",
+                        newer.id,
+                        older.id,
+                        older.source_offsets,
+                        newer.source_offsets
+                    );
+                }
+            }
+            labels.push(
+                chain
+                    .iter()
+                    .map(|d| format!("{task}/{}/{}", d.epoch, d.id))
+                    .collect(),
+            );
+        }
+        Ok(CommittedTransactions { labels })
     }
 
     /// Descriptor `id` of `task`.
@@ -743,7 +882,21 @@ impl Checkpoints {
                         .collect()
                 })
                 .collect();
-        let changelog = read_table(env, output, partitions, None);
+        // Exactly-once output is read as a broker hiding aborted transactions shows it, when
+        // the job kept every checkpoint (tests with a small `retain` read every record).
+        let committed = match self.head(0).await {
+            Some(d) if d.transactional_id.is_some() => {
+                match self.try_committed_transactions(partitions).await {
+                    Ok(committed) => Some(committed),
+                    Err(e) => {
+                        eprintln!("reading every output record, aborted or not: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let changelog = read_table_where(env, output, partitions, None, committed.as_ref());
         for task in 0..partitions as usize {
             let published: BTreeMap<_, _> = changelog[task]
                 .iter()
@@ -796,6 +949,8 @@ impl Checkpoints {
                 .get_file(
                     &t.file(&file.hash, FileKind::of(&file.name)),
                     &dir.join(&file.name),
+                    file.size,
+                    &file.hash,
                 )
                 .await
                 .expect("download state file");
@@ -816,14 +971,20 @@ impl Checkpoints {
 
 /// Creates `topic` with `partitions` partitions (an existing one is fine).
 pub fn create_topic(env: &TestEnv, topic: &str, partitions: u32) {
+    create_topic_with(env, topic, partitions, &[]);
+}
+
+/// Creates `topic` with `partitions` partitions and topic `config` such as
+/// `("cleanup.policy", "compact")` (an existing one is fine).
+pub fn create_topic_with(env: &TestEnv, topic: &str, partitions: u32, config: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = env.kafka_config().create().expect("admin");
-    let topics = [NewTopic::new(
-        topic,
-        partitions as i32,
-        TopicReplication::Fixed(1),
-    )];
+    let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        new = new.set(key, value);
+    }
+    let topics = [new];
     // On a thread of its own: callers may be inside an async runtime.
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -837,6 +998,38 @@ pub fn create_topic(env: &TestEnv, topic: &str, partitions: u32) {
         });
     });
     wait_for_topic(env, topic, partitions);
+}
+
+/// Deletes `topic` and waits until the broker no longer lists it.
+pub fn delete_topic(env: &TestEnv, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = env.kafka_config().create().expect("admin");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            for result in runtime
+                .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+                .expect("delete topic")
+            {
+                result.expect("topic deleted");
+            }
+        });
+    });
+    let consumer: BaseConsumer = env.kafka_config().create().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()
+        .and_then(|m| Some(m.topics().first()?.error().is_none()))
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "topic {topic} still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What a test changes in an example manifest so it runs against the test servers.

@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod cdc;
 pub mod cluster;
+pub mod fault_proxy;
 pub mod logs;
 pub mod statefulset;
 

@@ -4,12 +4,18 @@
 //! committed, which the consumer group's offsets tell.
 //!
 //! Tansu (the test broker) does not hide records of aborted transactions from
-//! `read_committed` consumers, so results written in an aborted transaction show up as
-//! duplicates there; the tests count them by `sluice.source` header and say so.
+//! `read_committed` consumers, so the tests read the output as a broker that hides them
+//! would show it: only records whose `sluice.txn` label names a checkpoint in the task's chain
+//! of committed checkpoints ([`CommittedTransactions`]). Of that output they require what
+//! exactly-once promises: the reference table, a result for every input record, and none
+//! twice. They also count, by `sluice.source` header, what Tansu shows of aborted
+//! transactions.
 
 use std::collections::BTreeMap;
 
-use sluice_e2e::cluster::{Scenario, group_offsets, source_duplicates};
+use sluice_e2e::cluster::{
+    CommittedTransactions, Scenario, group_offsets, source_duplicates, sources_where,
+};
 use sluice_e2e::logs::{field, of_task};
 use sluice_worker::checkpoint::descriptor::Descriptor;
 
@@ -31,8 +37,9 @@ struct Outcome {
     at_crash: TaskAtCrash,
     /// The restarted worker's log.
     restart_log: String,
-    /// Per output partition: (records, duplicates by source header).
-    duplicates: Vec<(u64, u64)>,
+    /// Per output partition, as Tansu shows it (with aborted transactions): (records,
+    /// duplicates by source header).
+    shown: Vec<(u64, u64)>,
 }
 
 /// Runs one exactly-once worker owning every task with `failpoint` armed until it aborts,
@@ -101,14 +108,32 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
             "task {t}: the group's offsets are HEAD's"
         );
     }
+    // The committed output: the reference table, every input's result, none twice.
     s.assert_materialized(&checkpoints).await;
-    let duplicates = source_duplicates(&s.env, &s.output, PARTITIONS);
-    eprintln!("{failpoint}: output (records, duplicates) per partition: {duplicates:?}");
+    let committed: CommittedTransactions = checkpoints.committed_transactions(PARTITIONS).await;
+    let sources = sources_where(&s.env, &s.output, PARTITIONS, Some(&committed));
+    let missing = sources.missing(&s.input, &ends);
+    assert!(
+        missing.is_empty(),
+        "{failpoint}: {} inputs have no committed result, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        sources.counts.iter().all(|(_, twice)| *twice == 0),
+        "{failpoint}: committed results written twice, per partition (records, twice): {:?}",
+        sources.counts
+    );
+    let shown = source_duplicates(&s.env, &s.output, PARTITIONS);
+    eprintln!(
+        "{failpoint}: committed output (records, twice) per partition: {:?}; as Tansu shows it, with aborted transactions: {shown:?}",
+        sources.counts
+    );
     Outcome {
         task,
         at_crash,
         restart_log,
-        duplicates,
+        shown,
     }
 }
 
@@ -144,10 +169,10 @@ async fn a_checkpoint_whose_transaction_committed_before_head_moved_is_adopted()
         restore_line(&outcome.restart_log, task).contains(&format!("({})", committed.id.0)),
         "task {task} restores the adopted checkpoint"
     );
-    // Nothing of this task was written outside a committed transaction, and the adopted
-    // checkpoint's records were not processed again: no result twice.
+    // The adopted checkpoint's records were not processed again: even as Tansu shows it, no
+    // result of this task twice.
     assert_eq!(
-        outcome.duplicates[task as usize].1, 0,
+        outcome.shown[task as usize].1, 0,
         "task {task} writes every result once"
     );
 }
@@ -192,12 +217,32 @@ async fn a_transaction_left_open_by_a_crash_is_aborted_and_head_stands() {
     let input = dead.source_offsets.keys().next().expect("one input topic");
     let aborted =
         (dead.source_offsets[input] - head_offsets.get(input).copied().unwrap_or(0)).max(0) as u64;
-    let duplicates = outcome.duplicates[task as usize].1;
+    let shown = outcome.shown[task as usize].1;
     eprintln!(
-        "task {task}: the aborted transaction held {aborted} results; read_committed shows {duplicates} of them again"
+        "task {task}: the aborted transaction held {aborted} results; Tansu's read_committed shows {shown} of them again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_died_between_its_offsets_and_its_commit_is_aborted_and_head_stands() {
+    // Dies after send_offsets_to_transaction, before commit_transaction.
+    let outcome = crash_then_recover("transaction-after-offsets:6").await;
+    let at_crash = &outcome.at_crash;
+    let task = outcome.task;
+    let head_offsets = at_crash
+        .head
+        .as_ref()
+        .map(|d| d.source_offsets.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        at_crash.group, head_offsets,
+        "task {task}: offsets sent in a transaction that never committed do not move the group"
     );
     assert!(
-        duplicates == 0 || duplicates == aborted,
-        "task {task}: duplicates only from the aborted transaction ({aborted}), found {duplicates}"
+        !outcome
+            .restart_log
+            .lines()
+            .any(|l| l.contains("adopted a checkpoint") && of_task(l, task)),
+        "task {task} must not adopt the checkpoint of an uncommitted transaction"
     );
 }

@@ -1,8 +1,9 @@
 //! The worker's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process serves),
-//! `/readyz` (every task restored and running). Network I/O.
+//! `/readyz` (every task restored and running; otherwise a line per task that is not, saying
+//! why), and the [`TaskStatus`] each task reports there. Network I/O.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -15,7 +16,7 @@ use crate::metrics::Metrics;
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    ready: Arc<Vec<AtomicBool>>,
+    tasks: Arc<Vec<TaskStatus>>,
 ) {
     let app = Router::new()
         .route(
@@ -37,22 +38,117 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.clone();
+                let tasks = tasks.clone();
                 async move {
-                    let waiting = ready.iter().filter(|r| !r.load(Ordering::Relaxed)).count();
-                    if waiting == 0 {
+                    let not_running: Vec<String> =
+                        tasks.iter().filter_map(TaskStatus::not_running).collect();
+                    if not_running.is_empty() {
                         (StatusCode::OK, "ready".to_string()).into_response()
                     } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("{waiting} tasks not running yet"),
-                        )
-                            .into_response()
+                        (StatusCode::SERVICE_UNAVAILABLE, not_running.join("\n")).into_response()
                     }
                 }
             }),
         );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+/// What one task of a worker is doing, as `/readyz` tells it.
+#[derive(Debug)]
+pub struct TaskStatus {
+    task: u32,
+    state: AtomicU8,
+    /// Why the task is not running, when it is not.
+    reason: Mutex<String>,
+}
+
+/// The states of a [`TaskStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TaskState {
+    /// Taking the task over and restoring its state.
+    Starting = 0,
+    /// Processing records.
+    Running = 1,
+    /// Failed; restarting from its last checkpoint after a backoff.
+    Restarting = 2,
+    /// Another owner took it: this worker no longer runs it, and will not take it back.
+    Fenced = 3,
+    /// Stopped for good on an error a restart cannot mend; the reason says what to do.
+    Failed = 4,
+}
+
+impl TaskStatus {
+    /// A task that is starting.
+    pub fn new(task: u32) -> Self {
+        Self {
+            task,
+            state: AtomicU8::new(TaskState::Starting as u8),
+            reason: Mutex::new(String::new()),
+        }
+    }
+
+    /// Its state.
+    pub fn state(&self) -> TaskState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => TaskState::Starting,
+            1 => TaskState::Running,
+            2 => TaskState::Restarting,
+            3 => TaskState::Fenced,
+            _ => TaskState::Failed,
+        }
+    }
+
+    /// Records a new state and why.
+    pub fn set(&self, state: TaskState, reason: impl Into<String>) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason.into();
+        }
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The task processes records.
+    pub fn running(&self) {
+        self.set(TaskState::Running, "");
+    }
+
+    /// `/readyz`'s line for the task when it is not running.
+    fn not_running(&self) -> Option<String> {
+        let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
+        let what = match self.state() {
+            TaskState::Running => return None,
+            TaskState::Starting => "starting",
+            TaskState::Restarting => "restarting after a failure",
+            TaskState::Fenced => "taken over by another owner; this worker no longer runs it",
+            TaskState::Failed => "failed; not restarting",
+        };
+        Some(if reason.is_empty() {
+            format!("task {}: {what}", self.task)
+        } else {
+            format!("task {}: {what}: {reason}", self.task)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_that_is_not_running_says_why() {
+        let status = TaskStatus::new(3);
+        assert_eq!(status.not_running().as_deref(), Some("task 3: starting"));
+        status.running();
+        assert_eq!(status.not_running(), None);
+        status.set(TaskState::Fenced, "HEAD epoch 9 by orders-1");
+        assert_eq!(
+            status.not_running().as_deref(),
+            Some(
+                "task 3: taken over by another owner; this worker no longer runs it: HEAD epoch 9 by orders-1"
+            )
+        );
+        assert_eq!(status.state(), TaskState::Fenced);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::checkpoint::descriptor::TransactionLabel;
 use crate::kafka::KafkaClientError;
 
 /// One input record and where it sits.
@@ -48,13 +49,21 @@ pub trait RecordHeaders {
 /// The records of one task, in offset order per topic.
 pub trait TaskInput {
     /// Hands up to `max` records to `each`, waiting at most `wait` for the first; returns how
-    /// many were handed over. Stops at the first error of `each`.
-    fn poll<E>(
+    /// many were handed over. Stops at the first error of `each`, and at an error of the
+    /// source that a restart cannot mend (an offset out of range under `fail`, a topic that is
+    /// gone, refused authorization).
+    fn poll<E: From<KafkaClientError>>(
         &mut self,
         max: usize,
         wait: Duration,
         each: impl FnMut(InputRecord<'_>) -> Result<(), E>,
     ) -> Result<usize, E>;
+
+    /// Positions the source moved on its own since the last call (an offset out of range
+    /// under `onOffsetOutOfRange: earliest`), for the task to record and count.
+    fn skips(&mut self) -> Vec<Skip> {
+        Vec::new()
+    }
 
     /// Best effort, for lag tools: everything before `offsets` (next offset per topic) is done.
     fn commit(&self, offsets: &BTreeMap<String, i64>);
@@ -62,6 +71,25 @@ pub trait TaskInput {
     /// Records in `topic` from `next` (the next offset to read; the start when `None`) to
     /// the end, when known.
     fn lag(&self, topic: &str, next: Option<i64>) -> Option<i64>;
+}
+
+/// Records of a partition given up because its resume offset was out of range: the task
+/// resumes at `to` instead of `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    /// The topic.
+    pub topic: String,
+    /// The offset the task should have read next.
+    pub from: i64,
+    /// Where it resumes: the partition's log start.
+    pub to: i64,
+}
+
+impl Skip {
+    /// Records given up (none when the partition was recreated and `from` was past its end).
+    pub fn records(&self) -> u64 {
+        u64::try_from(self.to - self.from).unwrap_or(0)
+    }
 }
 
 /// Opens a task's output and input. The output first: with exactly-once it fences the task's
@@ -76,8 +104,13 @@ pub trait Connector {
     /// Opens the output.
     fn output(&mut self) -> Result<Self::Output, KafkaClientError>;
 
-    /// Opens the input at `offsets` (next offset per topic).
-    fn input(&mut self, offsets: &BTreeMap<String, i64>) -> Result<Self::Input, KafkaClientError>;
+    /// Opens the input at `offsets` (next offset per topic). Topics without one start where
+    /// `startingOffsets` says, resolved to an offset that is added to `offsets`, so the next
+    /// checkpoint records every partition, read or not, and a restart never resolves it again.
+    fn input(
+        &mut self,
+        offsets: &mut BTreeMap<String, i64>,
+    ) -> Result<Self::Input, KafkaClientError>;
 }
 
 /// Where a task's results and bad records go.
@@ -109,9 +142,17 @@ pub trait TaskOutput {
     }
 
     /// Exactly-once: the source offsets the consumer group has committed, read after the
-    /// previous owner was fenced.
-    fn committed_offsets(&self) -> Result<BTreeMap<String, i64>, KafkaClientError> {
-        Ok(BTreeMap::new())
+    /// previous owner was fenced, with the label of the transaction that committed them when
+    /// the broker kept it.
+    fn committed_offsets(&self) -> Result<GroupPosition, KafkaClientError> {
+        Ok(GroupPosition::default())
+    }
+
+    /// Exactly-once: the label of the open transaction (see [`TransactionLabel`]), set when
+    /// it opens: every record sent in it carries it as the `sluice.txn` header, and its
+    /// offsets carry it as commit metadata.
+    fn label_transaction(&self, label: TransactionLabel) {
+        let _ = label;
     }
 
     /// Exactly-once: commits everything sent since the last commit together with the source
@@ -153,8 +194,12 @@ impl<T: TaskOutput + ?Sized> TaskOutput for &T {
         (**self).transactional_id()
     }
 
-    fn committed_offsets(&self) -> Result<BTreeMap<String, i64>, KafkaClientError> {
+    fn committed_offsets(&self) -> Result<GroupPosition, KafkaClientError> {
         (**self).committed_offsets()
+    }
+
+    fn label_transaction(&self, label: TransactionLabel) {
+        (**self).label_transaction(label);
     }
 
     fn commit_transaction(
@@ -163,6 +208,16 @@ impl<T: TaskOutput + ?Sized> TaskOutput for &T {
     ) -> Result<bool, KafkaClientError> {
         (**self).commit_transaction(offsets)
     }
+}
+
+/// What the job's consumer group holds for a task's partitions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupPosition {
+    /// Next offset per source topic.
+    pub offsets: BTreeMap<String, i64>,
+    /// The label of the transaction that committed them, when the broker kept the commit
+    /// metadata (Kafka does; Tansu drops it).
+    pub label: Option<TransactionLabel>,
 }
 
 /// Why a record goes to the dead-letter topic.
@@ -257,7 +312,7 @@ impl MemoryInput {
 }
 
 impl TaskInput for MemoryInput {
-    fn poll<E>(
+    fn poll<E: From<KafkaClientError>>(
         &mut self,
         max: usize,
         wait: Duration,
@@ -322,8 +377,11 @@ impl<'a> Connector for MemoryConnector<'a> {
         Ok(self.output)
     }
 
-    fn input(&mut self, offsets: &BTreeMap<String, i64>) -> Result<MemoryInput, KafkaClientError> {
-        let next = offsets.get(self.topic).copied().unwrap_or(0);
+    fn input(
+        &mut self,
+        offsets: &mut BTreeMap<String, i64>,
+    ) -> Result<MemoryInput, KafkaClientError> {
+        let next = *offsets.entry(self.topic.to_string()).or_insert(0);
         Ok(MemoryInput::new(
             self.topic,
             self.partition,
@@ -411,6 +469,16 @@ impl TaskOutput for MemoryOutput {
 mod tests {
     use super::*;
 
+    /// An error of the callback, for these tests.
+    #[derive(Debug, PartialEq)]
+    struct Bad(&'static str);
+
+    impl From<KafkaClientError> for Bad {
+        fn from(_: KafkaClientError) -> Self {
+            Self("kafka")
+        }
+    }
+
     #[test]
     fn memory_input_hands_out_records_in_order_from_its_start_offset() {
         let mut partition = MemoryPartition::default();
@@ -428,7 +496,7 @@ mod tests {
                     r.value.map(<[u8]>::to_vec),
                 ));
                 assert_eq!((r.topic, r.partition), ("t", 3));
-                Ok::<_, ()>(())
+                Ok::<_, Bad>(())
             })
             .unwrap();
         assert_eq!(n, 2);
@@ -440,7 +508,7 @@ mod tests {
             ]
         );
         assert_eq!(handed.load(Ordering::Relaxed), 2);
-        assert_eq!(input.poll(10, Duration::ZERO, |_| Ok::<_, ()>(())), Ok(0));
+        assert_eq!(input.poll(10, Duration::ZERO, |_| Ok::<_, Bad>(())), Ok(0));
         assert_eq!(input.lag("t", Some(1)), Some(2));
         assert_eq!(input.lag("other", Some(1)), None);
     }
@@ -453,14 +521,18 @@ mod tests {
         }
         let mut input = MemoryInput::new("t", 0, Arc::new(partition), 0, Arc::default());
         let err = input.poll(10, Duration::ZERO, |r| {
-            if r.offset == 2 { Err("bad") } else { Ok(()) }
+            if r.offset == 2 {
+                Err(Bad("bad"))
+            } else {
+                Ok(())
+            }
         });
-        assert_eq!(err, Err("bad"));
+        assert_eq!(err, Err(Bad("bad")));
         let mut rest = Vec::new();
         input
             .poll(10, Duration::ZERO, |r| {
                 rest.push(r.offset);
-                Ok::<_, ()>(())
+                Ok::<_, Bad>(())
             })
             .unwrap();
         assert_eq!(rest, vec![3, 4]);

@@ -15,10 +15,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_crds::v1alpha1::{DeliveryGuarantee, StartingOffsets};
+use sluice_crds::v1alpha1::{DeliveryGuarantee, OffsetOutOfRange, StartingOffsets};
 
 use crate::assignment::TaskId;
-use crate::io::{Connector, DeadLetter, InputRecord, TaskInput, TaskOutput};
+use crate::checkpoint::descriptor::TransactionLabel;
+use crate::io::{Connector, DeadLetter, GroupPosition, InputRecord, Skip, TaskInput, TaskOutput};
 use crate::job::Job;
 
 /// Failures of the Kafka clients that stop a task.
@@ -41,6 +42,30 @@ pub enum KafkaClientError {
     /// Credentials the spec asks for are missing from the environment.
     #[error("{0}")]
     Credentials(String),
+    /// The offset a task must resume from is not in the partition, and the job says
+    /// `onOffsetOutOfRange: fail`.
+    #[error(
+        "offset out of range: task {task} must resume {topic} partition {task} at offset {next}, \
+         but the partition holds offsets {log_start} to {log_end}; {why}. Nothing was skipped: \
+         set spec.source.kafka.onOffsetOutOfRange to earliest to resume at offset {log_start} \
+         and give up the records before it"
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        task: TaskId,
+        next: i64,
+        log_start: i64,
+        log_end: i64,
+        why: &'static str,
+    },
+    /// The source cannot be read until someone acts: the topic is gone, or the brokers refuse
+    /// this client.
+    #[error("reading {topics:?} partition {task}: {source}")]
+    SourceUnreadable {
+        topics: Vec<String>,
+        task: TaskId,
+        source: KafkaError,
+    },
     /// Exactly-once: a newer producer with the task's `transactional.id` exists, so another
     /// owner took the task.
     #[error("producer {transactional_id} was fenced by a newer owner of the task: {source}")]
@@ -208,6 +233,10 @@ pub struct KafkaConnector {
     pub job: Arc<Job>,
     /// The task.
     pub task: TaskId,
+    /// What the sink and dead-letter topics accept, as found at start.
+    pub topics: Arc<SinkTopics>,
+    /// Where the sink counts the records it dead-letters or drops.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Connector for KafkaConnector {
@@ -215,13 +244,20 @@ impl Connector for KafkaConnector {
     type Output = Sink;
 
     fn output(&mut self) -> Result<Sink, KafkaClientError> {
-        Sink::new(&self.job, self.task)
+        Sink::new(&self.job, self.task, &self.topics, self.metrics.clone())
     }
 
-    fn input(&mut self, offsets: &BTreeMap<String, i64>) -> Result<KafkaInput, KafkaClientError> {
+    fn input(
+        &mut self,
+        offsets: &mut BTreeMap<String, i64>,
+    ) -> Result<KafkaInput, KafkaClientError> {
+        let (consumer, skips) = task_consumer(&self.job, self.task, offsets)?;
         Ok(KafkaInput {
-            consumer: task_consumer(&self.job, self.task, offsets)?,
+            consumer,
             task: self.task,
+            topics: self.job.spec.source.kafka.topics.clone(),
+            policy: self.job.spec.source.kafka.on_offset_out_of_range,
+            skips,
         })
     }
 }
@@ -230,11 +266,111 @@ impl Connector for KafkaConnector {
 pub struct KafkaInput {
     consumer: BaseConsumer,
     task: TaskId,
+    topics: Vec<String>,
+    policy: OffsetOutOfRange,
+    /// Positions moved since the task last asked.
+    skips: Vec<Skip>,
+}
+
+/// Where the resume offset `next` of a partition holding `low..high` stands.
+fn out_of_range(next: i64, low: i64, high: i64, broker_said_so: bool) -> Option<&'static str> {
+    if next < low {
+        Some("records the job had not read were removed (retention, or a deletion)")
+    } else if next > high && broker_said_so {
+        Some("the offset is past the end (was the topic deleted and created again?)")
+    } else {
+        None
+    }
+}
+
+impl KafkaInput {
+    /// The broker refused to fetch a partition at its offset: finds which topic, then fails
+    /// (`fail`) or resumes at the log start and records the skip (`earliest`).
+    fn offset_out_of_range(&mut self) -> Result<(), KafkaClientError> {
+        let partition = self.task as i32;
+        let position = self
+            .consumer
+            .position()
+            .map_err(client("reading the consumer's position"))?;
+        let mut moved = false;
+        let mut assignment = TopicPartitionList::new();
+        for topic in &self.topics {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(30))
+                .map_err(client("reading the partition's offsets"))?;
+            let next = match position
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(next)) => next,
+                _ => low,
+            };
+            let at = match out_of_range(next, low, high, true) {
+                None => next,
+                Some(why) => match self.policy {
+                    OffsetOutOfRange::Fail => {
+                        return Err(KafkaClientError::OffsetOutOfRange {
+                            topic: topic.clone(),
+                            task: self.task,
+                            next,
+                            log_start: low,
+                            log_end: high,
+                            why,
+                        });
+                    }
+                    OffsetOutOfRange::Earliest => {
+                        let skip = Skip {
+                            topic: topic.clone(),
+                            from: next,
+                            to: low,
+                        };
+                        tracing::warn!(
+                            task = self.task,
+                            topic,
+                            next,
+                            log_start = low,
+                            log_end = high,
+                            skipped = skip.records(),
+                            reason = why,
+                            "offset out of range: resuming at the log start (onOffsetOutOfRange: earliest)"
+                        );
+                        self.skips.push(skip);
+                        moved = true;
+                        low
+                    }
+                },
+            };
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(at))
+                .map_err(client("building assignment"))?;
+        }
+        if moved {
+            self.consumer
+                .assign(&assignment)
+                .map_err(client("assigning partitions"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Consumer errors no retry mends: the topic is gone or the brokers refuse this client.
+fn source_unreadable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+    )
 }
 
 impl TaskInput for KafkaInput {
     #[inline]
-    fn poll<E>(
+    fn poll<E: From<KafkaClientError>>(
         &mut self,
         max: usize,
         wait: Duration,
@@ -247,7 +383,22 @@ impl TaskInput for KafkaInput {
                 None => break,
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
-                    tracing::warn!(task = self.task, error = %e, "consumer error; continuing");
+                    match e.rdkafka_error_code() {
+                        Some(
+                            RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+                        ) => self.offset_out_of_range()?,
+                        Some(code) if source_unreadable(code) => {
+                            return Err(KafkaClientError::SourceUnreadable {
+                                topics: self.topics.clone(),
+                                task: self.task,
+                                source: e,
+                            }
+                            .into());
+                        }
+                        _ => {
+                            tracing::warn!(task = self.task, error = %e, "consumer error; continuing");
+                        }
+                    }
                     break;
                 }
             };
@@ -283,6 +434,10 @@ impl TaskInput for KafkaInput {
         }
     }
 
+    fn skips(&mut self) -> Vec<Skip> {
+        std::mem::take(&mut self.skips)
+    }
+
     fn lag(&self, topic: &str, next: Option<i64>) -> Option<i64> {
         let (low, high) = self
             .consumer
@@ -302,50 +457,147 @@ impl crate::io::RecordHeaders for rdkafka::message::BorrowedHeaders {
 }
 
 /// A consumer of partition `task` of every source topic, starting at `offsets` (next offset
-/// per topic) or, for topics without one, where `startingOffsets` says.
+/// per topic). A topic without one starts where `startingOffsets` says, resolved here to an
+/// offset that is added to `offsets`: the task's first checkpoint then records every
+/// partition, also one it never read, so a restart resumes there instead of resolving
+/// `latest` again and skipping what arrived meanwhile.
 fn task_consumer(
     job: &Job,
     task: TaskId,
-    offsets: &BTreeMap<String, i64>,
-) -> Result<BaseConsumer, KafkaClientError> {
+    offsets: &mut BTreeMap<String, i64>,
+) -> Result<(BaseConsumer, Vec<Skip>), KafkaClientError> {
     let kafka = &job.spec.source.kafka;
     let consumer: BaseConsumer =
         consumer_settings(source_config(job)?.set("group.id", group_id(job)))
             .create()
             .map_err(client("creating consumer"))?;
+    let partition = task as i32;
     let mut assignment = TopicPartitionList::new();
+    let mut skips = Vec::new();
     for topic in &kafka.topics {
-        let offset = match offsets.get(topic) {
-            Some(next) => Offset::Offset(*next),
-            None => match kafka.starting_offsets {
-                StartingOffsets::Earliest => Offset::Beginning,
-                StartingOffsets::Latest => Offset::End,
-                StartingOffsets::Timestamp => {
-                    let ms = kafka
-                        .starting_timestamp
-                        .as_ref()
-                        .map_or(0, |t| t.0.as_millisecond());
-                    let mut query = TopicPartitionList::new();
-                    query
-                        .add_partition_offset(topic, task as i32, Offset::Offset(ms))
-                        .map_err(client("building timestamp query"))?;
-                    let found = consumer
-                        .offsets_for_times(query, Duration::from_secs(30))
-                        .map_err(client("looking up starting timestamp"))?;
-                    found
-                        .find_partition(topic, task as i32)
-                        .map_or(Offset::End, |e| e.offset())
-                }
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+            .map_err(client("reading the partition's offsets"))?;
+        let next = match offsets.get(topic) {
+            // Below the log start is certain from the watermarks. Past the end is confirmed by
+            // reading: some brokers (Tansu) answer a high watermark short of the last batch.
+            Some(&next) => match out_of_range(
+                next,
+                low,
+                high,
+                next > high && ends_before(job, topic, partition, next)?,
+            ) {
+                None => next,
+                Some(why) => match kafka.on_offset_out_of_range {
+                    OffsetOutOfRange::Fail => {
+                        return Err(KafkaClientError::OffsetOutOfRange {
+                            topic: topic.clone(),
+                            task,
+                            next,
+                            log_start: low,
+                            log_end: high,
+                            why,
+                        });
+                    }
+                    OffsetOutOfRange::Earliest => {
+                        let skip = Skip {
+                            topic: topic.clone(),
+                            from: next,
+                            to: low,
+                        };
+                        tracing::warn!(
+                            task,
+                            topic,
+                            next,
+                            log_start = low,
+                            log_end = high,
+                            skipped = skip.records(),
+                            reason = why,
+                            "offset out of range: resuming at the log start (onOffsetOutOfRange: earliest)"
+                        );
+                        skips.push(skip);
+                        offsets.insert(topic.clone(), low);
+                        low
+                    }
+                },
             },
+            None => {
+                let start = match kafka.starting_offsets {
+                    StartingOffsets::Earliest => low,
+                    StartingOffsets::Latest => high,
+                    StartingOffsets::Timestamp => {
+                        let ms = kafka
+                            .starting_timestamp
+                            .as_ref()
+                            .map_or(0, |t| t.0.as_millisecond());
+                        let mut query = TopicPartitionList::new();
+                        query
+                            .add_partition_offset(topic, partition, Offset::Offset(ms))
+                            .map_err(client("building timestamp query"))?;
+                        let found = consumer
+                            .offsets_for_times(query, Duration::from_secs(30))
+                            .map_err(client("looking up starting timestamp"))?;
+                        // No record at or after the timestamp: start at the end.
+                        match found.find_partition(topic, partition).map(|e| e.offset()) {
+                            Some(Offset::Offset(at)) if at >= 0 => at,
+                            _ => high,
+                        }
+                    }
+                };
+                tracing::info!(task, topic, start, low, high, starting_offsets = ?kafka.starting_offsets, "no checkpointed offset: starting where startingOffsets says");
+                offsets.insert(topic.clone(), start);
+                start
+            }
         };
         assignment
-            .add_partition_offset(topic, task as i32, offset)
+            .add_partition_offset(topic, partition, Offset::Offset(next))
             .map_err(client("building assignment"))?;
     }
     consumer
         .assign(&assignment)
         .map_err(client("assigning partitions"))?;
-    Ok(consumer)
+    Ok((consumer, skips))
+}
+
+/// How long reading the record before a resume offset may take before the partition is taken
+/// to end before it. Only asked when the broker's high watermark is below the resume offset.
+const PAST_END_PROBE: Duration = Duration::from_secs(5);
+
+/// Whether `topic` partition `partition` ends before `next`: the record at `next - 1` (or any
+/// after it, in a compacted topic) is not there. A broker that follows the protocol answers a
+/// fetch past the end with OFFSET_OUT_OF_RANGE at once; one that does not (Tansu) is given
+/// [`PAST_END_PROBE`] to hand over a record.
+fn ends_before(
+    job: &Job,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<bool, KafkaClientError> {
+    let probe: BaseConsumer = consumer_settings(source_config(job)?.set("group.id", group_id(job)))
+        .create()
+        .map_err(client("creating the offset probe"))?;
+    let mut at = TopicPartitionList::new();
+    at.add_partition_offset(topic, partition, Offset::Offset(next - 1))
+        .map_err(client("building the offset probe"))?;
+    probe
+        .assign(&at)
+        .map_err(client("assigning the offset probe"))?;
+    let deadline = std::time::Instant::now() + PAST_END_PROBE;
+    while std::time::Instant::now() < deadline {
+        match probe.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) if message.offset() >= next - 1 => return Ok(false),
+            Some(Err(e))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
+                ) =>
+            {
+                return Ok(true);
+            }
+            _ => {}
+        }
+    }
+    Ok(true)
 }
 
 /// A task consumer's settings besides brokers, credentials and group: no automatic commits
@@ -356,6 +608,9 @@ pub fn consumer_settings(config: &mut ClientConfig) -> &mut ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // An offset out of range is the task's decision (onOffsetOutOfRange), never
+        // librdkafka's silent jump to the end.
+        .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed")
         .set_if_absent("fetch.wait.max.ms", "100")
         .set_if_absent("queued.min.messages", "20000")
@@ -423,6 +678,14 @@ impl ProducerContext for DeliveryTracker {
 
 /// The sink of a task: output records to partition `task` of the sink topic, bad records to
 /// the dead-letter topic.
+///
+/// A record the sink topic would refuse for its content (larger than its limit, or without a
+/// key on a compacted topic) is checked before it is sent and goes to the dead-letter topic
+/// instead, with kind `output-rejected`; a dead-lettered record larger than the dead-letter
+/// topic's limit goes there with its value truncated to fit and the header
+/// `sluice.truncated` giving its original size; one that cannot be made to fit (its key alone
+/// is too large) is dropped, counted in `sluice_dead_letter_dropped_total` and logged with its
+/// source. None of them stops the task: restarting would meet the same record again.
 pub struct Sink {
     producer: ThreadedProducer<DeliveryTracker>,
     tracker: DeliveryTracker,
@@ -430,6 +693,54 @@ pub struct Sink {
     dead_letter_topic: String,
     partition: i32,
     transaction: Option<Transaction>,
+    /// Largest record the sink topic takes (its and the producer's limit).
+    sink_limit: usize,
+    /// Largest record the dead-letter topic takes.
+    dead_letter_limit: usize,
+    /// Whether the sink topic is compacted (records need a key).
+    sink_compacted: bool,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What the sink and dead-letter topics accept, read once at start ([`ensure_sink_topics`]).
+#[derive(Clone, Debug, Default)]
+pub struct SinkTopics {
+    /// The sink topic's `max.message.bytes`, when it sets one.
+    pub sink_max_bytes: Option<usize>,
+    /// The dead-letter topic's `max.message.bytes`, when it sets one.
+    pub dead_letter_max_bytes: Option<usize>,
+    /// The sink topic's `cleanup.policy` includes `compact`.
+    pub sink_compacted: bool,
+}
+
+/// Bytes a record takes besides its key, value and header values (record framing, header
+/// names, batch overhead), kept free below a topic's limit.
+const RECORD_OVERHEAD: usize = 512;
+
+/// Why a record cannot go to a topic, if it cannot.
+fn refused(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: usize,
+    limit: usize,
+    compacted: bool,
+) -> Option<String> {
+    let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers;
+    if size + RECORD_OVERHEAD > limit {
+        Some(format!(
+            "the record takes {size} bytes, more than the topic takes ({limit} bytes, its \
+             max.message.bytes or the producer's message.max.bytes, less {RECORD_OVERHEAD} \
+             bytes of framing)"
+        ))
+    } else if compacted && key.is_none() {
+        Some(
+            "the record has no key, and the topic is compacted (cleanup.policy=compact), \
+              which refuses records without one"
+                .to_string(),
+        )
+    } else {
+        None
+    }
 }
 
 /// Exactly-once: the sink's transactional identity and the consumer group its offsets go to.
@@ -443,6 +754,9 @@ struct Transaction {
     /// `send_offsets_to_transaction`, and the committed offsets for recovery.
     group: BaseConsumer,
     topics: Vec<String>,
+    /// The open transaction's label, `<task>/<epoch>/<checkpoint>`: the `sluice.txn` header of
+    /// its records and the metadata of its offsets.
+    label: std::cell::RefCell<String>,
 }
 
 /// How long initialising transactions may take before the task restarts.
@@ -462,11 +776,21 @@ impl Sink {
     /// A producer for task `task` with the job's delivery guarantee. Exactly-once: initialises
     /// its transactions, which fences every earlier producer of the task and settles (commits
     /// or aborts) the transaction one left open, then opens a transaction.
-    pub fn new(job: &Job, task: TaskId) -> Result<Self, KafkaClientError> {
+    pub fn new(
+        job: &Job,
+        task: TaskId,
+        topics: &SinkTopics,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, KafkaClientError> {
         let kafka = &job.spec.sink.kafka;
         let mut config = sink_config(job)?;
         let transactional = kafka.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
         producer_settings(&mut config, kafka.delivery_guarantee);
+        let producer_limit: usize = config
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let limit = |topic: Option<usize>| topic.map_or(producer_limit, |t| t.min(producer_limit));
         let interval: Duration = job.spec.checkpoint.interval.into();
         if transactional {
             // A transaction spans one checkpoint interval plus the checkpoint itself.
@@ -502,6 +826,7 @@ impl Sink {
                 offsets: Default::default(),
                 group,
                 topics: job.spec.source.kafka.topics.clone(),
+                label: Default::default(),
             })
         } else {
             None
@@ -513,7 +838,121 @@ impl Sink {
             dead_letter_topic: job.dead_letter_topic(),
             partition: task as i32,
             transaction,
+            sink_limit: limit(topics.sink_max_bytes),
+            dead_letter_limit: limit(topics.dead_letter_max_bytes),
+            sink_compacted: topics.sink_compacted,
+            metrics,
         })
+    }
+
+    /// Sends a record to the dead-letter topic with `headers` (kind, message, step, source),
+    /// truncating its value to fit the topic's limit, or drops and counts it when even that
+    /// cannot fit. `source` names it in the log.
+    fn dead_letter_bytes(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: [(&str, &str); 4],
+        source: &str,
+    ) -> Result<(), KafkaClientError> {
+        let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let build = |extra: Option<&str>| {
+            let mut owned = OwnedHeaders::new();
+            for (key, value) in headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            if let Some(size) = extra {
+                owned = owned.insert(Header {
+                    key: "sluice.truncated",
+                    value: Some(size),
+                });
+            }
+            owned
+        };
+        let Some(why) = refused(key, value, header_bytes, self.dead_letter_limit, false) else {
+            return self.enqueue_or_drop(&self.dead_letter_topic, key, value, build(None), source);
+        };
+        // Keep what fits of the value, and say how large it was.
+        let original = value.map_or(0, <[u8]>::len).to_string();
+        let room = self
+            .dead_letter_limit
+            .saturating_sub(RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + header_bytes + 64);
+        if room == 0 {
+            return self.drop_dead_letter(source, &why);
+        }
+        let truncated = value.map(|v| &v[..room.min(v.len())]);
+        self.enqueue_or_drop(
+            &self.dead_letter_topic,
+            key,
+            truncated,
+            build(Some(&original)),
+            source,
+        )
+    }
+
+    /// Enqueues a dead-letter record; one the producer refuses for its size is dropped and
+    /// counted rather than stopping the task.
+    fn enqueue_or_drop(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+        source: &str,
+    ) -> Result<(), KafkaClientError> {
+        match self.enqueue(topic, key, value, headers) {
+            Err(KafkaClientError::Client {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                ..
+            }) => self.drop_dead_letter(source, "the producer refused it as too large"),
+            other => other,
+        }
+    }
+
+    /// An output record the sink topic would refuse: to the dead-letter topic, counted.
+    fn reject(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        source: &str,
+        why: &str,
+    ) -> Result<(), KafkaClientError> {
+        self.metrics
+            .dead_lettered
+            .get_or_create(&crate::metrics::DeadLetterLabels {
+                task: self.partition as u32,
+                kind: "output-rejected".into(),
+            })
+            .inc();
+        let message = format!(
+            "sink topic {} would refuse this output record: {why}",
+            self.topic
+        );
+        self.dead_letter_bytes(
+            key,
+            value,
+            [
+                ("sluice.error.kind", "output-rejected"),
+                ("sluice.error.message", &message),
+                ("sluice.step", "sink"),
+                ("sluice.source", source),
+            ],
+            source,
+        )
+    }
+
+    fn drop_dead_letter(&self, source: &str, why: &str) -> Result<(), KafkaClientError> {
+        self.metrics
+            .dead_letter_dropped
+            .get_or_create(&crate::metrics::TaskLabels {
+                task: self.partition as u32,
+            })
+            .inc();
+        tracing::error!(task = self.partition, source, reason = why, topic = %self.dead_letter_topic, "record dropped: not even the dead-letter topic takes it");
+        Ok(())
     }
 
     /// Enqueues a record to partition `task` of `topic`; waits while the queue is full.
@@ -524,9 +963,18 @@ impl Sink {
         value: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<(), KafkaClientError> {
-        if let Some(transaction) = &self.transaction {
-            transaction.records.set(transaction.records.get() + 1);
-        }
+        let label;
+        let headers = match &self.transaction {
+            Some(transaction) => {
+                transaction.records.set(transaction.records.get() + 1);
+                label = transaction.label.borrow();
+                headers.insert(Header {
+                    key: "sluice.txn",
+                    value: Some(label.as_str()),
+                })
+            }
+            None => headers,
+        };
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
             .partition(self.partition)
             .headers(headers);
@@ -553,11 +1001,27 @@ impl TaskOutput for Sink {
         value: Option<&[u8]>,
         source: &str,
     ) -> Result<(), KafkaClientError> {
+        let refusal = refused(
+            key,
+            value,
+            source.len(),
+            self.sink_limit,
+            self.sink_compacted,
+        );
+        if let Some(why) = refusal {
+            return self.reject(key, value, source, &why);
+        }
         let headers = OwnedHeaders::new().insert(Header {
             key: "sluice.source",
             value: Some(source),
         });
-        self.enqueue(&self.topic, key, value, headers)
+        match self.enqueue(&self.topic, key, value, headers) {
+            Err(KafkaClientError::Client {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                ..
+            }) => self.reject(key, value, source, "the producer refused it as too large"),
+            other => other,
+        }
     }
 
     fn dead_letter(
@@ -566,24 +1030,17 @@ impl TaskOutput for Sink {
         reason: &DeadLetter<'_>,
         source: &str,
     ) -> Result<(), KafkaClientError> {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "sluice.error.kind",
-                value: Some(reason.kind),
-            })
-            .insert(Header {
-                key: "sluice.error.message",
-                value: Some(reason.message),
-            })
-            .insert(Header {
-                key: "sluice.step",
-                value: Some(reason.step),
-            })
-            .insert(Header {
-                key: "sluice.source",
-                value: Some(source),
-            });
-        self.enqueue(&self.dead_letter_topic, record.key, record.value, headers)
+        self.dead_letter_bytes(
+            record.key,
+            record.value,
+            [
+                ("sluice.error.kind", reason.kind),
+                ("sluice.error.message", reason.message),
+                ("sluice.step", reason.step),
+                ("sluice.source", source),
+            ],
+            source,
+        )
     }
 
     /// Waits until every enqueued record is acknowledged; fails if any was not.
@@ -601,9 +1058,15 @@ impl TaskOutput for Sink {
         self.transaction.as_ref().map(|t| t.id.as_str())
     }
 
-    fn committed_offsets(&self) -> Result<BTreeMap<String, i64>, KafkaClientError> {
+    fn label_transaction(&self, label: TransactionLabel) {
+        if let Some(transaction) = &self.transaction {
+            *transaction.label.borrow_mut() = label.to_string();
+        }
+    }
+
+    fn committed_offsets(&self) -> Result<GroupPosition, KafkaClientError> {
         let Some(transaction) = &self.transaction else {
-            return Ok(BTreeMap::new());
+            return Ok(GroupPosition::default());
         };
         let mut list = TopicPartitionList::new();
         for topic in &transaction.topics {
@@ -613,14 +1076,18 @@ impl TaskOutput for Sink {
             .group
             .committed_offsets(list, TRANSACTION_TIMEOUT)
             .map_err(client("reading the group's committed offsets"))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(next) => Some((e.topic().to_string(), next)),
-                _ => None,
-            })
-            .collect())
+        let elements = committed.elements();
+        Ok(GroupPosition {
+            offsets: elements
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(next) => Some((e.topic().to_string(), next)),
+                    _ => None,
+                })
+                .collect(),
+            // Every partition of a transaction carries the same label.
+            label: elements.iter().find_map(|e| e.metadata().parse().ok()),
+        })
     }
 
     fn commit_transaction(
@@ -637,9 +1104,14 @@ impl TaskOutput for Sink {
         }
         let fenced = |context| move |e| fenced_or(&transaction.id, context, e);
         let mut list = TopicPartitionList::new();
+        let label = transaction.label.borrow().clone();
         for (topic, next) in offsets {
-            list.add_partition_offset(topic, self.partition, Offset::Offset(*next))
+            let mut element = list.add_partition(topic, self.partition);
+            element
+                .set_offset(Offset::Offset(*next))
                 .map_err(client("building the transaction's offsets"))?;
+            // Which checkpoint this transaction commits, for recovery on brokers that keep it.
+            element.set_metadata(&label);
         }
         let metadata = transaction.group.group_metadata().ok_or_else(|| {
             KafkaClientError::Topology("the group consumer has no group metadata".into())
@@ -647,6 +1119,7 @@ impl TaskOutput for Sink {
         self.producer
             .send_offsets_to_transaction(&list, &metadata, COMMIT_TIMEOUT)
             .map_err(fenced("sending offsets to the transaction"))?;
+        crate::failpoint::hit("transaction-after-offsets", self.partition as u32);
         self.producer
             .commit_transaction(COMMIT_TIMEOUT)
             .map_err(fenced("committing the transaction"))?;
@@ -691,9 +1164,18 @@ fn fenced_or(transactional_id: &str, context: &'static str, e: KafkaError) -> Ka
 }
 
 /// Creates the sink and dead-letter topics with `partitions` partitions when they are missing,
-/// as Kafka Streams does for its internal topics.
-pub async fn ensure_sink_topics(job: &Job, partitions: u32) -> Result<(), KafkaClientError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+/// as Kafka Streams does for its internal topics, then checks what a task will write there:
+/// task `p` writes partition `p` of both, so each needs at least `partitions` partitions (a
+/// topic with fewer is refused with a message, rather than failing those tasks forever), and
+/// reads the size limit and cleanup policy the sink checks records against
+/// ([`SinkTopics`]). A broker that does not describe topic configs leaves them unset.
+pub async fn ensure_sink_topics(
+    job: &Job,
+    partitions: u32,
+) -> Result<SinkTopics, KafkaClientError> {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+    };
     let kafka = &job.spec.sink.kafka;
     let admin: AdminClient<_> = sink_config(job)?
         .create()
@@ -718,7 +1200,48 @@ pub async fn ensure_sink_topics(job: &Job, partitions: u32) -> Result<(), KafkaC
             }
         }
     }
-    Ok(())
+    for (topic, role) in [(&kafka.topic, "sink"), (&dead_letter, "dead-letter")] {
+        let found = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(client("fetching sink topic metadata"))?
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as u32);
+        if found < partitions {
+            return Err(KafkaClientError::Topology(format!(
+                "{role} topic {topic} has {found} partitions, fewer than the {partitions} of the \
+                 source: task p writes partition p of it, so tasks {found} to {} could write \
+                 nothing; add partitions to it (to at least {partitions}) or name another topic",
+                partitions - 1
+            )));
+        }
+    }
+    let specifiers = [
+        ResourceSpecifier::Topic(&kafka.topic),
+        ResourceSpecifier::Topic(&dead_letter),
+    ];
+    let mut found = SinkTopics::default();
+    match admin
+        .describe_configs(&specifiers, &AdminOptions::new())
+        .await
+    {
+        Ok(described) => {
+            let value = |i: usize, name: &str| -> Option<String> {
+                described.get(i)?.as_ref().ok()?.get(name)?.value.clone()
+            };
+            found.sink_max_bytes = value(0, "max.message.bytes").and_then(|v| v.parse().ok());
+            found.dead_letter_max_bytes =
+                value(1, "max.message.bytes").and_then(|v| v.parse().ok());
+            found.sink_compacted = value(0, "cleanup.policy")
+                .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the brokers do not describe topic configs: records are checked against the producer's limit only");
+        }
+    }
+    tracing::info!(sink = %kafka.topic, dead_letter = %dead_letter, ?found, "sink topics checked");
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -776,6 +1299,47 @@ mod tests {
             err.to_string(),
             "SLUICE_SINK_SASL_USERNAME is not set: in a cluster the operator sets it from the \
              Secret key named in spec.sink.kafka.auth.sasl.username; running locally, export it"
+        );
+    }
+
+    #[test]
+    fn records_a_topic_would_refuse_are_named_before_they_are_sent() {
+        use super::{RECORD_OVERHEAD, refused};
+        let value = vec![b'x'; 1000];
+        let limit = 1000 + 3 + 10 + RECORD_OVERHEAD;
+        assert_eq!(refused(Some(b"key"), Some(&value), 10, limit, true), None);
+        let too_large = refused(Some(b"key"), Some(&value), 11, limit, false).expect("refused");
+        assert!(too_large.contains("takes 1014 bytes"), "{too_large}");
+        let no_key = refused(None, Some(b"v"), 0, limit, true).expect("refused");
+        assert!(no_key.contains("compacted"), "{no_key}");
+        assert_eq!(
+            refused(None, None, 0, limit, false),
+            None,
+            "a tombstone without key"
+        );
+    }
+
+    #[test]
+    fn out_of_range_below_the_start_is_certain_past_the_end_only_when_confirmed() {
+        use super::out_of_range;
+        assert!(
+            out_of_range(3, 10, 20, false).is_some(),
+            "below the log start"
+        );
+        assert_eq!(out_of_range(10, 10, 20, false), None);
+        assert_eq!(
+            out_of_range(20, 10, 20, true),
+            None,
+            "at the end is in range"
+        );
+        assert_eq!(
+            out_of_range(25, 10, 20, false),
+            None,
+            "past a high watermark alone: some brokers answer one short of the last batch"
+        );
+        assert!(
+            out_of_range(25, 10, 20, true).is_some(),
+            "past the end, confirmed"
         );
     }
 

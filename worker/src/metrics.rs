@@ -41,6 +41,9 @@ pub struct Metrics {
     pub records_out: Family<TaskLabels, Counter>,
     /// Records written to the dead-letter topic.
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
+    /// Records not even the dead-letter topic takes (their key alone exceeds its limit):
+    /// dropped, each logged with its source.
+    pub dead_letter_dropped: Family<TaskLabels, Counter>,
     /// Time the task stops processing to take a checkpoint (flush + local snapshot).
     pub checkpoint_pause: Family<TaskLabels, Histogram>,
     /// Time from local snapshot to HEAD advanced.
@@ -53,6 +56,16 @@ pub struct Metrics {
     pub lag: Family<PartitionLabels, Gauge>,
     /// Tasks restarted after a failure.
     pub task_restarts: Family<TaskLabels, Counter>,
+    /// Records given up because a task's resume offset was out of range
+    /// (`onOffsetOutOfRange: earliest`).
+    pub records_skipped: Family<PartitionLabels, Counter>,
+    /// Times a task resumed at the log start because its offset was out of range
+    /// (`onOffsetOutOfRange: earliest`), also when no record was given up (a recreated topic).
+    pub offset_resets: Family<PartitionLabels, Counter>,
+    /// Restores that fell back to an older checkpoint because newer ones could not be restored.
+    pub checkpoint_fallbacks: Family<TaskLabels, Counter>,
+    /// 1 for a task another owner took from this worker: it no longer runs here.
+    pub tasks_fenced: Family<TaskLabels, Gauge>,
     /// Records later than their windows' allowed lateness, dropped (`lateRecords: drop`).
     pub late_records: Family<TaskLabels, Counter>,
 }
@@ -68,12 +81,17 @@ impl Default for Metrics {
             records_in: Family::default(),
             records_out: Family::default(),
             dead_lettered: Family::default(),
+            dead_letter_dropped: Family::default(),
             checkpoint_pause: Family::new_with_constructor(seconds_histogram),
             checkpoint_commit: Family::new_with_constructor(seconds_histogram),
             checkpoint_bytes: Family::default(),
             checkpoint_time: Family::default(),
             lag: Family::default(),
             task_restarts: Family::default(),
+            tasks_fenced: Family::default(),
+            checkpoint_fallbacks: Family::default(),
+            records_skipped: Family::default(),
+            offset_resets: Family::default(),
             late_records: Family::default(),
             registry: Registry::default(),
         };
@@ -87,6 +105,11 @@ impl Default for Metrics {
             "dead_lettered",
             "Records written to the dead-letter topic",
             metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "dead_letter_dropped",
+            "Records not even the dead-letter topic takes, dropped and logged with their source",
+            metrics.dead_letter_dropped.clone(),
         );
         registry.register(
             "checkpoint_pause_seconds",
@@ -117,6 +140,26 @@ impl Default for Metrics {
             "task_restarts",
             "Tasks restarted after a failure",
             metrics.task_restarts.clone(),
+        );
+        registry.register(
+            "records_skipped",
+            "Records given up because the resume offset was out of range (onOffsetOutOfRange: earliest)",
+            metrics.records_skipped.clone(),
+        );
+        registry.register(
+            "offset_resets",
+            "Times a task resumed at the log start because its offset was out of range",
+            metrics.offset_resets.clone(),
+        );
+        registry.register(
+            "checkpoint_fallbacks",
+            "Restores that fell back to an older checkpoint because newer ones could not be restored",
+            metrics.checkpoint_fallbacks.clone(),
+        );
+        registry.register(
+            "task_fenced",
+            "1 for a task another owner took from this worker: it no longer runs here",
+            metrics.tasks_fenced.clone(),
         );
         registry.register(
             "late_records",

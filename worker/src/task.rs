@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::assignment::TaskId;
-use crate::checkpoint::descriptor::{CheckpointId, Descriptor, Epoch};
+use crate::checkpoint::descriptor::{CheckpointId, Descriptor, TransactionLabel};
 use crate::checkpoint::layout::JobLayout;
 use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
-use crate::checkpoint::{self, CheckpointError, Taken, TaskCheckpoints};
+use crate::checkpoint::{self, CheckpointError, Held, Taken, TaskCheckpoints};
 use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
@@ -49,6 +49,12 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// True when no restart can mend the failure: the task stops and says why until someone
+    /// changes the job (an offset out of range under `onOffsetOutOfRange: fail`).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Kafka(KafkaClientError::OffsetOutOfRange { .. }))
+    }
+
     /// True when another owner took the task: stop it and do not restart it.
     pub fn is_fenced(&self) -> bool {
         matches!(
@@ -140,14 +146,14 @@ enum Reply {
 /// Runs task `task` until `env.stop` is set (returns after a final checkpoint) or it fails.
 /// `connector` opens the task's output, then its input at the restored offsets: Kafka in the
 /// worker, memory in the engine benchmark.
-/// `held` carries the epoch the task is held at across restarts: a restart takes the task
+/// `held` carries the epochs the task was held at across restarts: a restart takes the task
 /// back only from itself, never from an owner that took it meanwhile.
 pub fn run<S: StateBackend, C: Connector>(
     env: &TaskEnv,
     task: TaskId,
-    ready: &AtomicBool,
+    status: &crate::http::TaskStatus,
     mut connector: C,
-    held: &mut Option<Epoch>,
+    held: &mut Held,
 ) -> Result<(), TaskError> {
     let job = &env.job;
     let fingerprint = job.pipeline_fingerprint();
@@ -163,9 +169,8 @@ pub fn run<S: StateBackend, C: Connector>(
         &env.owner,
         usize::try_from(job.spec.checkpoint.retain).unwrap_or(1),
         task_dir.join("checkpoints"),
-        *held,
+        held,
     ))?;
-    *held = Some(checkpoints.epoch());
     let output = connector.output()?;
     let transactional_id = output.transactional_id().map(str::to_string);
     if transactional_id.is_some() {
@@ -179,6 +184,12 @@ pub fn run<S: StateBackend, C: Connector>(
     let restored = env
         .runtime
         .block_on(checkpoints.restore(&live, &fingerprint))?;
+    if !restored.skipped.is_empty() {
+        env.metrics
+            .checkpoint_fallbacks
+            .get_or_create(&TaskLabels { task })
+            .inc();
+    }
     let mut state = S::open(&live)?;
     let (mut offsets, mut records_in) = restored
         .descriptor
@@ -186,14 +197,21 @@ pub fn run<S: StateBackend, C: Connector>(
         .map(|d| (d.source_offsets.clone(), d.records_in))
         .unwrap_or_default();
     let mut last_checkpoint = restored.descriptor.as_ref().map(|d| (d.id, Instant::now()));
-    let mut input = connector.input(&offsets)?;
+    let mut input = connector.input(&mut offsets)?;
     let mut pipeline = Pipeline::new(job).map_err(|e| KafkaClientError::Topology(e.to_string()))?;
     // The watermark is part of the state: windows resume where the checkpoint left them.
     pipeline.restore(&state)?;
 
     let mut next_id = checkpoints.next_id();
+    let epoch = checkpoints.epoch();
+    let label = |checkpoint| TransactionLabel {
+        task,
+        epoch,
+        checkpoint,
+    };
+    output.label_transaction(label(next_id));
     let uploader = Uploader::spawn(env, task, checkpoints, fingerprint);
-    ready.store(true, Ordering::Relaxed);
+    status.running();
 
     let labels = TaskLabels { task };
     let m_in = env.metrics.records_in.get_or_create(&labels).clone();
@@ -221,7 +239,7 @@ pub fn run<S: StateBackend, C: Connector>(
                 0
             } else {
                 input.poll(BATCH, POLL_WAIT, |record| {
-                    source_header(&mut source, &record);
+                    source_header(&mut source, record.topic, record.partition, record.offset);
                     let mut send_error = None;
                     let result = pipeline.process(record, &mut state, &mut |emitted| {
                         out += 1;
@@ -261,6 +279,18 @@ pub fn run<S: StateBackend, C: Connector>(
                     Ok(())
                 })?
             } as u64;
+            for skip in input.skips() {
+                let labels = PartitionLabels {
+                    topic: skip.topic.clone(),
+                    partition: task,
+                };
+                env.metrics.offset_resets.get_or_create(&labels).inc();
+                env.metrics
+                    .records_skipped
+                    .get_or_create(&labels)
+                    .inc_by(skip.records());
+                offsets.insert(skip.topic, skip.to);
+            }
             // Processing time moves on between batches: idle inputs stop holding the watermark.
             let mut tick_error = None;
             pipeline
@@ -353,6 +383,7 @@ pub fn run<S: StateBackend, C: Connector>(
                     // its source offsets commits, which happens after the descriptor is written.
                     let descriptor = uploader.prepare(request)?;
                     let committed = output.commit_transaction(&descriptor.source_offsets)?;
+                    output.label_transaction(label(next_id));
                     uploader.send(Request::Publish(descriptor))?;
                     if committed { "committed" } else { "empty" }
                 } else {
@@ -394,15 +425,16 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Writes `topic/partition/offset` of `record` into `header`, reusing its buffer.
+/// Writes the `sluice.source` header value of an input record, `topic/partition/offset`, into
+/// `header`, reusing its buffer.
 #[inline]
-fn source_header(header: &mut String, record: &crate::io::InputRecord<'_>) {
+pub fn source_header(header: &mut String, topic: &str, partition: i32, offset: i64) {
     header.clear();
-    header.push_str(record.topic);
+    header.push_str(topic);
     header.push('/');
-    push_decimal(header, i64::from(record.partition));
+    push_decimal(header, i64::from(partition));
     header.push('/');
-    push_decimal(header, record.offset);
+    push_decimal(header, offset);
 }
 
 /// Appends `n` in decimal, without the formatting machinery (this runs once per record).
@@ -618,7 +650,7 @@ mod tests {
     fn run_until(env: &TaskEnv, records: &Arc<MemoryPartition>, expected: u64) -> (u64, u64) {
         env.stop.store(false, Ordering::Relaxed);
         let handed = Arc::new(AtomicU64::new(0));
-        let ready = AtomicBool::new(false);
+        let status = crate::http::TaskStatus::new(0);
         std::thread::scope(|scope| {
             let worker = scope.spawn(|| {
                 let output = MemoryOutput::default();
@@ -629,11 +661,12 @@ mod tests {
                     handed: handed.clone(),
                     output: &output,
                 };
-                run::<MemoryState, _>(env, 0, &ready, connector, &mut None).unwrap();
+                run::<MemoryState, _>(env, 0, &status, connector, &mut Held::default()).unwrap();
                 (output.records.get(), output.dead_lettered.get())
             });
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !(ready.load(Ordering::Relaxed) && handed.load(Ordering::Relaxed) >= expected)
+            while !(status.state() == crate::http::TaskState::Running
+                && handed.load(Ordering::Relaxed) >= expected)
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(5));
@@ -653,16 +686,7 @@ mod tests {
             (3, i64::MAX, "orders/3/9223372036854775807"),
             (-1, -1001, "orders/-1/-1001"),
         ] {
-            let record = crate::io::InputRecord {
-                topic: "orders",
-                partition,
-                offset,
-                key: None,
-                value: None,
-                timestamp_ms: None,
-                headers: None,
-            };
-            source_header(&mut header, &record);
+            source_header(&mut header, "orders", partition, offset);
             assert_eq!(header, want);
         }
     }

@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::assignment::{self, TaskId};
 use crate::checkpoint::store::StoreError;
+use crate::http::{TaskState, TaskStatus};
 use crate::job::{Job, JobError};
 use crate::kafka::{self, KafkaClientError};
 use crate::metrics::TaskLabels;
@@ -90,23 +91,28 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
             runtime.handle().clone(),
         )?
     });
+    // Fencing rests on conditional writes: refuse a store that does not honour them.
+    runtime.block_on(
+        env.store
+            .check_conditional_writes(&env.layout.probe(&env.owner)),
+    )?;
     let partitions = kafka::source_partitions(&job)?;
-    runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?;
+    let sink_topics = Arc::new(runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?);
     let tasks = assignment::tasks_of(config.ordinal, config.parallelism, partitions);
     info!(
         job = %job.id(), ordinal = config.ordinal, parallelism = config.parallelism,
         partitions, tasks = ?tasks, storage = %config.checkpoint_storage, "worker starting"
     );
 
-    let ready: Arc<Vec<AtomicBool>> =
-        Arc::new(tasks.iter().map(|_| AtomicBool::new(false)).collect());
+    let statuses: Arc<Vec<TaskStatus>> =
+        Arc::new(tasks.iter().map(|&t| TaskStatus::new(t)).collect());
 
     let listener = runtime.block_on(tokio::net::TcpListener::bind(config.http_addr))?;
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     runtime.spawn(crate::http::serve(
         listener,
         env.metrics.clone(),
-        ready.clone(),
+        statuses.clone(),
     ));
     if stop.load(Ordering::Relaxed) {
         info!("stopped before any task started");
@@ -118,17 +124,24 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         .enumerate()
         .map(|(i, &task)| {
             let env = env.clone();
-            let ready = ready.clone();
+            let statuses = statuses.clone();
+            let sink_topics = sink_topics.clone();
             let backend = config.backend;
             std::thread::Builder::new()
                 .name(format!("task-{task}"))
                 .spawn(move || match backend {
-                    Backend::Rocksdb => {
-                        supervise::<crate::state::rocks::RocksState>(&env, task, &ready[i])
-                    }
-                    Backend::Memory => {
-                        supervise::<crate::state::memory::MemoryState>(&env, task, &ready[i])
-                    }
+                    Backend::Rocksdb => supervise::<crate::state::rocks::RocksState>(
+                        &env,
+                        task,
+                        &statuses[i],
+                        &sink_topics,
+                    ),
+                    Backend::Memory => supervise::<crate::state::memory::MemoryState>(
+                        &env,
+                        task,
+                        &statuses[i],
+                        &sink_topics,
+                    ),
                 })
         })
         .collect::<Result<_, _>>()?;
@@ -137,28 +150,52 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
             error!("a task thread panicked");
         }
     }
+    // A task that failed for good stays visible in /readyz until the pod is stopped (a job
+    // change restarts it); exiting would only restart the pod into the same failure.
+    if statuses.iter().any(|s| s.state() == TaskState::Failed) {
+        warn!("a task failed and stays stopped; serving /readyz until told to stop");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     info!("worker stopped");
     Ok(())
 }
 
 /// Runs a task, restarting it from its checkpoint after failures, until it stops or is taken over.
-fn supervise<S: StateBackend>(env: &TaskEnv, task: TaskId, ready: &AtomicBool) {
+fn supervise<S: StateBackend>(
+    env: &TaskEnv,
+    task: TaskId,
+    status: &TaskStatus,
+    sink_topics: &Arc<kafka::SinkTopics>,
+) {
     let mut backoff = Duration::from_millis(500);
-    let mut held = None;
+    let mut held = crate::checkpoint::Held::default();
     loop {
         let connector = kafka::KafkaConnector {
             job: env.job.clone(),
             task,
+            topics: sink_topics.clone(),
+            metrics: env.metrics.clone(),
         };
-        match task::run::<S, _>(env, task, ready, connector, &mut held) {
+        match task::run::<S, _>(env, task, status, connector, &mut held) {
             Ok(()) => return,
             Err(e) if e.is_fenced() => {
                 warn!(task, error = %e, "task taken over by another owner; dropping it");
-                ready.store(true, Ordering::Relaxed);
+                env.metrics
+                    .tasks_fenced
+                    .get_or_create(&TaskLabels { task })
+                    .set(1);
+                status.set(TaskState::Fenced, e.to_string());
+                return;
+            }
+            Err(e) if e.is_permanent() => {
+                error!(task, error = %e, "task failed; it stays stopped until the job is changed");
+                status.set(TaskState::Failed, e.to_string());
                 return;
             }
             Err(e) => {
-                ready.store(false, Ordering::Relaxed);
+                status.set(TaskState::Restarting, e.to_string());
                 error!(task, error = %e, backoff_ms = backoff.as_millis() as u64, "task failed; restarting from its last checkpoint");
                 env.metrics
                     .task_restarts

@@ -286,9 +286,7 @@ fn copy(
                             Some(Err(e)) => anyhow::bail!("copy: consumer error: {e}"),
                             None => continue,
                         };
-                        use std::fmt::Write;
-                        source.clear();
-                        let _ = write!(source, "{topic}/{p}/{}", message.offset());
+                        task::source_header(&mut source, topic, p, message.offset());
                         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(out)
                             .partition(p)
                             .headers(OwnedHeaders::new().insert(Header {
@@ -707,7 +705,7 @@ fn engine_run(
                     .name(format!("task-{p}"))
                     .spawn_scoped(scope, move || -> anyhow::Result<(u64, u64)> {
                         let output = MemoryOutput::default();
-                        let ready = AtomicBool::new(false);
+                        let status = sluice_worker::http::TaskStatus::new(p as u32);
                         let connector = MemoryConnector {
                             topic,
                             partition: p as i32,
@@ -716,7 +714,11 @@ fn engine_run(
                             output: &output,
                         };
                         task::run::<sluice_worker::state::rocks::RocksState, _>(
-                            &env, p as u32, &ready, connector, &mut None,
+                            &env,
+                            p as u32,
+                            &status,
+                            connector,
+                            &mut Default::default(),
                         )?;
                         Ok((output.records.get(), output.bytes.get()))
                     })

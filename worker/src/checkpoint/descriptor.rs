@@ -90,6 +90,11 @@ pub struct Descriptor {
     pub pipeline_fingerprint: String,
     /// Records the task had consumed in total, for progress reporting.
     pub records_in: u64,
+    /// The checkpoint the task's state came from when this one was taken (HEAD's then): the
+    /// link to its predecessor in the task's chain of committed checkpoints. None for a
+    /// task's first checkpoint, and in descriptors written before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<CheckpointId>,
     /// Exactly-once: the sink's `transactional.id`. The output up to this checkpoint and its
     /// source offsets were committed in one transaction of that producer, after this
     /// descriptor was written and before HEAD named it.
@@ -99,6 +104,42 @@ pub struct Descriptor {
 
 /// The descriptor format this build writes and reads.
 pub const DESCRIPTOR_FORMAT: u32 = 1;
+
+/// Exactly-once: the label of the transaction that carries a checkpoint,
+/// `<task>/<epoch>/<checkpoint>`. Every record written in the transaction carries it as the
+/// `sluice.txn` header, and the source offsets committed with it carry it as their metadata,
+/// so both tell which checkpoint a transaction belonged to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransactionLabel {
+    /// The task.
+    pub task: TaskId,
+    /// The owner epoch that wrote it.
+    pub epoch: Epoch,
+    /// The checkpoint the transaction commits with.
+    pub checkpoint: CheckpointId,
+}
+
+impl fmt::Display for TransactionLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.task, self.epoch, self.checkpoint)
+    }
+}
+
+impl std::str::FromStr for TransactionLabel {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut parts = s.split('/').map(str::parse::<u64>);
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(task)), Some(Ok(epoch)), Some(Ok(checkpoint)), None) => Ok(Self {
+                task: TaskId::try_from(task).map_err(|_| ())?,
+                epoch: Epoch(epoch),
+                checkpoint: CheckpointId(checkpoint),
+            }),
+            _ => Err(()),
+        }
+    }
+}
 
 impl Descriptor {
     /// Total bytes of the state files.
@@ -110,6 +151,27 @@ impl Descriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_label_reads_back_and_nothing_else_passes_for_one() {
+        let label = TransactionLabel {
+            task: 3,
+            epoch: Epoch(7),
+            checkpoint: CheckpointId(42),
+        };
+        assert_eq!(label.to_string(), "3/7/42");
+        assert_eq!("3/7/42".parse(), Ok(label));
+        for bad in [
+            "",
+            "3/7",
+            "3/7/42/1",
+            "a/7/42",
+            "3/-7/42",
+            "consumer-metadata",
+        ] {
+            assert_eq!(bad.parse::<TransactionLabel>(), Err(()), "{bad}");
+        }
+    }
 
     #[test]
     fn head_is_stored_as_readable_json() {

@@ -5,6 +5,7 @@
 //! <storage>/<namespace>/<job>/tasks/<p>/checkpoints/<id>.json       immutable descriptor
 //! <storage>/<namespace>/<job>/tasks/<p>/sst/<content-hash>.sst      immutable SST, shared by checkpoints
 //! <storage>/<namespace>/<job>/tasks/<p>/sst/<content-hash>.meta     immutable RocksDB metadata file (MANIFEST, CURRENT, OPTIONS)
+//! <storage>/<namespace>/<job>/probes/<owner>                          written and deleted at worker start (checks If-Match)
 //! ```
 //! Checkpoint ids are zero-padded to 20 digits so a listing sorts them numerically.
 
@@ -24,6 +25,12 @@ impl JobLayout {
     pub fn new(prefix: &Path, namespace: &str, job: &str) -> Self {
         let root = prefix.clone().join(namespace).join(job);
         Self { root }
+    }
+
+    /// The object worker `owner` writes at start to check the store honours conditional
+    /// writes (one per owner: workers start at the same time).
+    pub fn probe(&self, owner: &str) -> Path {
+        self.root.clone().join("probes").join(owner)
     }
 
     /// Paths of task `task`.

@@ -5,7 +5,16 @@
 //! On the volume, a task keeps `checkpoints/<id>/` (a RocksDB checkpoint, hard links) and
 //! `checkpoints/<id>.committed` once HEAD pointed at it with this owner's epoch. Only a
 //! committed local checkpoint is used for local recovery: an uncommitted one may hold the
-//! state of an attempt that lost its task.
+//! state of an attempt that lost its task. The marker names the store, the task's path in it
+//! and the descriptor's hash, and the local files must have the sizes the descriptor gives
+//! (the small metadata files also its hashes): a volume kept across a change of checkpoint
+//! storage, or one a crash left half-written, downloads instead. (Markers written before they
+//! named anything are empty: such a volume downloads once.)
+//!
+//! A checkpoint HEAD names whose descriptor is unreadable or whose files do not match it (a
+//! power loss on `file://` before fsync was used, a damaged object) is not restored: the task
+//! falls back to the newest older checkpoint still retained, and says so in a warning and the
+//! `sluice_checkpoint_fallbacks` metric. Records after that checkpoint are read again.
 
 pub mod descriptor;
 pub mod layout;
@@ -42,6 +51,25 @@ pub enum CheckpointError {
         found: String,
         expected: String,
     },
+    /// A checkpoint cannot be restored: its descriptor is unreadable or its files do not match
+    /// it. The task falls back to an older one.
+    #[error("checkpoint {id} of task {task} cannot be restored: {reason}")]
+    Unrestorable {
+        task: TaskId,
+        id: CheckpointId,
+        reason: String,
+    },
+    /// Neither HEAD's checkpoint nor any older one retained can be restored.
+    #[error(
+        "task {task}: no checkpoint can be restored (HEAD names {head}; tried {tried:?}); \
+         the task will not start from empty state on its own: restore the checkpoint files, or \
+         delete the task's HEAD to start it over"
+    )]
+    NothingRestorable {
+        task: TaskId,
+        head: CheckpointId,
+        tried: Vec<CheckpointId>,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -60,6 +88,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The epochs a process wrote, or tried to write, into one task's HEAD. A task that fails
+/// and restarts takes the task back only when HEAD still carries one of them under this
+/// owner's name; an empty one (a new process) takes it over unconditionally.
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    epochs: Vec<Epoch>,
+}
+
+impl Held {
+    /// The newest epoch tried, if any.
+    pub fn latest(&self) -> Option<Epoch> {
+        self.epochs.iter().max().copied()
+    }
+
+    fn attempted(&mut self, epoch: Epoch) {
+        if !self.epochs.contains(&epoch) {
+            self.epochs.push(epoch);
+        }
+    }
+
+    fn holds(&self, head: &Head, owner: &str) -> bool {
+        head.owner == owner && self.epochs.contains(&head.epoch)
     }
 }
 
@@ -85,6 +138,19 @@ pub struct Restored {
     pub plan: RestorePlan,
     /// The checkpoint restored, if any.
     pub descriptor: Option<Descriptor>,
+    /// Checkpoints newer than the one restored that could not be restored, newest first.
+    pub skipped: Vec<CheckpointId>,
+}
+
+/// What `<id>.committed` on the volume says: which store, task and descriptor the local
+/// checkpoint `<id>/` belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LocalMarker {
+    store: String,
+    head: String,
+    checkpoint: CheckpointId,
+    descriptor: ContentHash,
 }
 
 /// The checkpoints of one task, owned by this worker at `epoch`.
@@ -109,9 +175,11 @@ pub struct TaskCheckpoints {
 impl TaskCheckpoints {
     /// Takes task `task` over: bumps the epoch in HEAD with a conditional write, which fences
     /// every earlier owner. `local` is the task's checkpoint directory on the volume. When
-    /// `held` is the epoch this worker held before (a restart after a failure), the takeover
-    /// happens only if HEAD still carries it: otherwise another owner took the task meanwhile
-    /// and [`CheckpointError::Fenced`] says so.
+    /// `held` names epochs this process wrote before (a restart after a failure), the takeover
+    /// happens only if HEAD still carries one of them under this owner's name: otherwise
+    /// another owner took the task meanwhile and [`CheckpointError::Fenced`] says so. Every
+    /// epoch it tries to write is added to `held` first, so a write that landed without an
+    /// answer still counts as this process's.
     pub async fn take_over(
         store: CheckpointStore,
         layout: TaskLayout,
@@ -119,32 +187,55 @@ impl TaskCheckpoints {
         owner: &str,
         retain: usize,
         local: PathBuf,
-        held: Option<Epoch>,
+        held: &mut Held,
     ) -> Result<Self, CheckpointError> {
         std::fs::create_dir_all(&local).map_err(io(&local))?;
+        // What this process held before this call; the epochs this call tries are judged by
+        // reading HEAD again after each write, not by this check.
+        let prior = held.clone();
         let mut attempts = 0;
-        let (head, head_version) = loop {
+        let (head, head_version) = 'taken: loop {
             attempts += 1;
             let current = store.read_head(&layout).await?;
-            if let Some(held) = held
-                && current.as_ref().map(|(h, _)| h.epoch) != Some(held)
+            if let Some(latest) = prior.latest()
+                && !current.as_ref().is_some_and(|(h, _)| prior.holds(h, owner))
             {
-                return Err(CheckpointError::Fenced { task, epoch: held });
+                return Err(CheckpointError::Fenced {
+                    task,
+                    epoch: latest,
+                });
             }
             let head = Head {
                 epoch: Epoch(current.as_ref().map_or(0, |(h, _)| h.epoch.0) + 1),
                 owner: owner.to_string(),
                 checkpoint: current.as_ref().and_then(|(h, _)| h.checkpoint),
             };
-            match store
+            held.attempted(head.epoch);
+            let error = match store
                 .write_head(&layout, &head, current.as_ref().map(|(_, v)| v))
                 .await
             {
                 Ok(version) => break (head, version),
-                Err(StoreError::Conflict { .. }) if attempts < 10 => {
+                Err(e) => e,
+            };
+            // The write may have landed all the same: only HEAD tells.
+            let Ok(found) = store.read_head(&layout).await else {
+                return Err(error.into());
+            };
+            let outcome = plan::head_write_outcome(
+                &head,
+                current.as_ref().map(|(h, _)| h),
+                found.as_ref().map(|(h, _)| h),
+            );
+            match (outcome, found) {
+                (plan::HeadWrite::Landed, Some((_, version))) => {
+                    info!(task, epoch = %head.epoch, error = %error, "a HEAD write answered with an error had landed; keeping it");
+                    break 'taken (head, version);
+                }
+                _ if attempts < 10 && matches!(error, StoreError::Conflict { .. }) => {
                     debug!(task, attempts, "HEAD changed during takeover; retrying");
                 }
-                Err(e) => return Err(e.into()),
+                _ => return Err(error.into()),
             }
         };
         let present = store.list_checkpoints(&layout).await?;
@@ -187,57 +278,176 @@ impl TaskCheckpoints {
 
     /// Restores HEAD's checkpoint into the live directory `live` (from the volume when it
     /// holds that committed checkpoint, otherwise from the store), after checking it was
-    /// written by the same pipeline. Other local checkpoints are removed.
+    /// written by the same pipeline. Other local checkpoints are removed. When HEAD's
+    /// checkpoint cannot be restored, the newest older one that can is (see the module doc).
     pub async fn restore(
         &mut self,
         live: &Path,
         fingerprint: &str,
     ) -> Result<Restored, CheckpointError> {
-        let on_volume: Vec<CheckpointId> = self
-            .head
-            .checkpoint
-            .filter(|id| self.committed_marker(*id).exists() && self.local_dir(*id).is_dir())
-            .into_iter()
-            .collect();
-        let plan = plan::restore_plan(Some(&self.head), &on_volume);
-        let keep = match plan {
-            RestorePlan::Fresh => None,
-            RestorePlan::Local(id) | RestorePlan::Download(id) => Some(id),
-        };
-        self.remove_local_checkpoints_except(keep)?;
-        let descriptor = match plan {
-            RestorePlan::Fresh => {
-                if live.exists() {
-                    std::fs::remove_dir_all(live).map_err(io(live))?;
-                }
-                None
+        let Some(head) = self.head.checkpoint else {
+            self.remove_local_checkpoints_except(None)?;
+            if live.exists() {
+                std::fs::remove_dir_all(live).map_err(io(live))?;
             }
-            RestorePlan::Local(id) | RestorePlan::Download(id) => {
-                let descriptor = self.store.read_descriptor(&self.layout, id).await?;
-                if descriptor.pipeline_fingerprint != fingerprint {
-                    return Err(CheckpointError::PipelineChanged {
-                        task: self.task,
-                        id,
-                        found: descriptor.pipeline_fingerprint.clone(),
-                        expected: fingerprint.to_string(),
+            info!(task = self.task, plan = ?RestorePlan::Fresh, "restored task state");
+            self.committed = None;
+            return Ok(Restored {
+                plan: RestorePlan::Fresh,
+                descriptor: None,
+                skipped: Vec::new(),
+            });
+        };
+        let present = self.store.list_checkpoints(&self.layout).await?;
+        let older = present.iter().rev().copied().filter(|id| *id < head);
+        let mut skipped = Vec::new();
+        for id in std::iter::once(head).chain(older) {
+            match self.restore_checkpoint(id, live, fingerprint).await {
+                Ok((plan, descriptor)) => {
+                    if !skipped.is_empty() {
+                        warn!(task = self.task, checkpoint = id.0, head = head.0, skipped = ?skipped, "fell back to an older checkpoint: newer ones cannot be restored; records after it are read again");
+                    }
+                    info!(task = self.task, plan = ?plan, "restored task state");
+                    self.committed = Some(descriptor.clone());
+                    return Ok(Restored {
+                        plan,
+                        descriptor: Some(descriptor),
+                        skipped,
                     });
                 }
-                if matches!(plan, RestorePlan::Download(_)) {
-                    self.download(&descriptor).await?;
+                Err(e @ CheckpointError::Unrestorable { .. }) => {
+                    warn!(task = self.task, checkpoint = id.0, error = %e, "checkpoint cannot be restored; trying the one before it");
+                    skipped.push(id);
                 }
-                crate::state::live_dir_from_checkpoint(&self.local_dir(id), live)?;
-                for file in &descriptor.files {
-                    if FileKind::of(&file.name) == FileKind::Sst {
-                        self.sst_hashes
-                            .insert(file.name.clone(), (file.hash.clone(), file.size));
-                    }
-                }
-                Some(descriptor)
+                Err(e) => return Err(e),
             }
+        }
+        Err(CheckpointError::NothingRestorable {
+            task: self.task,
+            head,
+            tried: skipped,
+        })
+    }
+
+    /// Restores checkpoint `id` into `live`: from the volume when its marker and files match
+    /// the descriptor, else downloaded and checked. [`CheckpointError::Unrestorable`] when the
+    /// descriptor or a file is unreadable or does not match.
+    async fn restore_checkpoint(
+        &mut self,
+        id: CheckpointId,
+        live: &Path,
+        fingerprint: &str,
+    ) -> Result<(RestorePlan, Descriptor), CheckpointError> {
+        let unrestorable = |reason: String| CheckpointError::Unrestorable {
+            task: self.task,
+            id,
+            reason,
         };
-        info!(task = self.task, plan = ?plan, "restored task state");
-        self.committed = descriptor.clone();
-        Ok(Restored { plan, descriptor })
+        let descriptor = match self.store.read_descriptor(&self.layout, id).await {
+            Ok(d) => d,
+            Err(StoreError::Corrupt { message, .. }) => {
+                return Err(unrestorable(format!(
+                    "its descriptor is unreadable: {message}"
+                )));
+            }
+            Err(StoreError::Store(object_store::Error::NotFound { .. })) => {
+                return Err(unrestorable("its descriptor is missing".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if descriptor.id != id || descriptor.task != self.task {
+            return Err(unrestorable(format!(
+                "its descriptor is of checkpoint {} of task {}",
+                descriptor.id, descriptor.task
+            )));
+        }
+        if descriptor.pipeline_fingerprint != fingerprint {
+            return Err(CheckpointError::PipelineChanged {
+                task: self.task,
+                id,
+                found: descriptor.pipeline_fingerprint.clone(),
+                expected: fingerprint.to_string(),
+            });
+        }
+        let on_volume: Vec<CheckpointId> = self
+            .local_matches(&descriptor)
+            .then_some(id)
+            .into_iter()
+            .collect();
+        let plan = plan::restore_plan(
+            Some(&Head {
+                checkpoint: Some(id),
+                ..self.head.clone()
+            }),
+            &on_volume,
+        );
+        self.remove_local_checkpoints_except(on_volume.first().copied())?;
+        if matches!(plan, RestorePlan::Download(_)) {
+            match self.download(&descriptor).await {
+                Ok(()) => {}
+                Err(CheckpointError::Store(StoreError::Corrupt { path, message })) => {
+                    return Err(unrestorable(format!("{path}: {message}")));
+                }
+                Err(CheckpointError::Store(StoreError::Store(object_store::Error::NotFound {
+                    path,
+                    ..
+                }))) => {
+                    return Err(unrestorable(format!("{path} is missing")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        crate::state::live_dir_from_checkpoint(&self.local_dir(id), live)?;
+        for file in &descriptor.files {
+            if FileKind::of(&file.name) == FileKind::Sst {
+                self.sst_hashes
+                    .insert(file.name.clone(), (file.hash.clone(), file.size));
+            }
+        }
+        Ok((plan, descriptor))
+    }
+
+    /// The marker a local checkpoint of `descriptor` carries once committed.
+    fn marker_of(&self, descriptor: &Descriptor) -> LocalMarker {
+        let bytes = serde_json::to_vec(descriptor).unwrap_or_default();
+        LocalMarker {
+            store: self.store.identity().to_string(),
+            head: self.layout.head().to_string(),
+            checkpoint: descriptor.id,
+            descriptor: ContentHash(blake3::hash(&bytes).to_hex().to_string()),
+        }
+    }
+
+    /// Writes the marker of a committed local checkpoint, synced.
+    fn write_marker(&self, descriptor: &Descriptor) -> Result<(), CheckpointError> {
+        let marker = self.committed_marker(descriptor.id);
+        let body = serde_json::to_vec(&self.marker_of(descriptor)).unwrap_or_default();
+        std::fs::write(&marker, body)
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+            .and_then(|()| std::fs::File::open(&self.local)?.sync_all())
+            .map_err(io(&marker))
+    }
+
+    /// Whether the volume holds the committed local checkpoint `descriptor` describes: its
+    /// marker names this store, task and descriptor, and its files are those of the
+    /// descriptor, of the same sizes (metadata files also of the same hash).
+    fn local_matches(&self, descriptor: &Descriptor) -> bool {
+        let dir = self.local_dir(descriptor.id);
+        let marker = std::fs::read(self.committed_marker(descriptor.id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<LocalMarker>(&bytes).ok());
+        if marker.as_ref() != Some(&self.marker_of(descriptor)) {
+            return false;
+        }
+        let entries = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        entries == descriptor.files.len()
+            && descriptor.files.iter().all(|file| {
+                let path = dir.join(&file.name);
+                let size_ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == file.size);
+                size_ok
+                    && (FileKind::of(&file.name) == FileKind::Sst
+                        || hash_file(&path).is_ok_and(|(hash, _)| hash == file.hash))
+            })
     }
 
     async fn download(&self, descriptor: &Descriptor) -> Result<(), CheckpointError> {
@@ -250,15 +460,17 @@ impl TaskCheckpoints {
         for file in &descriptor.files {
             let path = self.layout.file(&file.hash, FileKind::of(&file.name));
             self.store
-                .get_file(&path, &partial.join(&file.name))
+                .get_file(&path, &partial.join(&file.name), file.size, &file.hash)
                 .await?;
         }
+        std::fs::File::open(&partial)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&partial))?;
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(io(&target))?;
         }
         std::fs::rename(&partial, &target).map_err(io(&target))?;
-        std::fs::write(self.committed_marker(descriptor.id), b"").map_err(io(&target))?;
-        Ok(())
+        self.write_marker(descriptor)
     }
 
     fn remove_local_checkpoints_except(
@@ -343,6 +555,7 @@ impl TaskCheckpoints {
             watermark_ms,
             pipeline_fingerprint: fingerprint.to_string(),
             records_in,
+            previous: self.committed.as_ref().map(|d| d.id),
             transactional_id,
         };
         for file in plan::files_to_upload(&descriptor.files, self.committed.as_ref()) {
@@ -383,8 +596,7 @@ impl TaskCheckpoints {
     pub async fn publish(&mut self, descriptor: Descriptor) -> Result<Descriptor, CheckpointError> {
         let id = descriptor.id;
         self.point_head_at(id).await?;
-        let marker = self.committed_marker(id);
-        std::fs::write(&marker, b"").map_err(io(&marker))?;
+        self.write_marker(&descriptor)?;
         self.committed = Some(descriptor.clone());
         if let Err(e) = self.apply_retention().await {
             warn!(task = self.task, checkpoint = id.0, error = %e, "checkpoint retention failed; will retry next time");
@@ -393,12 +605,15 @@ impl TaskCheckpoints {
     }
 
     /// Exactly-once recovery, after the sink fenced the previous owner's producer and before
-    /// [`Self::restore`]: if a pending descriptor's transaction committed (the consumer group
-    /// holds its offsets, `committed`), points HEAD at it, since its output is already visible.
+    /// [`Self::restore`]: if a pending descriptor's transaction committed, points HEAD at it,
+    /// since its output is already visible. The group's commit says which: by the label it
+    /// carries when the broker kept it ([`plan::pending_named`]), else by its offsets
+    /// ([`plan::pending_to_adopt`]).
     pub async fn adopt_pending(
         &mut self,
-        committed: &BTreeMap<String, i64>,
+        group: &crate::io::GroupPosition,
     ) -> Result<Option<CheckpointId>, CheckpointError> {
+        let committed = &group.offsets;
         let present = self.store.list_checkpoints(&self.layout).await?;
         let mut pending = Vec::new();
         for id in present
@@ -420,14 +635,19 @@ impl TaskCheckpoints {
             }
             _ => BTreeMap::new(),
         };
-        let Some(id) =
-            plan::pending_to_adopt(self.head.checkpoint, &head_offsets, &pending, committed)
-        else {
+        let adopt = match group.label {
+            Some(label) => plan::pending_named(self.head.checkpoint, &pending, label),
+            None => {
+                plan::pending_to_adopt(self.head.checkpoint, &head_offsets, &pending, committed)
+            }
+        };
+        let Some(id) = adopt else {
             if !pending.is_empty() {
                 info!(
                     task = self.task,
                     pending = pending.len(),
                     ?committed,
+                    label = ?group.label.map(|l| l.to_string()),
                     "pending checkpoints above HEAD were not committed; HEAD stands"
                 );
             }
@@ -443,28 +663,56 @@ impl TaskCheckpoints {
     }
 
     /// Points HEAD at checkpoint `id` with a conditional write on the version this owner
-    /// wrote; [`CheckpointError::Fenced`] when another owner wrote HEAD since.
+    /// wrote; [`CheckpointError::Fenced`] when another owner wrote HEAD since. A write that
+    /// fails or goes unanswered is judged by HEAD read again: one that landed is kept, one that
+    /// did not is tried again on the version read (a stale version after a lost answer would
+    /// otherwise fail every later write).
     async fn point_head_at(&mut self, id: CheckpointId) -> Result<(), CheckpointError> {
         let head = Head {
             epoch: self.epoch,
             owner: self.owner.clone(),
             checkpoint: Some(id),
         };
-        match self
-            .store
-            .write_head(&self.layout, &head, Some(&self.head_version))
-            .await
-        {
-            Ok(version) => {
-                self.head = head;
-                self.head_version = version;
-                Ok(())
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self
+                .store
+                .write_head(&self.layout, &head, Some(&self.head_version))
+                .await
+            {
+                Ok(version) => {
+                    self.head = head;
+                    self.head_version = version;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let Ok(found) = self.store.read_head(&self.layout).await else {
+                return Err(error.into());
+            };
+            let outcome =
+                plan::head_write_outcome(&head, Some(&self.head), found.as_ref().map(|(h, _)| h));
+            warn!(task = self.task, checkpoint = id.0, epoch = %self.epoch, error = %error, ?outcome, "HEAD write failed; read HEAD again");
+            match (outcome, found) {
+                (plan::HeadWrite::Landed, Some((found, version))) => {
+                    self.head = found;
+                    self.head_version = version;
+                    return Ok(());
+                }
+                (plan::HeadWrite::NotLanded, Some((_, version))) => {
+                    self.head_version = version;
+                    if attempts >= 3 {
+                        return Err(error.into());
+                    }
+                }
+                _ => {
+                    return Err(CheckpointError::Fenced {
+                        task: self.task,
+                        epoch: self.epoch,
+                    });
+                }
             }
-            Err(StoreError::Conflict { .. }) => Err(CheckpointError::Fenced {
-                task: self.task,
-                epoch: self.epoch,
-            }),
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -591,28 +839,46 @@ mod tests {
         let uri = format!("file://{}", dir.path().join("store").display());
         let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
         let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
-        let take = |owner: &'static str, held: Option<Epoch>| {
-            TaskCheckpoints::take_over(
-                store.clone(),
-                layout.clone(),
-                0,
-                owner,
-                1,
-                dir.path().join(owner),
-                held,
-            )
+        let take = |owner: &'static str, mut held: Held| {
+            let (store, layout, local) = (store.clone(), layout.clone(), dir.path().join(owner));
+            async move {
+                let taken =
+                    TaskCheckpoints::take_over(store, layout, 0, owner, 1, local, &mut held).await;
+                (taken, held)
+            }
         };
-        let a = take("a", None).await.unwrap();
+        let (a, mut a_held) = take("a", Held::default()).await;
+        let a = a.unwrap();
+        assert_eq!(a_held.latest(), Some(a.epoch()));
         // A restart after a failure: HEAD still carries a's epoch.
-        let a_again = take("a", Some(a.epoch())).await.unwrap();
+        let (a_again, held) = take("a", a_held.clone()).await;
+        let a_again = a_again.unwrap();
         assert!(a_again.epoch() > a.epoch());
+        a_held = held;
+        // A restart after a takeover write that landed but was never answered: HEAD carries
+        // an epoch a tried to write, under a's name. Still a's.
+        let landed = Head {
+            epoch: Epoch(a_again.epoch().0 + 1),
+            owner: "a".into(),
+            checkpoint: None,
+        };
+        let (_, version) = store.read_head(&layout).await.unwrap().unwrap();
+        store
+            .write_head(&layout, &landed, Some(&version))
+            .await
+            .unwrap();
+        a_held.attempted(landed.epoch);
+        let (a_third, held) = take("a", a_held).await;
+        assert!(a_third.unwrap().epoch() > landed.epoch);
         // b takes the task; a's next restart must not take it back.
-        let b = take("b", None).await.unwrap();
-        assert!(b.epoch() > a_again.epoch());
-        let err = take("a", Some(a_again.epoch())).await.err().unwrap();
+        let (b, _) = take("b", Held::default()).await;
+        let b = b.unwrap();
+        let (err, _) = take("a", held).await;
+        let err = err.err().unwrap();
         assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
         // A new process (nothing held) takes over unconditionally, as after a pod restart.
-        assert!(take("a", None).await.unwrap().epoch() > b.epoch());
+        let (a_new, _) = take("a", Held::default()).await;
+        assert!(a_new.unwrap().epoch() > b.epoch());
     }
 
     /// Every state file a descriptor names is in the store.
@@ -646,15 +912,15 @@ mod tests {
             transactional_id,
         };
         let take = |owner: &'static str| {
-            TaskCheckpoints::take_over(
+            let (store, layout, local) = (
                 store.clone(),
                 layout.clone(),
-                0,
-                owner,
-                2,
                 dir.path().join(owner).join("checkpoints"),
-                None,
-            )
+            );
+            async move {
+                TaskCheckpoints::take_over(store, layout, 0, owner, 2, local, &mut Held::default())
+                    .await
+            }
         };
 
         // Owner a: six checkpoints of changing state, keeping two.

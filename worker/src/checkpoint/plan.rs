@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::checkpoint::descriptor::{CheckpointId, ContentHash, Descriptor, Head, StateFile};
+use crate::checkpoint::descriptor::{
+    CheckpointId, ContentHash, Descriptor, Head, StateFile, TransactionLabel,
+};
 use crate::checkpoint::layout::FileKind;
 
 /// The id of a task's next checkpoint: above HEAD's and above every descriptor present, since
@@ -88,6 +90,33 @@ pub fn restore_plan(head: Option<&Head>, on_volume: &[CheckpointId]) -> RestoreP
     }
 }
 
+/// What a HEAD write did, decided from HEAD as read again after the write failed or its answer
+/// was lost. A conditional PUT that landed can still come back as a conflict (the store's
+/// client retried it after a 5xx, and the retry found the new version), and a timeout or a
+/// dropped connection says nothing either way: only HEAD itself tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadWrite {
+    /// HEAD is what was written: the write landed; carry on with the version read.
+    Landed,
+    /// HEAD is still what it was before: the write did not land; it may be tried again on the
+    /// version read.
+    NotLanded,
+    /// Someone else wrote HEAD.
+    Overwritten,
+}
+
+/// Decides [`HeadWrite`] from the HEAD this owner `wrote`, the one it replaced (`before`, none
+/// when there was no HEAD) and the one `found` when reading it again.
+pub fn head_write_outcome(wrote: &Head, before: Option<&Head>, found: Option<&Head>) -> HeadWrite {
+    if found == Some(wrote) {
+        HeadWrite::Landed
+    } else if found == before {
+        HeadWrite::NotLanded
+    } else {
+        HeadWrite::Overwritten
+    }
+}
+
 /// Exactly-once recovery: which pending descriptor (written above HEAD, HEAD never named it)
 /// to adopt, given the source offsets the consumer group has committed (`committed`) and those
 /// of HEAD's checkpoint (`head_offsets`, empty without one). Its transaction committed exactly
@@ -115,6 +144,28 @@ pub fn pending_to_adopt(
         .filter(|d| Some(d.id) > head && d.transactional_id.is_some())
         .filter(|d| &d.source_offsets == committed)
         .min_by_key(|d| (std::cmp::Reverse(d.epoch), d.id))
+        .map(|d| d.id)
+}
+
+/// Exactly-once recovery on a broker that keeps offset-commit metadata: the group's last
+/// committed transaction named its checkpoint (`label`, the metadata of its offsets), so the
+/// pending descriptor to adopt is exactly that one, if it is above HEAD and of the epoch that
+/// wrote it. This also decides the case offsets cannot: a transaction that read no input since
+/// HEAD (results fired by time only). A label naming HEAD or older means HEAD stands.
+pub fn pending_named(
+    head: Option<CheckpointId>,
+    pending: &[Descriptor],
+    label: TransactionLabel,
+) -> Option<CheckpointId> {
+    pending
+        .iter()
+        .find(|d| {
+            Some(d.id) > head
+                && d.id == label.checkpoint
+                && d.epoch == label.epoch
+                && d.task == label.task
+                && d.transactional_id.is_some()
+        })
         .map(|d| d.id)
 }
 
@@ -147,6 +198,7 @@ mod tests {
             watermark_ms: None,
             pipeline_fingerprint: String::new(),
             records_in: 0,
+            previous: None,
             transactional_id: None,
         }
     }
@@ -261,6 +313,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_head_write_that_failed_is_judged_by_head_as_read_again() {
+        let head = |epoch, owner: &str, checkpoint: Option<u64>| Head {
+            epoch: Epoch(epoch),
+            owner: owner.into(),
+            checkpoint: checkpoint.map(CheckpointId),
+        };
+        let before = head(3, "a", Some(6));
+        let wrote = head(3, "a", Some(7));
+        // A retried PUT that landed came back 412, or the answer was lost after it landed.
+        assert_eq!(
+            head_write_outcome(&wrote, Some(&before), Some(&wrote)),
+            HeadWrite::Landed
+        );
+        // A timeout before the store took it.
+        assert_eq!(
+            head_write_outcome(&wrote, Some(&before), Some(&before)),
+            HeadWrite::NotLanded
+        );
+        // Another owner took the task: a new epoch, or the same epoch under another name.
+        for found in [
+            head(4, "b", Some(6)),
+            head(3, "b", Some(6)),
+            head(4, "a", Some(7)),
+        ] {
+            assert_eq!(
+                head_write_outcome(&wrote, Some(&before), Some(&found)),
+                HeadWrite::Overwritten,
+                "{found:?}"
+            );
+        }
+        // The first takeover of a task, when there was no HEAD.
+        let first = head(1, "a", None);
+        assert_eq!(head_write_outcome(&first, None, None), HeadWrite::NotLanded);
+        assert_eq!(
+            head_write_outcome(&first, None, Some(&first)),
+            HeadWrite::Landed
+        );
+        assert_eq!(
+            head_write_outcome(&first, None, Some(&head(1, "b", None))),
+            HeadWrite::Overwritten
+        );
+    }
+
     fn pending(id: u64, offset: i64, transactional: bool) -> Descriptor {
         Descriptor {
             source_offsets: BTreeMap::from([("in".to_string(), offset)]),
@@ -306,6 +402,40 @@ mod tests {
             ),
             Some(CheckpointId(1))
         );
+    }
+
+    #[test]
+    fn the_checkpoint_a_committed_transaction_names_is_adopted_even_when_it_read_nothing() {
+        let label = |epoch, checkpoint| TransactionLabel {
+            task: 0,
+            epoch: Epoch(epoch),
+            checkpoint: CheckpointId(checkpoint),
+        };
+        let head = Some(CheckpointId(4));
+        // 5 read nothing since HEAD (timer results only): offsets cannot tell, its label can.
+        let timer_only = [pending(5, 60, true)];
+        assert_eq!(
+            pending_named(head, &timer_only, label(1, 5)),
+            Some(CheckpointId(5))
+        );
+        // The last committed transaction was HEAD's own: 5's was aborted.
+        assert_eq!(pending_named(head, &timer_only, label(1, 4)), None);
+        // A zombie's descriptor with the id the label names but another epoch is not it.
+        let zombie = Descriptor {
+            epoch: Epoch(9),
+            ..pending(5, 60, true)
+        };
+        assert_eq!(pending_named(head, &[zombie], label(1, 5)), None);
+        // Nor one written without a transaction, nor another task's.
+        assert_eq!(
+            pending_named(head, &[pending(5, 60, false)], label(1, 5)),
+            None
+        );
+        let other_task = TransactionLabel {
+            task: 1,
+            ..label(1, 5)
+        };
+        assert_eq!(pending_named(head, &timer_only, other_task), None);
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub enum StoreError {
     /// A stored object does not hold what it should.
     #[error("{path} is corrupt: {message}")]
     Corrupt { path: String, message: String },
+    /// The store does not honour conditional writes, so fencing cannot work on it.
+    #[error(
+        "checkpoint storage does not honour conditional writes ({what}, probing {path}): \
+         Sluice fences a task's previous owner with If-Match / If-None-Match writes of HEAD, \
+         so it will not run on this store; use one that implements them (AWS S3, MinIO, GCS, \
+         Azure Blob Storage)"
+    )]
+    NoConditionalWrites { path: String, what: String },
     /// The store failed.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
@@ -64,6 +72,8 @@ pub struct StoreOptions {
 /// The checkpoint store of one job.
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
+    /// The storage URI, with the endpoint when one is set: which store this is.
+    identity: String,
     objects: Arc<dyn ObjectStore>,
     /// Path of the URI inside the store (the bucket prefix); empty for `file://`.
     prefix: Path,
@@ -94,9 +104,13 @@ impl CheckpointStore {
                 }
                 let root = PathBuf::from(url.path());
                 std::fs::create_dir_all(&root).map_err(|e| config(e.to_string()))?;
-                let objects =
-                    LocalFileSystem::new_with_prefix(&root).map_err(|e| config(e.to_string()))?;
+                // Files and their directories are synced before a write returns, so a
+                // descriptor or HEAD never names a file a power loss could empty.
+                let objects = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| config(e.to_string()))?
+                    .with_fsync(true);
                 Ok(Self {
+                    identity: uri.to_string(),
                     objects: Arc::new(objects),
                     prefix: Path::from(""),
                     local_root: Some(root),
@@ -116,6 +130,10 @@ impl CheckpointStore {
                 }
                 let objects = builder.build().map_err(|e| config(e.to_string()))?;
                 Ok(Self {
+                    identity: match &options.endpoint {
+                        Some(endpoint) => format!("{uri} at {endpoint}"),
+                        None => uri.to_string(),
+                    },
                     objects: Arc::new(objects),
                     prefix: Path::from(url.path().trim_start_matches('/')),
                     local_root: None,
@@ -125,6 +143,12 @@ impl CheckpointStore {
                 "unsupported scheme {other}: use file:// or s3:// (gs:// and az:// are not built in yet)"
             ))),
         }
+    }
+
+    /// Which store this is (its URI, and its endpoint when one is set), as local checkpoint
+    /// markers record it.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// The path inside the store under which jobs keep their checkpoints.
@@ -218,6 +242,60 @@ impl CheckpointStore {
         }
     }
 
+    /// Checks that the store honours conditional writes, on which fencing rests: a probe object
+    /// at `path` (the job's [`crate::checkpoint::layout::JobLayout::probe`]) is written, overwritten on its version, then
+    /// written again on the stale version and created again; both of the last two must be
+    /// refused. A store that takes them would let a zombie overwrite a new owner's HEAD, so
+    /// the worker refuses to run on it ([`StoreError::NoConditionalWrites`]). `file://` needs
+    /// no probe: its HEAD writes compare bytes under a lock.
+    pub async fn check_conditional_writes(&self, path: &Path) -> Result<(), StoreError> {
+        if self.local_root.is_some() {
+            return Ok(());
+        }
+        let refused = |what: &str| StoreError::NoConditionalWrites {
+            path: path.to_string(),
+            what: what.to_string(),
+        };
+        let put = |mode: PutMode, body: &'static str| {
+            self.objects
+                .put_opts(path, PutPayload::from(body), PutOptions::from(mode))
+        };
+        let version = |e_tag: Option<String>| {
+            PutMode::Update(UpdateVersion {
+                e_tag,
+                version: None,
+            })
+        };
+        let first = put(PutMode::Overwrite, "1").await?;
+        put(version(first.e_tag.clone()), "2").await.map_err(|e| {
+            StoreError::NoConditionalWrites {
+                path: path.to_string(),
+                what: format!("a write on the current version (If-Match) failed: {e}"),
+            }
+        })?;
+        match put(version(first.e_tag), "3").await {
+            Err(object_store::Error::Precondition { .. }) => {}
+            Ok(_) => return Err(refused("a write on a stale version (If-Match) was taken")),
+            Err(e) => return Err(e.into()),
+        }
+        match put(PutMode::Create, "4").await {
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {}
+            Ok(_) => {
+                return Err(refused(
+                    "creating an existing object (If-None-Match) was taken",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self.objects.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Creates a descriptor; fails with [`StoreError::DescriptorExists`] rather than overwrite.
     pub async fn create_descriptor(
         &self,
@@ -300,15 +378,41 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Downloads `path` into the local file `local`.
-    pub async fn get_file(&self, path: &Path, local: &std::path::Path) -> Result<(), StoreError> {
+    /// Downloads `path` into the local file `local` and syncs it. The object must have `size`
+    /// bytes and the content hash `hash`, else [`StoreError::Corrupt`] and nothing is kept.
+    pub async fn get_file(
+        &self,
+        path: &Path,
+        local: &std::path::Path,
+        size: u64,
+        hash: &crate::checkpoint::descriptor::ContentHash,
+    ) -> Result<(), StoreError> {
         let bytes = self.objects.get(path).await?.bytes().await?;
-        tokio::fs::write(local, &bytes)
-            .await
-            .map_err(|source| StoreError::Io {
-                path: local.display().to_string(),
-                source,
-            })
+        let found = blake3::hash(&bytes).to_hex();
+        if bytes.len() as u64 != size || found.as_str() != hash.0 {
+            return Err(StoreError::Corrupt {
+                path: path.to_string(),
+                message: format!(
+                    "{} bytes with hash {found}, the descriptor says {size} bytes with hash {}",
+                    bytes.len(),
+                    hash.0
+                ),
+            });
+        }
+        let local = local.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&local)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| StoreError::Io {
+            path: path.to_string(),
+            source,
+        })
     }
 
     /// Deletes objects; ones already gone are fine.
@@ -371,6 +475,50 @@ fn write_local_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_store_syncs_every_write_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        // object_store's LocalFileSystem syncs the file and its directory on every put when
+        // built with fsync; its Debug shows the setting.
+        let objects = format!("{:?}", store.objects);
+        assert!(objects.contains("fsync: true"), "{objects}");
+    }
+
+    #[tokio::test]
+    async fn a_download_that_does_not_match_its_descriptor_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let path = Path::from("f.sst");
+        let local = dir.path().join("f.sst");
+        store
+            .objects
+            .put(&path, PutPayload::from("content"))
+            .await
+            .unwrap();
+        let hash = crate::checkpoint::descriptor::ContentHash(
+            blake3::hash(b"content").to_hex().to_string(),
+        );
+        store.get_file(&path, &local, 7, &hash).await.unwrap();
+        assert_eq!(std::fs::read(&local).unwrap(), b"content");
+        // Truncated or zeroed in the store: refused, with what was found.
+        for stored in ["cont", "\0\0\0\0\0\0\0"] {
+            store
+                .objects
+                .put(&path, PutPayload::from(stored))
+                .await
+                .unwrap();
+            let err = store.get_file(&path, &local, 7, &hash).await.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+            assert!(
+                err.to_string().contains("the descriptor says 7 bytes"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn a_file_uri_must_name_an_absolute_path() {
