@@ -69,6 +69,25 @@ spec:
     }
 }
 
+/// The test servers, a scratch directory, and a fresh job name with its input and output
+/// topic names (`<name>.in`, `<name>.out`).
+fn setup(prefix: &str) -> (TestEnv, std::path::PathBuf, String, String, String) {
+    let name = sluice_e2e::unique_name(prefix);
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    (
+        TestEnv::from_env(),
+        scratch_dir(prefix),
+        name,
+        input,
+        output,
+    )
+}
+
+/// One worker process of `job`, not started yet.
+fn one_worker(job: &JobFiles, dir: &std::path::Path) -> Workers {
+    Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), job, dir, 1)
+}
+
 /// Writes `count` JSON records with keys `<prefix>-<i>` to `partition` of `topic`.
 fn produce(env: &TestEnv, topic: &str, partition: i32, prefix: &str, count: usize) {
     let producer: BaseProducer = env.kafka_config().create().expect("producer");
@@ -111,10 +130,7 @@ async fn wait_for_checkpoints(checkpoints: &Checkpoints, tasks: u32, workers: &m
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_never_read_resumes_where_the_job_started_not_at_latest_again() {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("positions");
-    let name = sluice_e2e::unique_name("positions");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let (env, dir, name, input, output) = setup("positions");
     create_topic(&env, &input, 2);
     // Records before the job's first start: `latest` skips them, as the user asked.
     // One record per batch: Tansu's high watermark (which `latest` resolves to, in main's
@@ -131,7 +147,7 @@ async fn a_partition_never_read_resumes_where_the_job_started_not_at_latest_agai
         "startingOffsets: latest",
         &env.s3_endpoint,
     );
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
+    let mut workers = one_worker(&job, &dir);
     workers.start(0);
     let checkpoints = Checkpoints::of(&env, &job);
     wait_for_checkpoints(&checkpoints, 2, &mut workers).await;
@@ -177,10 +193,7 @@ async fn a_partition_never_read_resumes_where_the_job_started_not_at_latest_agai
 /// Runs a job whose checkpoint store is behind a [`FaultProxy`] applying `fault` to every third
 /// HEAD write, and checks the task keeps processing and checkpointing through the faults.
 async fn keeps_processing_through(fault: Fault) {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("head-faults");
-    let name = sluice_e2e::unique_name("head-faults");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let (env, dir, name, input, output) = setup("head-faults");
     create_topic(&env, &input, 1);
     let proxy = FaultProxy::start(&env.s3_endpoint).await;
     let job = write_job(
@@ -191,7 +204,7 @@ async fn keeps_processing_through(fault: Fault) {
         "startingOffsets: latest",
         &proxy.endpoint,
     );
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
+    let mut workers = one_worker(&job, &dir);
     workers.start(0);
     let checkpoints = Checkpoints::of(&env, &job);
     wait_for_checkpoints(&checkpoints, 1, &mut workers).await;
@@ -269,10 +282,7 @@ async fn a_head_write_that_landed_and_lost_its_answer_keeps_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_ignores_conditional_writes_is_refused_with_its_name() {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("no-conditions");
-    let name = sluice_e2e::unique_name("no-conditions");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let (env, dir, name, input, output) = setup("no-conditions");
     create_topic(&env, &input, 1);
     let proxy = FaultProxy::start(&env.s3_endpoint).await;
     proxy.set(Fault::IgnoreConditions, 1);
@@ -284,7 +294,7 @@ async fn a_store_that_ignores_conditional_writes_is_refused_with_its_name() {
         "startingOffsets: latest",
         &proxy.endpoint,
     );
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
+    let mut workers = one_worker(&job, &dir);
     workers.start(0);
     let status = workers.wait_for_exit(0, Duration::from_secs(60));
     let log = workers.log(0);
@@ -340,10 +350,7 @@ async fn wait_for_offset(checkpoints: &Checkpoints, input: &str, next: i64, work
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_the_start_as_the_job_says()
  {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("out-of-range");
-    let name = sluice_e2e::unique_name("out-of-range");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let (env, dir, name, input, output) = setup("out-of-range");
     create_topic(&env, &input, 1);
     produce(&env, &input, 0, "old", 20);
     let job = |policy: Option<&str>| {
@@ -361,12 +368,7 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
         )
     };
     let files = job(None);
-    let mut workers = Workers::new(
-        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
-        &files,
-        &dir,
-        1,
-    );
+    let mut workers = one_worker(&files, &dir);
     workers.start(0);
     let checkpoints = Checkpoints::of(&env, &files);
     wait_for_offset(&checkpoints, &input, 20, &mut workers).await;
@@ -492,10 +494,7 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_the_topics_would_refuse_goes_to_the_dead_letter_topic_and_the_task_goes_on() {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("rejected");
-    let name = sluice_e2e::unique_name("rejected");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let (env, dir, name, input, output) = setup("rejected");
     let dead_letter = format!("{output}.dlq");
     create_topic(&env, &input, 1);
     // Tansu stores topic configs without enforcing them; Sluice reads them and checks records
@@ -531,7 +530,7 @@ async fn output_the_topics_would_refuse_goes_to_the_dead_letter_topic_and_the_ta
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
+    let mut workers = one_worker(&job, &dir);
     workers.start(0);
     let checkpoints = Checkpoints::of(&env, &job);
     wait_for_offset(&checkpoints, &input, 23, &mut workers).await;
@@ -609,10 +608,7 @@ async fn output_the_topics_would_refuse_goes_to_the_dead_letter_topic_and_the_ta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_topic_with_fewer_partitions_than_the_source_is_refused_at_start() {
-    let env = TestEnv::from_env();
-    let dir = scratch_dir("few-partitions");
-    let name = sluice_e2e::unique_name("few-partitions");
-    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    let (env, dir, name, input, output) = setup("few-partitions");
     create_topic(&env, &input, 2);
     create_topic(&env, &output, 1);
     produce(&env, &input, 1, "x", 3);
@@ -624,7 +620,7 @@ async fn a_sink_topic_with_fewer_partitions_than_the_source_is_refused_at_start(
         "startingOffsets: earliest",
         &env.s3_endpoint,
     );
-    let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
+    let mut workers = one_worker(&job, &dir);
     workers.start(0);
     let status = workers.wait_for_exit(0, Duration::from_secs(60));
     let log = workers.log(0);

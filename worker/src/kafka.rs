@@ -283,6 +283,47 @@ fn out_of_range(next: i64, low: i64, high: i64, broker_said_so: bool) -> Option<
     }
 }
 
+/// An out-of-range resume offset `next` of `topic` (the partition holds `low..high`) under
+/// `policy`: [`KafkaClientError::OffsetOutOfRange`] for `fail`; for `earliest` the skip to
+/// the log start, logged.
+fn resume_out_of_range(
+    policy: OffsetOutOfRange,
+    task: TaskId,
+    topic: &str,
+    next: i64,
+    (low, high): (i64, i64),
+    why: &'static str,
+) -> Result<Skip, KafkaClientError> {
+    match policy {
+        OffsetOutOfRange::Fail => Err(KafkaClientError::OffsetOutOfRange {
+            topic: topic.to_string(),
+            task,
+            next,
+            log_start: low,
+            log_end: high,
+            why,
+        }),
+        OffsetOutOfRange::Earliest => {
+            let skip = Skip {
+                topic: topic.to_string(),
+                from: next,
+                to: low,
+            };
+            tracing::warn!(
+                task,
+                topic,
+                next,
+                log_start = low,
+                log_end = high,
+                skipped = skip.records(),
+                reason = why,
+                "offset out of range: resuming at the log start (onOffsetOutOfRange: earliest)"
+            );
+            Ok(skip)
+        }
+    }
+}
+
 impl KafkaInput {
     /// The broker refused to fetch a partition at its offset: finds which topic, then fails
     /// (`fail`) or resumes at the log start and records the skip (`earliest`).
@@ -308,38 +349,13 @@ impl KafkaInput {
             };
             let at = match out_of_range(next, low, high, true) {
                 None => next,
-                Some(why) => match self.policy {
-                    OffsetOutOfRange::Fail => {
-                        return Err(KafkaClientError::OffsetOutOfRange {
-                            topic: topic.clone(),
-                            task: self.task,
-                            next,
-                            log_start: low,
-                            log_end: high,
-                            why,
-                        });
-                    }
-                    OffsetOutOfRange::Earliest => {
-                        let skip = Skip {
-                            topic: topic.clone(),
-                            from: next,
-                            to: low,
-                        };
-                        tracing::warn!(
-                            task = self.task,
-                            topic,
-                            next,
-                            log_start = low,
-                            log_end = high,
-                            skipped = skip.records(),
-                            reason = why,
-                            "offset out of range: resuming at the log start (onOffsetOutOfRange: earliest)"
-                        );
-                        self.skips.push(skip);
-                        moved = true;
-                        low
-                    }
-                },
+                Some(why) => {
+                    let skip =
+                        resume_out_of_range(self.policy, self.task, topic, next, (low, high), why)?;
+                    self.skips.push(skip);
+                    moved = true;
+                    low
+                }
             };
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(at))
@@ -488,38 +504,19 @@ fn task_consumer(
                 next > high && ends_before(job, topic, partition, next)?,
             ) {
                 None => next,
-                Some(why) => match kafka.on_offset_out_of_range {
-                    OffsetOutOfRange::Fail => {
-                        return Err(KafkaClientError::OffsetOutOfRange {
-                            topic: topic.clone(),
-                            task,
-                            next,
-                            log_start: low,
-                            log_end: high,
-                            why,
-                        });
-                    }
-                    OffsetOutOfRange::Earliest => {
-                        let skip = Skip {
-                            topic: topic.clone(),
-                            from: next,
-                            to: low,
-                        };
-                        tracing::warn!(
-                            task,
-                            topic,
-                            next,
-                            log_start = low,
-                            log_end = high,
-                            skipped = skip.records(),
-                            reason = why,
-                            "offset out of range: resuming at the log start (onOffsetOutOfRange: earliest)"
-                        );
-                        skips.push(skip);
-                        offsets.insert(topic.clone(), low);
-                        low
-                    }
-                },
+                Some(why) => {
+                    let skip = resume_out_of_range(
+                        kafka.on_offset_out_of_range,
+                        task,
+                        topic,
+                        next,
+                        (low, high),
+                        why,
+                    )?;
+                    skips.push(skip);
+                    offsets.insert(topic.clone(), low);
+                    low
+                }
             },
             None => {
                 let start = match kafka.starting_offsets {
