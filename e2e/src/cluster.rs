@@ -985,19 +985,25 @@ pub fn create_topic_with(env: &TestEnv, topic: &str, partitions: u32, config: &[
         new = new.set(key, value);
     }
     let topics = [new];
-    // On a thread of its own: callers may be inside an async runtime.
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime
-                .block_on(admin.create_topics(&topics, &AdminOptions::new()))
-                .expect("create topic");
-        });
-    });
+    block_on_admin(admin.create_topics(&topics, &AdminOptions::new())).expect("create topic");
     wait_for_topic(env, topic, partitions);
+}
+
+/// Runs an admin request to completion on a thread and runtime of its own: callers may be
+/// inside an async runtime.
+fn block_on_admin<T: Send>(request: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(request)
+            })
+            .join()
+            .expect("admin request thread")
+    })
 }
 
 /// Deletes `topic` and waits until the broker no longer lists it.
@@ -1005,20 +1011,11 @@ pub fn delete_topic(env: &TestEnv, topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = env.kafka_config().create().expect("admin");
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            for result in runtime
-                .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
-                .expect("delete topic")
-            {
-                result.expect("topic deleted");
-            }
-        });
-    });
+    for result in
+        block_on_admin(admin.delete_topics(&[topic], &AdminOptions::new())).expect("delete topic")
+    {
+        result.expect("topic deleted");
+    }
     let consumer: BaseConsumer = env.kafka_config().create().expect("consumer");
     let deadline = Instant::now() + Duration::from_secs(30);
     while consumer

@@ -30,6 +30,16 @@ struct TaskAtCrash {
     group: BTreeMap<String, i64>,
 }
 
+impl TaskAtCrash {
+    /// HEAD's source offsets (none before the first checkpoint).
+    fn head_offsets(&self) -> BTreeMap<String, i64> {
+        self.head
+            .as_ref()
+            .map(|d| d.source_offsets.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// What a crash left and what the restarted worker did.
 struct Outcome {
     /// The task whose thread hit the failpoint.
@@ -183,11 +193,7 @@ async fn a_transaction_left_open_by_a_crash_is_aborted_and_head_stands() {
     let outcome = crash_then_recover("checkpoint-after-descriptor:6").await;
     let at_crash = &outcome.at_crash;
     let task = outcome.task;
-    let head_offsets = at_crash
-        .head
-        .as_ref()
-        .map(|d| d.source_offsets.clone())
-        .unwrap_or_default();
+    let head_offsets = at_crash.head_offsets();
     assert_eq!(
         at_crash.group, head_offsets,
         "task {task}: the group holds HEAD's offsets, not the pending descriptor's"
@@ -229,11 +235,7 @@ async fn a_transaction_that_died_between_its_offsets_and_its_commit_is_aborted_a
     let outcome = crash_then_recover("transaction-after-offsets:6").await;
     let at_crash = &outcome.at_crash;
     let task = outcome.task;
-    let head_offsets = at_crash
-        .head
-        .as_ref()
-        .map(|d| d.source_offsets.clone())
-        .unwrap_or_default();
+    let head_offsets = at_crash.head_offsets();
     assert_eq!(
         at_crash.group, head_offsets,
         "task {task}: offsets sent in a transaction that never committed do not move the group"
