@@ -264,7 +264,7 @@ impl Workers {
     /// Workers of `job` running `binary`, with volumes and logs under `dir`.
     pub fn new(binary: &Path, job: &JobFiles, dir: &Path, parallelism: u32) -> Self {
         Self {
-            binary: binary.to_path_buf(),
+            binary: crate::worker_binary(binary),
             manifest: job.manifest.clone(),
             dir: dir.to_path_buf(),
             parallelism,

@@ -63,6 +63,13 @@ impl TestEnv {
     }
 }
 
+/// The worker binary the tests run: `built` (the test's `CARGO_BIN_EXE_sluice-worker`), or
+/// the one `SLUICE_E2E_WORKER` names, so that the same tests can be run against another
+/// build of the worker (e.g. an older commit's, to show a test failing on it).
+pub fn worker_binary(built: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("SLUICE_E2E_WORKER").map_or_else(|| built.to_path_buf(), Into::into)
+}
+
 /// A name no earlier run used, for topics and object prefixes.
 pub fn unique_name(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -75,7 +75,7 @@ impl Simulator {
         let thread = std::thread::spawn(move || {
             let mut sim = Sim {
                 store,
-                worker,
+                worker: crate::worker_binary(&worker),
                 root,
                 base_env,
                 pods: BTreeMap::new(),

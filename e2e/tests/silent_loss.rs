@@ -10,6 +10,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_e2e::TestEnv;
 use sluice_e2e::cluster::{Checkpoints, JobFiles, Workers, create_topic, read_until, scratch_dir};
 use sluice_e2e::fault_proxy::{Fault, FaultProxy};
+use sluice_worker::checkpoint::descriptor::{ReportedState, TaskReport};
 
 /// A job reading `input` (json, `source` settings such as `startingOffsets: latest`) through
 /// one filter into `output`, checkpointing every second to the S3 server at `endpoint`.
@@ -440,6 +441,19 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
         "under fail, nothing of the recreated topic is read (main read from offset 20 on, silently)"
     );
     assert_eq!(workers.crashed(), vec![], "the worker stays up to say why");
+    // The operator reads the task's report from the store and degrades the job with it.
+    let reports = wait_for_reports(&files, |r| r.state == ReportedState::Failed).await;
+    let (reason, message) =
+        sluice_operator::status::tasks_condition(&reports).expect("a condition for the task");
+    assert_eq!(reason, "TaskFailed");
+    assert!(
+        message.contains(&format!(
+            "task 0 on worker-0-start2: offset out of range: task 0 must resume {input} \
+             partition 0 at offset 20, but the partition holds offsets 0 to 5"
+        )),
+        "the condition names task, pod, topic, partition, the checkpointed offset and the log \
+         start: {message}"
+    );
     workers.stop_all();
 
     // earliest, after the topic was recreated once more (the late records made offset 20
@@ -489,7 +503,55 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
             .contains("offset out of range: resuming at the log start"),
         "the reset is logged"
     );
+    // The operator publishes the reset as an Event, once, and the job is no longer degraded.
+    let reports = wait_for_reports(&files, |r| {
+        r.state == ReportedState::Running && !r.decisions.is_empty()
+    })
+    .await;
+    assert_eq!(sluice_operator::status::tasks_condition(&reports), None);
+    let announcements = sluice_operator::reconcile::Announcements::default();
+    let events = announcements.new_decisions("e2e", &name, &reports);
+    let events: Vec<(&str, &str)> = events
+        .iter()
+        .map(|d| (d.reason.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [(
+            "OffsetReset",
+            format!(
+                "task 0: {input} partition 0 resumed at its log start 0 instead of offset 20 \
+                 (onOffsetOutOfRange: earliest); 0 records given up"
+            )
+            .as_str()
+        )]
+    );
+    assert_eq!(
+        announcements.new_decisions("e2e", &name, &reports),
+        [],
+        "each decision is one Event"
+    );
     workers.stop_all();
+}
+
+/// The task reports of `job` as the operator reads them, once `ready` holds for one.
+async fn wait_for_reports(job: &JobFiles, ready: impl Fn(&TaskReport) -> bool) -> Vec<TaskReport> {
+    use sluice_operator::observe::{Outside, RealOutside};
+    let text = std::fs::read_to_string(&job.manifest).expect("manifest");
+    let job: sluice_crds::StreamJob = serde_norway::from_str(&text).expect("the manifest parses");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // A new one each time: the operator's caches them for 15 s.
+        let reports = RealOutside::default().task_reports(&job, 1).await;
+        if reports.iter().any(&ready) {
+            return reports;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such task report within 30 s: {reports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,4 +693,118 @@ async fn a_sink_topic_with_fewer_partitions_than_the_source_is_refused_at_start(
         )),
         "the refusal names the topic and both counts; log:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_an_older_rollout_leaves_the_tasks_of_a_newer_one_alone() {
+    let (env, dir, name, input, output) = setup("stale-rollout");
+    create_topic(&env, &input, 2);
+    let files = write_job(
+        &env,
+        &dir,
+        &name,
+        (&input, &output),
+        "startingOffsets: earliest",
+        &env.s3_endpoint,
+    );
+    let (new_dir, old_dir) = (dir.join("new"), dir.join("old"));
+    for d in [&new_dir, &old_dir] {
+        std::fs::create_dir_all(d).expect("worker dir");
+    }
+    // The pod of rollout 7 runs both tasks.
+    let mut new = one_worker(&files, &new_dir);
+    new.start_with_env(0, &[("SLUICE_ROLLOUT", "7")]);
+    for p in 0..2 {
+        produce(&env, &input, p, &format!("before-{p}"), 10);
+    }
+    let checkpoints = Checkpoints::of(&env, &files);
+    wait_for_checkpoints(&checkpoints, 2, &mut new).await;
+    let store = sluice_worker::checkpoint::store::CheckpointStore::open(
+        &files.storage,
+        &sluice_worker::checkpoint::store::StoreOptions {
+            endpoint: Some(env.s3_endpoint.clone()),
+            region: None,
+        },
+    )
+    .expect("store");
+    let layout = sluice_worker::checkpoint::layout::JobLayout::new(
+        store.prefix(),
+        &files.namespace,
+        &files.name,
+    );
+    let heads = || async {
+        let mut heads = Vec::new();
+        for task in 0..2 {
+            let (head, _) = store
+                .read_head(&layout.task(task))
+                .await
+                .expect("read HEAD")
+                .expect("HEAD");
+            heads.push((head.epoch, head.rollout));
+        }
+        heads
+    };
+    let before = heads().await;
+    assert!(
+        before.iter().all(|(_, rollout)| *rollout == 7),
+        "{before:?}"
+    );
+
+    // An old pod of rollout 6 (its container restarted during the roll, with the old
+    // parallelism) starts with the same ordinal: it must not take the tasks over.
+    let mut old = one_worker(&files, &old_dir);
+    old.start_with_env(0, &[("SLUICE_ROLLOUT", "6")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let readyz = loop {
+        let answer = http_addr(&old.log(0)).and_then(|addr| {
+            sluice_e2e::bench::http_get(&addr, "/readyz")
+                .ok()
+                .filter(|(_, body)| body.matches("runs rollout 7 of the job").count() == 2)
+        });
+        if let Some(answer) = answer {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old worker never said it is stale; log:\n{}",
+            old.log_tail(0)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(readyz.0, 503, "the stale worker is not ready: {}", readyz.1);
+    assert!(
+        readyz.1.contains("this worker runs rollout 6"),
+        "{}",
+        readyz.1
+    );
+    assert_eq!(
+        heads().await,
+        before,
+        "HEAD still names the new pod's epochs"
+    );
+
+    // The new pod keeps both tasks and goes on processing.
+    for p in 0..2 {
+        produce(&env, &input, p, &format!("after-{p}"), 10);
+    }
+    let records = read_until(
+        &env,
+        &output,
+        2,
+        Duration::from_secs(60),
+        |r| r.len() >= 40,
+        || assert_eq!(new.crashed(), vec![], "the new worker died on its own"),
+    );
+    assert_eq!(records.len(), 40);
+    let addr = http_addr(&new.log(0)).expect("the new worker's address");
+    assert_eq!(
+        sluice_e2e::bench::http_get(&addr, "/readyz")
+            .map(|(code, _)| code)
+            .ok(),
+        Some(200),
+        "the new worker still runs both tasks"
+    );
+    assert_eq!(heads().await, before, "nobody took a task over");
+    old.stop_all();
+    new.stop_all();
 }

@@ -131,6 +131,45 @@ pub fn revision(job: &ValidJob, settings: &Settings) -> Result<String, BuildErro
     Ok(hasher.finalize().to_hex()[..10].to_string())
 }
 
+/// The rollout number of `job`'s pods: the one `existing` (the StatefulSet as it is) gives
+/// its pods while their revision stays the same, else the job's generation. It only grows,
+/// because generations do; a worker of an older rollout never takes a task from one of a
+/// newer rollout (an old pod restarted during a roll keeps its hands off the new pods' tasks).
+/// Not `metadata.generation` as such: an edit that restarts nothing keeps the number.
+pub fn rollout(
+    job: &ValidJob,
+    settings: &Settings,
+    existing: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
+) -> Result<i64, BuildError> {
+    let template = existing.map(|s| &s.spec.template);
+    let rolled_revision = template.and_then(|t| {
+        t.metadata
+            .as_ref()?
+            .labels
+            .as_ref()?
+            .get(REVISION_LABEL)
+            .cloned()
+    });
+    let rolled = template
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers.first()?.env.as_ref())
+        .and_then(|env| {
+            env.iter()
+                .find(|e| e.name == ROLLOUT_ENV)?
+                .value
+                .as_deref()?
+                .parse::<i64>()
+                .ok()
+        });
+    Ok(match rolled {
+        Some(n) if rolled_revision.as_deref() == Some(revision(job, settings)?.as_str()) => n,
+        _ => job.generation,
+    })
+}
+
+/// The worker's environment variable holding its rollout number.
+pub const ROLLOUT_ENV: &str = "SLUICE_ROLLOUT";
+
 fn image(job: &ValidJob, settings: &Settings) -> String {
     job.spec
         .image
@@ -226,6 +265,7 @@ fn env(job: &ValidJob) -> Vec<Value> {
     let mut env = vec![
         json!({ "name": "SLUICE_JOB", "value": JOB_FILE }),
         json!({ "name": "SLUICE_PARALLELISM", "value": spec.parallelism.to_string() }),
+        json!({ "name": ROLLOUT_ENV, "value": job.rollout.to_string() }),
         json!({
             "name": "SLUICE_ORDINAL",
             "valueFrom": { "fieldRef": {

@@ -102,6 +102,7 @@ pub fn main() -> anyhow::Result<()> {
                         instance: Some(identity.clone()),
                     },
                     metrics,
+                    announcements: Default::default(),
                 });
                 info!(namespaces = ?namespaces, leader_election, "operator starting");
                 if leader_election {

@@ -15,6 +15,9 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
+use sluice_worker::checkpoint::descriptor::TaskReport;
+use sluice_worker::checkpoint::layout::JobLayout;
+use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
 
 use crate::build::{config_map_name, selector_string};
 use crate::validate::{Facts, secret_refs};
@@ -36,6 +39,11 @@ pub trait Outside: Send + Sync {
         partitions: u32,
     ) -> BoxFuture<'static, Option<CheckpointRef>>;
 
+    /// What the tasks last reported (state, decisions), only reports written at their HEAD's
+    /// epoch or later (an earlier owner's is stale); empty when the store cannot be read.
+    fn task_reports(&self, job: &StreamJob, partitions: u32)
+    -> BoxFuture<'static, Vec<TaskReport>>;
+
     /// Records in the source not yet committed by the job's workers, summed over partitions;
     /// `None` when the brokers cannot be asked.
     fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>>;
@@ -50,6 +58,7 @@ pub struct RealOutside {
     clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     lags: Cache<Option<i64>>,
     checkpoints: Cache<Option<CheckpointRef>>,
+    reports: Cache<Vec<TaskReport>>,
 }
 
 type Cache<T> = Arc<Mutex<HashMap<String, (Instant, T)>>>;
@@ -66,6 +75,10 @@ impl RealOutside {
         self.checkpoints.clone()
     }
 
+    fn reports_handle(&self) -> Cache<Vec<TaskReport>> {
+        self.reports.clone()
+    }
+
     fn metadata_client(&self, bootstrap: &str) -> Result<Arc<BaseConsumer>, String> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(bootstrap) {
@@ -79,6 +92,22 @@ impl RealOutside {
         clients.insert(bootstrap.to_string(), client.clone());
         Ok(client)
     }
+}
+
+/// The job's checkpoint store and paths.
+fn job_store(job: &StreamJob) -> Option<(CheckpointStore, JobLayout)> {
+    let spec = &job.spec.checkpoint;
+    let options = StoreOptions {
+        endpoint: spec.endpoint.clone(),
+        region: spec.region.clone(),
+    };
+    let store = CheckpointStore::open(&spec.storage, &options).ok()?;
+    let layout = JobLayout::new(
+        store.prefix(),
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+    );
+    Some((store, layout))
 }
 
 /// A value cached per job for [`RealOutside::REFRESH`].
@@ -138,21 +167,13 @@ impl Outside for RealOutside {
         job: &StreamJob,
         partitions: u32,
     ) -> BoxFuture<'static, Option<CheckpointRef>> {
-        use sluice_worker::checkpoint::layout::JobLayout;
-        use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
-        let spec = job.spec.checkpoint.clone();
-        let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
-        let key = format!("{namespace}/{name}");
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
         if let Some(known) = cached(&self.checkpoints, &key) {
             return Box::pin(async move { known });
         }
+        let opened = job_store(job);
         let read = async move {
-            let options = StoreOptions {
-                endpoint: spec.endpoint.clone(),
-                region: spec.region.clone(),
-            };
-            let store = CheckpointStore::open(&spec.storage, &options).ok()?;
-            let layout = JobLayout::new(store.prefix(), &namespace, &name);
+            let (store, layout) = opened?;
             let mut oldest: Option<CheckpointRef> = None;
             for task in 0..partitions {
                 let task = layout.task(task);
@@ -174,6 +195,39 @@ impl Outside for RealOutside {
             let oldest = read.await;
             remember(&cache, key, oldest.clone());
             oldest
+        })
+    }
+
+    fn task_reports(
+        &self,
+        job: &StreamJob,
+        partitions: u32,
+    ) -> BoxFuture<'static, Vec<TaskReport>> {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        if let Some(known) = cached(&self.reports, &key) {
+            return Box::pin(async move { known });
+        }
+        let opened = job_store(job);
+        let cache = self.reports_handle();
+        Box::pin(async move {
+            let mut reports = Vec::new();
+            if let Some((store, layout)) = opened {
+                for task in 0..partitions {
+                    let task = layout.task(task);
+                    let Ok(Some(report)) = store.read_report(&task).await else {
+                        continue;
+                    };
+                    let head_epoch = match store.read_head(&task).await {
+                        Ok(head) => head.map(|(h, _)| h.epoch),
+                        Err(_) => continue,
+                    };
+                    if head_epoch.is_none_or(|h| report.epoch.is_some_and(|e| e >= h)) {
+                        reports.push(report);
+                    }
+                }
+            }
+            remember(&cache, key, reports.clone());
+            reports
         })
     }
 

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::observe::{ObserveError, Observed, Outside, observe};
 use crate::status::{self, Inputs, SPEC_VALID};
 use crate::validate::{ValidJob, validate};
+use sluice_worker::checkpoint::descriptor::{Decision, TaskReport};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -40,6 +41,42 @@ pub struct Context {
     pub reporter: Reporter,
     /// Reconcile metrics.
     pub metrics: Arc<Metrics>,
+    /// The tasks' decisions already published as Events.
+    pub announcements: Announcements,
+}
+
+/// Which of the tasks' decisions (records given up by a rule of the job) were published as
+/// Events, so that each is published once while the operator runs. A restarted operator
+/// publishes again those of the last [`Announcements::RECENT`] (an Event repeated, never one
+/// missed).
+#[derive(Debug, Default)]
+pub struct Announcements {
+    published: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Announcements {
+    /// How old a decision may be and still be published.
+    pub const RECENT: Duration = Duration::from_secs(600);
+
+    /// The decisions in `reports` of job `namespace/name` not published yet, now marked
+    /// published.
+    pub fn new_decisions(
+        &self,
+        namespace: &str,
+        name: &str,
+        reports: &[TaskReport],
+    ) -> Vec<Decision> {
+        let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+        let recent = i64::try_from(Self::RECENT.as_millis()).unwrap_or(i64::MAX);
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        reports
+            .iter()
+            .flat_map(|r| r.decisions.iter().map(move |d| (r.task, d)))
+            .filter(|(_, d)| now - d.at_ms <= recent)
+            .filter(|(task, d)| published.insert(format!("{namespace}/{name}/{task}/{}", d.id)))
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
 }
 
 /// Why a reconcile failed. Its [`category`](ReconcileError::category) is the Event reason
@@ -122,15 +159,19 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
 
     let Observed {
         facts,
-        stateful_set: _,
+        stateful_set,
         pods,
     } = observe(&ctx.client, &ctx.outside, job).await?;
     let classified = classify(facts.applied.as_ref(), &job.spec);
     let validated = validate(job, &facts);
     let previous = job.status.as_ref();
 
-    let (errors, revision, last_checkpoint, lag) = match &validated {
+    let (errors, revision, last_checkpoint, lag, tasks) = match &validated {
         Ok(valid) => {
+            let valid = &ValidJob {
+                rollout: build::rollout(valid, &ctx.settings, stateful_set.as_ref())?,
+                ..valid.clone()
+            };
             let children = build::children(valid, &ctx.settings)?;
             let revision = build::revision(valid, &ctx.settings)?;
             apply(&ctx.client, &namespace, &children).await?;
@@ -219,17 +260,27 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                     .await;
                 }
             }
-            let (last_checkpoint, lag) = match valid.partitions {
+            let (last_checkpoint, lag, tasks) = match valid.partitions {
                 Some(n) => (
                     ctx.outside.last_checkpoint(job, n).await,
                     ctx.outside.lag(job, n).await,
+                    ctx.outside.task_reports(job, n).await,
                 ),
-                None => (None, None),
+                None => (None, None, Vec::new()),
             };
-            (vec![], Some(revision), last_checkpoint, lag)
+            (vec![], Some(revision), last_checkpoint, lag, tasks)
         }
-        Err(errors) => (errors.clone(), None, None, None),
+        Err(errors) => (errors.clone(), None, None, None, Vec::new()),
     };
+    for decision in ctx.announcements.new_decisions(&namespace, &name, &tasks) {
+        publish(
+            EventType::Warning,
+            &decision.reason,
+            "Process",
+            decision.message,
+        )
+        .await;
+    }
 
     let inputs = Inputs {
         generation: job.metadata.generation.unwrap_or_default(),
@@ -243,6 +294,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         pods: &pods,
         last_checkpoint,
         lag,
+        tasks: &tasks,
         selector: build::selector_string(&name),
         now: k8s_openapi::jiff::Timestamp::now(),
     };

@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
 
+use sluice_worker::checkpoint::descriptor::{ReportedState, TaskReport};
+
 use crate::build::REVISION_LABEL;
 use crate::change::{Change, Classified};
 use crate::validate::SpecError;
@@ -60,6 +62,8 @@ pub struct Inputs<'a> {
     pub last_checkpoint: Option<CheckpointRef>,
     /// Source lag, when known.
     pub lag: Option<i64>,
+    /// The tasks' current reports (see [`Outside::task_reports`](crate::observe::Outside)).
+    pub tasks: &'a [TaskReport],
     /// Label selector of the job's pods.
     pub selector: String,
     /// Now.
@@ -257,8 +261,12 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
                 !rolling
                     && *age > SignedDuration::try_from(stalled_after).unwrap_or(SignedDuration::MAX)
             });
+        let tasks = tasks_condition(inputs.tasks);
         if !failing.is_empty() {
             set(DEGRADED, true, "WorkersFailing", failing.join("; "));
+            phase = Phase::Degraded;
+        } else if let Some((reason, message)) = tasks {
+            set(DEGRADED, true, reason, message);
             phase = Phase::Degraded;
         } else if let Some(age) = checkpoint_age {
             set(
@@ -309,7 +317,9 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         .iter()
         .find(|c| {
             (c.type_ == SPEC_VALID && c.status == "False")
-                || (c.type_ == DEGRADED && c.status == "True" && c.reason == "WorkersFailing")
+                || (c.type_ == DEGRADED
+                    && c.status == "True"
+                    && matches!(c.reason.as_str(), "WorkersFailing" | "TaskFailed"))
         })
         .cloned();
     if let Some(s) = stuck {
@@ -328,6 +338,25 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         last_checkpoint: inputs.last_checkpoint.clone().or(previous.last_checkpoint),
         lag: inputs.lag.or(previous.lag),
     }
+}
+
+/// The `Degraded` reason and message the tasks' reports call for: `TaskFailed` when a task
+/// stopped until the job is changed (also `Stalled`), else `TaskRestarting` when one keeps
+/// failing and restarting; each task's own message, which names what to do.
+pub fn tasks_condition(reports: &[TaskReport]) -> Option<(&'static str, String)> {
+    let tasks_in = |state| {
+        reports
+            .iter()
+            .filter(|r| r.state == state)
+            .map(|r| format!("task {} on {}: {}", r.task, r.owner, r.message))
+            .collect::<Vec<_>>()
+    };
+    let failed = tasks_in(ReportedState::Failed);
+    if !failed.is_empty() {
+        return Some(("TaskFailed", failed.join("; ")));
+    }
+    let restarting = tasks_in(ReportedState::Restarting);
+    (!restarting.is_empty()).then(|| ("TaskRestarting", restarting.join("; ")))
 }
 
 /// A rollout that just completed.

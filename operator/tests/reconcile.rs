@@ -15,6 +15,7 @@ use sluice_operator::metrics::Metrics;
 use sluice_operator::observe::Outside;
 use sluice_operator::rbac;
 use sluice_operator::reconcile::{Context, reconcile};
+use sluice_worker::checkpoint::descriptor::TaskReport;
 
 use api::{Recorded, ScriptedApi};
 
@@ -33,6 +34,9 @@ impl Outside for Brokers {
     }
     fn last_checkpoint(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Option<CheckpointRef>> {
         Box::pin(async { None })
+    }
+    fn task_reports(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Vec<TaskReport>> {
+        Box::pin(async { Vec::new() })
     }
     fn lag(&self, _: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
         Box::pin(async move { Some(1000 * i64::from(partitions)) })
@@ -72,6 +76,7 @@ async fn reconcile_job(api: &ScriptedApi) -> Vec<Recorded> {
             instance: Some("test".into()),
         },
         metrics: Arc::new(Metrics::default()),
+        announcements: Default::default(),
     });
     reconcile(Arc::new(job), ctx).await.expect("reconcile");
     let requests = api.take_requests();

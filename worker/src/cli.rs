@@ -29,6 +29,10 @@ enum Command {
         /// Number of workers; defaults to the job's `spec.parallelism`.
         #[arg(long, env = "SLUICE_PARALLELISM")]
         parallelism: Option<u32>,
+        /// The rollout of the job this pod runs, set by the operator (it only grows). A worker
+        /// never takes a task from an owner of a newer rollout.
+        #[arg(long, env = "SLUICE_ROLLOUT", default_value_t = 0)]
+        rollout: u64,
         /// Directory on the persistent volume for task state.
         #[arg(long, env = "SLUICE_STATE_DIR", default_value = "/var/lib/sluice")]
         state_dir: PathBuf,
@@ -91,6 +95,7 @@ pub fn main() -> anyhow::Result<()> {
             job,
             ordinal,
             parallelism,
+            rollout,
             state_dir,
             http_addr,
             backend,
@@ -123,6 +128,7 @@ pub fn main() -> anyhow::Result<()> {
                 parallelism,
                 state_dir,
                 owner,
+                rollout,
                 http_addr,
                 backend,
             }
@@ -149,6 +155,7 @@ pub fn main() -> anyhow::Result<()> {
                 parallelism: 1,
                 state_dir,
                 owner: "local".into(),
+                rollout: 0,
                 http_addr,
                 checkpoint_storage,
                 backend,

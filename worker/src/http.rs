@@ -1,8 +1,10 @@
 //! The worker's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process serves),
 //! `/readyz` (every task restored and running; otherwise a line per task that is not, saying
-//! why), and the [`TaskStatus`] each task reports there. Network I/O.
+//! why), and the [`TaskStatus`] each task reports there and in its report to the operator.
+//! Network I/O.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -10,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::checkpoint::descriptor::{Decision, Epoch, ReportedState, TaskReport};
 use crate::metrics::Metrics;
 
 /// Serves the endpoints until the process ends.
@@ -55,13 +58,22 @@ pub async fn serve(
     }
 }
 
-/// What one task of a worker is doing, as `/readyz` tells it.
+/// What one task of a worker is doing, as `/readyz` tells it and the task's
+/// [`TaskReport`](crate::checkpoint::descriptor::TaskReport) tells the operator.
 #[derive(Debug)]
 pub struct TaskStatus {
     task: u32,
     state: AtomicU8,
     /// Why the task is not running, when it is not.
     reason: Mutex<String>,
+    /// The owner epoch the task holds (0: none yet).
+    epoch: AtomicU64,
+    /// Bumped on every change, so a reporter writes only what changed.
+    version: AtomicU64,
+    /// The latest decisions, newest last.
+    decisions: Mutex<VecDeque<Decision>>,
+    /// Decisions made so far, for their ids.
+    decided: AtomicU64,
 }
 
 /// The states of a [`TaskStatus`].
@@ -78,6 +90,9 @@ pub enum TaskState {
     Fenced = 3,
     /// Stopped for good on an error a restart cannot mend; the reason says what to do.
     Failed = 4,
+    /// Not taken: its owner runs a newer rollout of the job, and this worker waits to be
+    /// replaced.
+    Stale = 5,
 }
 
 impl TaskStatus {
@@ -87,6 +102,10 @@ impl TaskStatus {
             task,
             state: AtomicU8::new(TaskState::Starting as u8),
             reason: Mutex::new(String::new()),
+            epoch: AtomicU64::new(0),
+            version: AtomicU64::new(1),
+            decisions: Mutex::new(VecDeque::new()),
+            decided: AtomicU64::new(0),
         }
     }
 
@@ -97,7 +116,8 @@ impl TaskStatus {
             1 => TaskState::Running,
             2 => TaskState::Restarting,
             3 => TaskState::Fenced,
-            _ => TaskState::Failed,
+            4 => TaskState::Failed,
+            _ => TaskState::Stale,
         }
     }
 
@@ -107,11 +127,66 @@ impl TaskStatus {
             *r = reason.into();
         }
         self.state.store(state as u8, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// The task processes records.
     pub fn running(&self) {
         self.set(TaskState::Running, "");
+    }
+
+    /// The task holds owner epoch `epoch`.
+    pub fn holds(&self, epoch: Epoch) {
+        self.epoch.store(epoch.0, Ordering::Relaxed);
+    }
+
+    /// The task gave something up by a rule of the job (`reason` in CamelCase): reported to
+    /// the operator, which publishes it as an Event.
+    pub fn decided(&self, owner: &str, reason: &str, message: String, at_ms: i64) {
+        let n = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut decisions) = self.decisions.lock() {
+            decisions.push_back(Decision {
+                id: format!("{owner}/{n}"),
+                reason: reason.to_string(),
+                message,
+                at_ms,
+            });
+            while decisions.len() > TaskReport::DECISIONS {
+                decisions.pop_front();
+            }
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The version of what the task would report; it changes with every state and decision.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The report for the operator, written by `owner` at `at_ms`; none for a fenced task
+    /// or one left to a newer rollout (the task is another owner's, and so is its report).
+    pub fn report(&self, owner: &str, at_ms: i64) -> Option<TaskReport> {
+        let state = match self.state() {
+            TaskState::Fenced | TaskState::Stale => return None,
+            TaskState::Starting => ReportedState::Starting,
+            TaskState::Running => ReportedState::Running,
+            TaskState::Restarting => ReportedState::Restarting,
+            TaskState::Failed => ReportedState::Failed,
+        };
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        Some(TaskReport {
+            task: self.task,
+            owner: owner.to_string(),
+            epoch: (epoch > 0).then_some(Epoch(epoch)),
+            state,
+            message: self.reason.lock().map(|r| r.clone()).unwrap_or_default(),
+            at_ms,
+            decisions: self
+                .decisions
+                .lock()
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default(),
+        })
     }
 
     /// `/readyz`'s line for the task when it is not running.
@@ -123,6 +198,7 @@ impl TaskStatus {
             TaskState::Restarting => "restarting after a failure",
             TaskState::Fenced => "taken over by another owner; this worker no longer runs it",
             TaskState::Failed => "failed; not restarting",
+            TaskState::Stale => "left to its owner; this pod waits to be replaced",
         };
         Some(if reason.is_empty() {
             format!("task {}: {what}", self.task)

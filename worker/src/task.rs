@@ -65,6 +65,13 @@ impl TaskError {
     }
 }
 
+impl TaskError {
+    /// True when the task's owner runs a newer rollout of the job: leave the task alone.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Self::Checkpoint(CheckpointError::Stale { .. }))
+    }
+}
+
 /// What every task of a worker shares.
 pub struct TaskEnv {
     /// The job.
@@ -77,6 +84,9 @@ pub struct TaskEnv {
     pub state_dir: PathBuf,
     /// Who owns tasks here (pod name, or `local`).
     pub owner: String,
+    /// The rollout of the job this worker runs (`SLUICE_ROLLOUT`; 0 when not given): an
+    /// owner of a newer one keeps its tasks (see [`Claim`](crate::checkpoint::descriptor::Claim)).
+    pub rollout: u64,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The async runtime that runs checkpoint uploads.
@@ -107,6 +117,7 @@ impl TaskEnv {
             layout,
             state_dir,
             owner,
+            rollout: 0,
             metrics: Arc::default(),
             runtime,
             stop: Arc::default(),
@@ -166,7 +177,10 @@ pub fn run<S: StateBackend, C: Connector>(
         env.store.clone(),
         env.layout.task(task),
         task,
-        &env.owner,
+        crate::checkpoint::descriptor::Claim {
+            owner: &env.owner,
+            rollout: env.rollout,
+        },
         usize::try_from(job.spec.checkpoint.retain).unwrap_or(1),
         task_dir.join("checkpoints"),
         held,
@@ -184,11 +198,26 @@ pub fn run<S: StateBackend, C: Connector>(
     let restored = env
         .runtime
         .block_on(checkpoints.restore(&live, &fingerprint))?;
+    status.holds(checkpoints.epoch());
     if !restored.skipped.is_empty() {
         env.metrics
             .checkpoint_fallbacks
             .get_or_create(&TaskLabels { task })
             .inc();
+        let restored_id = restored
+            .descriptor
+            .as_ref()
+            .map_or("none (empty state)".to_string(), |d| d.id.to_string());
+        status.decided(
+            &env.owner,
+            "CheckpointFallback",
+            format!(
+                "task {task}: checkpoints {:?} could not be restored (see the worker's log); \
+                 restored checkpoint {restored_id} and replays the input from there",
+                restored.skipped.iter().map(|c| c.0).collect::<Vec<_>>()
+            ),
+            unix_ms(),
+        );
     }
     let mut state = S::open(&live)?;
     let (mut offsets, mut records_in) = restored
@@ -289,6 +318,19 @@ pub fn run<S: StateBackend, C: Connector>(
                     .records_skipped
                     .get_or_create(&labels)
                     .inc_by(skip.records());
+                status.decided(
+                    &env.owner,
+                    "OffsetReset",
+                    format!(
+                        "task {task}: {} partition {task} resumed at its log start {} instead \
+                         of offset {} (onOffsetOutOfRange: earliest); {} records given up",
+                        skip.topic,
+                        skip.to,
+                        skip.from,
+                        skip.records()
+                    ),
+                    unix_ms(),
+                );
                 offsets.insert(skip.topic, skip.to);
             }
             // Processing time moves on between batches: idle inputs stop holding the watermark.
@@ -419,7 +461,8 @@ pub fn run<S: StateBackend, C: Connector>(
     process().map_err(|e| uploader.fenced_or(e))
 }
 
-fn unix_ms() -> i64 {
+/// Now, in Unix milliseconds.
+pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

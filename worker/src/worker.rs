@@ -58,6 +58,9 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// Owner name written to HEAD.
     pub owner: String,
+    /// The rollout of the job this worker runs (the operator's `SLUICE_ROLLOUT`; 0 when not
+    /// given).
+    pub rollout: u64,
     /// Address of the HTTP endpoints.
     pub http_addr: SocketAddr,
     /// Checkpoint storage URI (the spec's, or a local override).
@@ -83,6 +86,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     crate::pipeline::Pipeline::new(&job)?;
     let env = Arc::new(TaskEnv {
         stop: stop.clone(),
+        rollout: config.rollout,
         ..TaskEnv::new(
             job.clone(),
             &config.checkpoint_storage,
@@ -114,6 +118,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         env.metrics.clone(),
         statuses.clone(),
     ));
+    runtime.spawn(report_tasks(env.clone(), statuses.clone()));
     if stop.load(Ordering::Relaxed) {
         info!("stopped before any task started");
         return Ok(());
@@ -151,9 +156,13 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         }
     }
     // A task that failed for good stays visible in /readyz until the pod is stopped (a job
-    // change restarts it); exiting would only restart the pod into the same failure.
-    if statuses.iter().any(|s| s.state() == TaskState::Failed) {
-        warn!("a task failed and stays stopped; serving /readyz until told to stop");
+    // change restarts it), as does a stale pod's until it is replaced: exiting would only
+    // restart the pod into the same state.
+    if statuses
+        .iter()
+        .any(|s| matches!(s.state(), TaskState::Failed | TaskState::Stale))
+    {
+        warn!("a task failed or is left to a newer rollout; serving /readyz until told to stop");
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -189,6 +198,11 @@ fn supervise<S: StateBackend>(
                 status.set(TaskState::Fenced, e.to_string());
                 return;
             }
+            Err(e) if e.is_stale() => {
+                warn!(task, error = %e, "leaving the task to its owner, which runs a newer rollout");
+                status.set(TaskState::Stale, e.to_string());
+                return;
+            }
             Err(e) if e.is_permanent() => {
                 error!(task, error = %e, "task failed; it stays stopped until the job is changed");
                 status.set(TaskState::Failed, e.to_string());
@@ -206,6 +220,34 @@ fn supervise<S: StateBackend>(
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Writes each task's report for the operator when its state changed or it made a decision,
+/// checking every second; a write that fails is tried again at the next check.
+async fn report_tasks(env: Arc<TaskEnv>, statuses: Arc<Vec<TaskStatus>>) {
+    let mut written = vec![0; statuses.len()];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for (status, written) in statuses.iter().zip(written.iter_mut()) {
+            let version = status.version();
+            if version == *written {
+                continue;
+            }
+            let Some(report) = status.report(&env.owner, crate::task::unix_ms()) else {
+                *written = version;
+                continue;
+            };
+            match env
+                .store
+                .write_report(&env.layout.task(report.task), &report)
+                .await
+            {
+                Ok(()) => *written = version,
+                Err(e) => warn!(task = report.task, error = %e, "cannot write the task's report"),
             }
         }
     }

@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 use sluice_crds::v1alpha1::StreamJob;
 
-use super::{Settings, children, job_file, revision};
+use super::{Settings, children, job_file, revision, rollout};
 use crate::validate::{Facts, ValidJob, validate};
 
 const JOB: &str = r#"
@@ -303,4 +303,34 @@ fn the_job_file_is_the_manifest_without_server_fields_or_secret_values() {
     assert_eq!(manifest.metadata.generation, None);
     assert!(manifest.status.is_none());
     assert_eq!(manifest.spec, valid(JOB).spec);
+}
+
+#[test]
+fn the_rollout_number_stays_while_the_revision_does_and_takes_the_generation_when_it_changes() {
+    let first = valid(JOB);
+    assert_eq!(rollout(&first, &settings(), None).unwrap(), 4);
+    let rolled = children(&first, &settings()).unwrap().stateful_set;
+    let env = |sts: &k8s_openapi::api::apps::v1::StatefulSet| {
+        sts.spec.template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "SLUICE_ROLLOUT")
+            .and_then(|e| e.value)
+    };
+    assert_eq!(env(&rolled).as_deref(), Some("4"));
+
+    // An edit that restarts nothing (generation 5, same revision) keeps rollout 4.
+    let same = ValidJob {
+        generation: 5,
+        ..valid(JOB)
+    };
+    assert_eq!(rollout(&same, &settings(), Some(&rolled)).unwrap(), 4);
+    // An edit that changes the revision rolls out as 6.
+    let edited = ValidJob {
+        generation: 6,
+        ..valid(&JOB.replace("parallelism: 3", "parallelism: 4"))
+    };
+    assert_eq!(rollout(&edited, &settings(), Some(&rolled)).unwrap(), 6);
 }

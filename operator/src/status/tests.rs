@@ -6,7 +6,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
 
-use super::{DEGRADED, Inputs, PROGRESSING, READY, SPEC_VALID, rollout_finished, status};
+use sluice_worker::checkpoint::descriptor::{Epoch, ReportedState, TaskReport};
+
+use super::{DEGRADED, Inputs, PROGRESSING, READY, SPEC_VALID, STALLED, rollout_finished, status};
 use crate::change::{Change, Classified};
 use crate::validate::SpecError;
 
@@ -58,6 +60,7 @@ fn inputs<'a>(pods: &'a [Pod], previous: Option<&'a StreamJobStatus>) -> Inputs<
             time: Time(now() - SignedDuration::from_secs(8)),
         }),
         lag: None,
+        tasks: &[],
         selector: "sluice.dev/job=customers".into(),
         now: now(),
     }
@@ -207,6 +210,68 @@ fn checkpoints_that_stop_advancing_degrade_a_running_job() {
         message.starts_with("the oldest task checkpoint is 300 s old, the interval is 10 s"),
         "{message}"
     );
+}
+
+fn report(task: u32, state: ReportedState, message: &str) -> TaskReport {
+    TaskReport {
+        task,
+        owner: format!("c-{}", task % 3),
+        epoch: Some(Epoch(2)),
+        state,
+        message: message.into(),
+        at_ms: 0,
+        decisions: vec![],
+    }
+}
+
+#[test]
+fn a_failed_task_degrades_and_stalls_the_job_with_its_message_and_a_restarting_one_degrades_it() {
+    let pods = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", false),
+        pod("c-2", "r2", true),
+    ];
+    let out_of_range = "offset out of range: task 4 must resume orders partition 4 at offset 90, \
+                        but the partition holds offsets 0 to 12";
+    let tasks = [
+        report(3, ReportedState::Running, ""),
+        report(4, ReportedState::Failed, out_of_range),
+    ];
+    let s = status(&Inputs {
+        tasks: &tasks,
+        ..inputs(&pods, None)
+    });
+    let (degraded, reason, message) = condition(&s, DEGRADED);
+    assert_eq!((degraded, reason), ("True", "TaskFailed"));
+    assert_eq!(message, format!("task 4 on c-1: {out_of_range}"));
+    assert_eq!(condition(&s, STALLED).1, "TaskFailed");
+    assert_eq!(s.phase, Some(Phase::Degraded));
+
+    let tasks = [report(
+        5,
+        ReportedState::Restarting,
+        "topic orders does not exist",
+    )];
+    let s = status(&Inputs {
+        tasks: &tasks,
+        ..inputs(&pods, None)
+    });
+    assert_eq!(
+        condition(&s, DEGRADED),
+        (
+            "True",
+            "TaskRestarting",
+            "task 5 on c-2: topic orders does not exist"
+        )
+    );
+    assert!(s.conditions.iter().all(|c| c.type_ != STALLED));
+
+    let tasks = [report(3, ReportedState::Running, "")];
+    let s = status(&Inputs {
+        tasks: &tasks,
+        ..inputs(&pods, None)
+    });
+    assert_eq!(condition(&s, DEGRADED).0, "False");
 }
 
 #[test]

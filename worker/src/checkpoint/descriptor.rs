@@ -52,6 +52,84 @@ pub struct Head {
     pub owner: String,
     /// The latest committed checkpoint; none before the first one.
     pub checkpoint: Option<CheckpointId>,
+    /// The rollout of the job the owner runs (see [`Claim`]); 0 when none was given.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rollout: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Who claims a task: the owner's name and the rollout of the job it runs. A rollout is the
+/// operator's number for the spec it last rolled out to the pods (`SLUICE_ROLLOUT`, which
+/// only grows); a worker of an older rollout (an old pod whose container restarted during a
+/// roll, still running the old parallelism) never takes a task from an owner of a newer one.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    /// Pod name or `local`.
+    pub owner: &'a str,
+    /// The rollout the owner runs; 0 outside Kubernetes (any owner may take the task).
+    pub rollout: u64,
+}
+
+/// What a task last told about itself, for the operator: written next to HEAD by the worker
+/// running it (unconditionally: it is a report, not a claim) whenever its state changes or it
+/// makes a decision a person should see. The operator trusts a report only when its epoch is
+/// at least HEAD's (an older owner's report is stale).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    /// The task.
+    pub task: TaskId,
+    /// The worker that wrote it (pod name or `local`).
+    pub owner: String,
+    /// The owner epoch the writer held (none when it failed before taking the task over).
+    pub epoch: Option<Epoch>,
+    /// What the task is doing.
+    pub state: ReportedState,
+    /// Why, when it is not running: the message a person acts on.
+    pub message: String,
+    /// When it was written (Unix ms).
+    pub at_ms: i64,
+    /// The latest decisions that gave something up (newest last, at most
+    /// [`TaskReport::DECISIONS`]), so that each reaches an Event once.
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+}
+
+impl TaskReport {
+    /// How many decisions a report keeps.
+    pub const DECISIONS: usize = 16;
+}
+
+/// A task's state in its [`TaskReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportedState {
+    /// Taking the task over and restoring its state.
+    Starting,
+    /// Processing records.
+    Running,
+    /// Failed; restarting from its last checkpoint after a backoff.
+    Restarting,
+    /// Stopped until the job is changed.
+    Failed,
+}
+
+/// Something a task gave up by a rule of the job, e.g. records skipped under
+/// `onOffsetOutOfRange: earliest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// Unique per task: `<owner>/<sequence>`.
+    pub id: String,
+    /// CamelCase, the Event's reason (e.g. `OffsetReset`).
+    pub reason: String,
+    /// What was given up and why.
+    pub message: String,
+    /// When (Unix ms).
+    pub at_ms: i64,
 }
 
 /// One file of a RocksDB checkpoint directory.
@@ -179,6 +257,7 @@ mod tests {
             epoch: Epoch(3),
             owner: "orders-1".into(),
             checkpoint: Some(CheckpointId(17)),
+            rollout: 0,
         };
         let json = serde_json::to_string(&head).unwrap();
         assert_eq!(json, r#"{"epoch":3,"owner":"orders-1","checkpoint":17}"#);

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <storage>/<namespace>/<job>/tasks/<p>/HEAD                        owner epoch + latest checkpoint; conditional writes only
+//! <storage>/<namespace>/<job>/tasks/<p>/report.json                 what the task last told the operator (state, decisions)
 //! <storage>/<namespace>/<job>/tasks/<p>/checkpoints/<id>.json       immutable descriptor
 //! <storage>/<namespace>/<job>/tasks/<p>/sst/<content-hash>.sst      immutable SST, shared by checkpoints
 //! <storage>/<namespace>/<job>/tasks/<p>/sst/<content-hash>.meta     immutable RocksDB metadata file (MANIFEST, CURRENT, OPTIONS)
@@ -71,6 +72,11 @@ impl TaskLayout {
     /// The task's HEAD object.
     pub fn head(&self) -> Path {
         self.dir.clone().join("HEAD")
+    }
+
+    /// The task's report to the operator.
+    pub fn report(&self) -> Path {
+        self.dir.clone().join("report.json")
     }
 
     /// The directory of descriptors, for listing.

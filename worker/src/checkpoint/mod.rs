@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::assignment::TaskId;
 use descriptor::{
-    CheckpointId, ContentHash, DESCRIPTOR_FORMAT, Descriptor, Epoch, Head, StateFile,
+    CheckpointId, Claim, ContentHash, DESCRIPTOR_FORMAT, Descriptor, Epoch, Head, StateFile,
 };
 use layout::{FileKind, TaskLayout};
 use plan::RestorePlan;
@@ -40,6 +40,19 @@ pub enum CheckpointError {
     /// Another owner took the task: stop it at once and commit nothing more.
     #[error("task {task} was taken over by another owner (our epoch {epoch})")]
     Fenced { task: TaskId, epoch: Epoch },
+    /// The task's owner runs a newer rollout of the job than this worker: this worker is
+    /// stale (an old pod restarted during a roll) and must not take the task.
+    #[error(
+        "task {task} is owned by {owner}, which runs rollout {theirs} of the job; this worker \
+         runs rollout {ours}: it is stale (an old pod of a roll in progress) and leaves the \
+         task alone until it is replaced"
+    )]
+    Stale {
+        task: TaskId,
+        owner: String,
+        theirs: u64,
+        ours: u64,
+    },
     /// The checkpoint was written by different steps than this job has now.
     #[error(
         "checkpoint {id} of task {task} was written by a different pipeline ({found}, expected {expected}): \
@@ -159,7 +172,6 @@ pub struct TaskCheckpoints {
     layout: TaskLayout,
     task: TaskId,
     epoch: Epoch,
-    owner: String,
     head: Head,
     head_version: HeadVersion,
     /// The checkpoint HEAD points at, once known.
@@ -184,11 +196,12 @@ impl TaskCheckpoints {
         store: CheckpointStore,
         layout: TaskLayout,
         task: TaskId,
-        owner: &str,
+        claim: Claim<'_>,
         retain: usize,
         local: PathBuf,
         held: &mut Held,
     ) -> Result<Self, CheckpointError> {
+        let owner = claim.owner;
         std::fs::create_dir_all(&local).map_err(io(&local))?;
         // What this process held before this call; the epochs this call tries are judged by
         // reading HEAD again after each write, not by this check.
@@ -197,6 +210,16 @@ impl TaskCheckpoints {
         let (head, head_version) = 'taken: loop {
             attempts += 1;
             let current = store.read_head(&layout).await?;
+            if let Some((h, _)) = &current
+                && h.rollout > claim.rollout
+            {
+                return Err(CheckpointError::Stale {
+                    task,
+                    owner: h.owner.clone(),
+                    theirs: h.rollout,
+                    ours: claim.rollout,
+                });
+            }
             if let Some(latest) = prior.latest()
                 && !current.as_ref().is_some_and(|(h, _)| prior.holds(h, owner))
             {
@@ -209,6 +232,7 @@ impl TaskCheckpoints {
                 epoch: Epoch(current.as_ref().map_or(0, |(h, _)| h.epoch.0) + 1),
                 owner: owner.to_string(),
                 checkpoint: current.as_ref().and_then(|(h, _)| h.checkpoint),
+                rollout: claim.rollout,
             };
             held.attempted(head.epoch);
             let error = match store
@@ -246,7 +270,6 @@ impl TaskCheckpoints {
             layout,
             task,
             epoch: head.epoch,
-            owner: owner.to_string(),
             head,
             head_version,
             committed: None,
@@ -669,9 +692,8 @@ impl TaskCheckpoints {
     /// otherwise fail every later write).
     async fn point_head_at(&mut self, id: CheckpointId) -> Result<(), CheckpointError> {
         let head = Head {
-            epoch: self.epoch,
-            owner: self.owner.clone(),
             checkpoint: Some(id),
+            ..self.head.clone()
         };
         let mut attempts = 0;
         loop {
@@ -833,6 +855,52 @@ mod tests {
     use crate::checkpoint::layout::JobLayout;
     use crate::checkpoint::store::StoreOptions;
 
+    fn claim(owner: &str) -> Claim<'_> {
+        Claim { owner, rollout: 0 }
+    }
+
+    #[tokio::test]
+    async fn a_worker_of_an_older_rollout_leaves_a_newer_rollouts_task_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
+        let take = |owner: &'static str, rollout| {
+            let (store, layout, local) = (store.clone(), layout.clone(), dir.path().join(owner));
+            async move {
+                TaskCheckpoints::take_over(
+                    store,
+                    layout,
+                    0,
+                    Claim { owner, rollout },
+                    1,
+                    local,
+                    &mut Held::default(),
+                )
+                .await
+            }
+        };
+        let new = take("new-0", 7).await.unwrap();
+        assert_eq!(new.head.rollout, 7);
+        match take("old-0", 6).await {
+            Err(CheckpointError::Stale {
+                owner,
+                theirs: 7,
+                ours: 6,
+                ..
+            }) => assert_eq!(owner, "new-0"),
+            other => panic!(
+                "an old rollout must not take the task: {:?}",
+                other.map(|t| t.head)
+            ),
+        }
+        let (head, _) = store.read_head(&layout).await.unwrap().unwrap();
+        assert_eq!((head.owner.as_str(), head.epoch), ("new-0", new.epoch()));
+        // The same or a newer rollout takes it (a restart, the next roll).
+        assert_eq!(take("new-0", 7).await.unwrap().head.rollout, 7);
+        assert_eq!(take("next-0", 8).await.unwrap().head.rollout, 8);
+    }
+
     #[tokio::test]
     async fn a_restart_takes_a_task_back_only_from_itself() {
         let dir = tempfile::tempdir().unwrap();
@@ -843,7 +911,8 @@ mod tests {
             let (store, layout, local) = (store.clone(), layout.clone(), dir.path().join(owner));
             async move {
                 let taken =
-                    TaskCheckpoints::take_over(store, layout, 0, owner, 1, local, &mut held).await;
+                    TaskCheckpoints::take_over(store, layout, 0, claim(owner), 1, local, &mut held)
+                        .await;
                 (taken, held)
             }
         };
@@ -861,6 +930,7 @@ mod tests {
             epoch: Epoch(a_again.epoch().0 + 1),
             owner: "a".into(),
             checkpoint: None,
+            rollout: 0,
         };
         let (_, version) = store.read_head(&layout).await.unwrap().unwrap();
         store
@@ -918,8 +988,16 @@ mod tests {
                 dir.path().join(owner).join("checkpoints"),
             );
             async move {
-                TaskCheckpoints::take_over(store, layout, 0, owner, 2, local, &mut Held::default())
-                    .await
+                TaskCheckpoints::take_over(
+                    store,
+                    layout,
+                    0,
+                    claim(owner),
+                    2,
+                    local,
+                    &mut Held::default(),
+                )
+                .await
             }
         };
 

@@ -296,6 +296,7 @@ mod tests {
             epoch: Epoch(2),
             owner: "w".into(),
             checkpoint: id,
+            rollout: 0,
         };
         assert_eq!(restore_plan(None, &[]), RestorePlan::Fresh);
         assert_eq!(
@@ -319,6 +320,7 @@ mod tests {
             epoch: Epoch(epoch),
             owner: owner.into(),
             checkpoint: checkpoint.map(CheckpointId),
+            rollout: 0,
         };
         let before = head(3, "a", Some(6));
         let wrote = head(3, "a", Some(7));

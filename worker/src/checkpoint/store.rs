@@ -327,6 +327,36 @@ impl CheckpointStore {
         }
     }
 
+    /// Writes a task's report (unconditionally).
+    pub async fn write_report(
+        &self,
+        task: &TaskLayout,
+        report: &crate::checkpoint::descriptor::TaskReport,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(report).expect("a report serializes");
+        self.objects.put(&task.report(), bytes.into()).await?;
+        Ok(())
+    }
+
+    /// Reads a task's report; `None` when it never wrote one.
+    pub async fn read_report(
+        &self,
+        task: &TaskLayout,
+    ) -> Result<Option<crate::checkpoint::descriptor::TaskReport>, StoreError> {
+        let path = task.report();
+        let bytes = match self.objects.get(&path).await {
+            Ok(result) => result.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: path.to_string(),
+                message: e.to_string(),
+            })
+    }
+
     /// Reads a descriptor.
     pub async fn read_descriptor(
         &self,
