@@ -3,8 +3,8 @@
 //! [`TaskOutput`]. Network I/O.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -36,6 +36,15 @@ pub enum KafkaClientError {
         "{failed} records were not acknowledged by the broker; restarting from the last checkpoint"
     )]
     Undelivered { failed: u64 },
+    /// Exactly-once: the broker refused output records for their content, which makes the
+    /// open transaction abortable. They are remembered ([`Rejections`]); the task restarts
+    /// from its last checkpoint and sends them to the dead-letter topic this time.
+    #[error(
+        "the broker refused {refused} output records for their content (first: {first}); the \
+         transaction is aborted, and when their input is read again they go to the dead-letter \
+         topic"
+    )]
+    Refused { refused: usize, first: String },
     /// The topics do not fit the task model.
     #[error("{0}")]
     Topology(String),
@@ -237,6 +246,8 @@ pub struct KafkaConnector {
     pub topics: Arc<SinkTopics>,
     /// Where the sink counts the records it dead-letters or drops.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Records the broker refused for their content, kept across the task's restarts.
+    pub rejections: Rejections,
 }
 
 impl Connector for KafkaConnector {
@@ -244,7 +255,13 @@ impl Connector for KafkaConnector {
     type Output = Sink;
 
     fn output(&mut self) -> Result<Sink, KafkaClientError> {
-        Sink::new(&self.job, self.task, &self.topics, self.metrics.clone())
+        Sink::new(
+            &self.job,
+            self.task,
+            &self.topics,
+            self.rejections.clone(),
+            self.metrics.clone(),
+        )
     }
 
     fn input(
@@ -653,10 +670,12 @@ impl SetIfAbsent for ClientConfig {
     }
 }
 
-/// Counts records the broker did not acknowledge.
+/// Counts records the broker did not acknowledge, and keeps those it refused for their
+/// content ([`refuses_content`]).
 #[derive(Clone, Default)]
 pub struct DeliveryTracker {
     failed: Arc<AtomicU64>,
+    refused: Arc<Mutex<Vec<Refused>>>,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -665,11 +684,99 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result
-            && self.failed.fetch_add(1, Ordering::Relaxed) == 0
-        {
+        let Err((error, message)) = result else {
+            return;
+        };
+        if refuses_content(error) {
+            use rdkafka::message::Headers;
+            let source = message
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "sluice.source")
+                        .and_then(|h| h.value)
+                })
+                .map_or_else(String::new, |v| String::from_utf8_lossy(v).into_owned());
+            let refused = Refused {
+                topic: message.topic().to_string(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                source,
+                reason: format!("the broker refused it: {error}"),
+            };
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(refused);
+        } else if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::error!(%error, "record not delivered");
         }
+    }
+}
+
+/// Broker answers that refuse a record for what it is: sending it again gets the same answer,
+/// so restarting would only meet it again.
+fn refuses_content(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+/// A record the broker refused for its content, as its delivery report returned it.
+#[derive(Clone, Debug)]
+struct Refused {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    /// Its `sluice.source` header.
+    source: String,
+    reason: String,
+}
+
+/// Records the broker refused for their content, by topic, key and value. The task's
+/// supervisor keeps them across restarts: under exactly-once a refusal aborts the transaction,
+/// and the replay must send such a record to the dead-letter topic rather than to the broker
+/// that refuses it. Costs nothing while empty.
+#[derive(Clone, Debug, Default)]
+pub struct Rejections {
+    known: Arc<Mutex<std::collections::HashMap<u64, String>>>,
+    any: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Rejections {
+    fn fingerprint(topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (topic, key, value).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Why the broker refused this record before, if it did.
+    fn reason(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Option<String> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&Self::fingerprint(topic, key, value)).cloned()
+    }
+
+    fn remember(&self, refused: &Refused) {
+        let fingerprint = Self::fingerprint(
+            &refused.topic,
+            refused.key.as_deref(),
+            refused.value.as_deref(),
+        );
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fingerprint, refused.reason.clone());
+        self.any.store(true, Ordering::Relaxed);
     }
 }
 
@@ -696,6 +803,8 @@ pub struct Sink {
     dead_letter_limit: usize,
     /// Whether the sink topic is compacted (records need a key).
     sink_compacted: bool,
+    /// Records the broker refused for their content, in this run or an earlier one.
+    rejections: Rejections,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -777,6 +886,7 @@ impl Sink {
         job: &Job,
         task: TaskId,
         topics: &SinkTopics,
+        rejections: Rejections,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, KafkaClientError> {
         let kafka = &job.spec.sink.kafka;
@@ -838,6 +948,7 @@ impl Sink {
             sink_limit: limit(topics.sink_max_bytes),
             dead_letter_limit: limit(topics.dead_letter_max_bytes),
             sink_compacted: topics.sink_compacted,
+            rejections,
             metrics,
         })
     }
@@ -900,6 +1011,9 @@ impl Sink {
         headers: OwnedHeaders,
         source: &str,
     ) -> Result<(), KafkaClientError> {
+        if let Some(why) = self.rejections.reason(topic, key, value) {
+            return self.drop_dead_letter(source, &why);
+        }
         match self.enqueue(topic, key, value, headers) {
             Err(KafkaClientError::Client {
                 source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
@@ -1005,7 +1119,7 @@ impl TaskOutput for Sink {
             self.sink_limit,
             self.sink_compacted,
         );
-        if let Some(why) = refusal {
+        if let Some(why) = refusal.or_else(|| self.rejections.reason(&self.topic, key, value)) {
             return self.reject(key, value, source, &why);
         }
         let headers = OwnedHeaders::new().insert(Header {
@@ -1040,11 +1154,45 @@ impl TaskOutput for Sink {
         )
     }
 
-    /// Waits until every enqueued record is acknowledged; fails if any was not.
+    /// Waits until every enqueued record is acknowledged; fails if any was not. Records the
+    /// broker refused for their content are remembered; then at-least-once sends them to the
+    /// dead-letter topic (dropping and counting dead letters it refused) and goes on, and
+    /// exactly-once fails with [`KafkaClientError::Refused`] (the transaction cannot commit).
     fn flush(&self) -> Result<(), KafkaClientError> {
-        self.producer
-            .flush(Duration::from_secs(120))
-            .map_err(client("flushing producer"))?;
+        loop {
+            self.producer
+                .flush(Duration::from_secs(120))
+                .map_err(client("flushing producer"))?;
+            let refused = std::mem::take(
+                &mut *self
+                    .tracker
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            let Some(first) = refused.first() else {
+                break;
+            };
+            for r in &refused {
+                tracing::error!(task = self.partition, topic = %r.topic, source = %r.source, reason = %r.reason, "the broker refused a record for its content");
+                self.rejections.remember(r);
+            }
+            if self.transaction.is_some() {
+                return Err(KafkaClientError::Refused {
+                    refused: refused.len(),
+                    first: first.reason.clone(),
+                });
+            }
+            // Output refused goes to the dead-letter topic (flushed in the next round); a
+            // dead letter refused is dropped and counted.
+            for r in &refused {
+                if r.topic == self.topic {
+                    self.reject(r.key.as_deref(), r.value.as_deref(), &r.source, &r.reason)?;
+                } else {
+                    self.drop_dead_letter(&r.source, &r.reason)?;
+                }
+            }
+        }
         match self.tracker.failed.load(Ordering::Relaxed) {
             0 => Ok(()),
             failed => Err(KafkaClientError::Undelivered { failed }),
@@ -1248,6 +1396,56 @@ mod tests {
     use sluice_crds::v1alpha1::KafkaAuth;
 
     use super::{KafkaClientError, auth_properties};
+
+    #[test]
+    fn a_record_refused_for_its_content_is_known_by_topic_key_and_value_and_others_retry() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+        use super::{Refused, Rejections, refuses_content};
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidMessageSize,
+            RDKafkaErrorCode::InvalidTimestamp,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            assert!(
+                refuses_content(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        // Transient or not about the record: restart and send again.
+        for code in [
+            RDKafkaErrorCode::InvalidMessage, // CORRUPT_MESSAGE: retriable
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(
+                !refuses_content(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+
+        let rejections = Rejections::default();
+        assert_eq!(rejections.reason("out", Some(b"k"), Some(b"v")), None);
+        let refused = Refused {
+            topic: "out".into(),
+            key: Some(b"k".to_vec()),
+            value: Some(b"v".to_vec()),
+            source: "in/0/7".into(),
+            reason: "the broker refused it: timestamp out of range".into(),
+        };
+        rejections.remember(&refused);
+        // A clone (the next run of the task after a restart) knows it too.
+        let next_run = rejections.clone();
+        assert_eq!(
+            next_run.reason("out", Some(b"k"), Some(b"v")).as_deref(),
+            Some("the broker refused it: timestamp out of range")
+        );
+        assert_eq!(next_run.reason("out", Some(b"k"), Some(b"w")), None);
+        assert_eq!(next_run.reason("out", None, Some(b"v")), None);
+        assert_eq!(next_run.reason("dlq", Some(b"k"), Some(b"v")), None);
+    }
 
     fn auth(yaml: &str) -> KafkaAuth {
         serde_norway::from_str(yaml).expect("auth")

@@ -180,12 +180,14 @@ fn supervise<S: StateBackend>(
 ) {
     let mut backoff = Duration::from_millis(500);
     let mut held = crate::checkpoint::Held::default();
+    let rejections = kafka::Rejections::default();
     loop {
         let connector = kafka::KafkaConnector {
             job: env.job.clone(),
             task,
             topics: sink_topics.clone(),
             metrics: env.metrics.clone(),
+            rejections: rejections.clone(),
         };
         match task::run::<S, _>(env, task, status, connector, &mut held) {
             Ok(()) => return,
