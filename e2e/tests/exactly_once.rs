@@ -96,6 +96,18 @@ async fn crash_then_recover(failpoint: &str) -> Outcome {
             .collect::<Vec<_>>(),
         at_crash.group
     );
+    // A transaction commits before HEAD moves: the group (which Tansu moves only for
+    // committed transactions) is never behind HEAD. This is what shows a HEAD that names an
+    // aborted transaction's checkpoint on Tansu, whose read_committed consumers see aborted
+    // records and so cannot show their loss.
+    for (topic, head) in at_crash.head_offsets() {
+        let group = at_crash.group.get(&topic).copied().unwrap_or(0);
+        assert!(
+            group >= head,
+            "{failpoint}: task {task}: the group's offset of {topic} ({group}) is behind HEAD's \
+             ({head}): HEAD names a checkpoint whose transaction did not commit"
+        );
+    }
     s.input_written();
 
     let before = log.len();
