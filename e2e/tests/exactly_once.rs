@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 
 use sluice_e2e::cluster::{
-    CommittedTransactions, Scenario, group_offsets, source_duplicates, sources_where,
+    CommittedTransactions, ExampleRun, Scenario, create_topic, group_offsets, read_until,
+    scratch_dir, source_duplicates, sources_where, write_example_job,
 };
 use sluice_e2e::logs::{field, of_task};
 use sluice_worker::checkpoint::descriptor::Descriptor;
@@ -259,4 +260,121 @@ async fn a_transaction_that_died_between_its_offsets_and_its_commit_is_aborted_a
             .any(|l| l.contains("adopted a checkpoint") && of_task(l, task)),
         "task {task} must not adopt the checkpoint of an uncommitted transaction"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_fired_by_time_alone_are_written_once_when_the_worker_dies_before_head_moves() {
+    // One window of one customer; the input stops, the partition goes idle, the watermark
+    // follows the clock and the window closes: its result is the only content of a transaction
+    // that read no input. The worker dies after that transaction committed, before HEAD moved.
+    // The group's offsets are the same as HEAD's, so only the transaction's label (its
+    // checkpoint, committed with it) tells that it committed.
+    let env = sluice_e2e::TestEnv::from_env();
+    let name = sluice_e2e::unique_name("timer-only");
+    let dir = scratch_dir("timer-only");
+    let (input, output, dead) = (
+        format!("{name}.in"),
+        format!("{name}.out"),
+        format!("{name}.dlq"),
+    );
+    create_topic(&env, &input, 1);
+    let job = write_example_job(
+        &env,
+        &dir,
+        &ExampleRun {
+            example: "windowed-aggregate.yaml",
+            name: &name,
+            input: &input,
+            output: &output,
+            dead_letter: &dead,
+            parallelism: 1,
+            interval: "500ms",
+            spec_patch: serde_json::json!({
+                "eventTime": {"field": "created_at", "maxOutOfOrderness": "0s", "idleTimeout": "1s"},
+                "steps": [{"name": "revenue", "aggregate": {
+                    "groupBy": "value.customer_id",
+                    "aggregations": [{"name": "orders", "function": "count"}],
+                    "window": {"tumbling": {"size": "1m"}},
+                    "allowedLateness": "0s",
+                    "emit": "on-close",
+                }}],
+                "sink": {"kafka": {"topic": output, "deliveryGuarantee": "exactly-once"}},
+            }),
+        },
+    );
+    let producer: rdkafka::producer::BaseProducer = env.kafka_config().create().expect("producer");
+    for (i, second) in [10, 20, 58].into_iter().enumerate() {
+        let value = serde_json::json!({
+            "customer_id": "c1",
+            "created_at": 1_700_000_040_000_i64 + second * 1000,
+            "n": i,
+        })
+        .to_string();
+        rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(10))
+            .expect("flush");
+        producer
+            .send(rdkafka::producer::BaseRecord::<str, str>::to(&input).payload(&value))
+            .expect("enqueue");
+    }
+    rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(30))
+        .expect("flush");
+
+    let mut workers = sluice_e2e::cluster::Workers::new(
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        &job,
+        &dir,
+        1,
+    );
+    let log = workers.crash_at(0, "transaction-after-timer-commit");
+    let checkpoints = sluice_e2e::cluster::Checkpoints::of(&env, &job);
+    let (head, present) = checkpoints.ids(0).await;
+    let pending: Vec<_> = present.into_iter().filter(|id| Some(*id) > head).collect();
+    assert_eq!(
+        pending.len(),
+        1,
+        "one checkpoint above HEAD {head:?}: the one whose transaction committed"
+    );
+    let before = log.len();
+    workers.start(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !workers.log(0)[before..].contains("checkpoint committed") {
+        assert_eq!(workers.crashed(), vec![], "the worker died on its own");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let restart_log = workers.log(0)[before..].to_string();
+    assert!(
+        restart_log
+            .lines()
+            .any(|l| l.contains("adopted a checkpoint")
+                && field(l, "checkpoint") == Some(pending[0].to_string().as_str())),
+        "the restart adopts checkpoint {} by its transaction's label:\n{restart_log}",
+        pending[0]
+    );
+    // Give a second firing of the window every chance to appear, then count: no transaction
+    // was aborted here, so what Tansu shows is what committed.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    workers.stop_all();
+    let records = read_until(
+        &env,
+        &output,
+        1,
+        std::time::Duration::from_secs(30),
+        |r| !r.is_empty(),
+        || {},
+    );
+    let results: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    // The whole topic (read until nothing arrives for 5 s).
+    let (written, _) = source_duplicates(&env, &output, 1)[0];
+    assert_eq!(
+        written, 1,
+        "the window's result is written once, not again after the restart: {results:?}"
+    );
+    assert!(results[0].contains(r#""orders":3"#), "{results:?}");
 }

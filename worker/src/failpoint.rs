@@ -7,7 +7,11 @@
 //! - `checkpoint-after-files`: after every file, before the descriptor;
 //! - `checkpoint-after-descriptor`: after the descriptor, before HEAD moves (with exactly-once:
 //!   before the transaction commits);
-//! - `transaction-after-commit`: exactly-once, after the transaction committed, before HEAD moves.
+//! - `transaction-after-offsets`: exactly-once, after the offsets went into the transaction,
+//!   before it commits;
+//! - `transaction-after-commit`: exactly-once, after the transaction committed, before HEAD moves;
+//! - `transaction-after-timer-commit`: the same, only for a transaction that read no input
+//!   since the last one (results fired by time alone).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1217,21 +1217,35 @@ impl TaskOutput for Sink {
         for topic in &transaction.topics {
             list.add_partition(topic, self.partition);
         }
+        list.add_partition(&self.dead_letter_topic, self.partition);
         let committed = transaction
             .group
             .committed_offsets(list, TRANSACTION_TIMEOUT)
             .map_err(client("reading the group's committed offsets"))?;
         let elements = committed.elements();
+        let (sources, marker): (Vec<_>, Vec<_>) = elements
+            .iter()
+            .partition(|e| transaction.topics.iter().any(|t| t == e.topic()));
+        // Every source partition of a transaction carries the same label as metadata; the
+        // dead-letter partition carries it as its offset.
+        let label = sources
+            .iter()
+            .find_map(|e| e.metadata().parse().ok())
+            .or_else(|| {
+                marker.iter().find_map(|e| match e.offset() {
+                    Offset::Offset(o) => TransactionLabel::from_offset(self.partition as u32, o),
+                    _ => None,
+                })
+            });
         Ok(GroupPosition {
-            offsets: elements
+            offsets: sources
                 .iter()
                 .filter_map(|e| match e.offset() {
                     Offset::Offset(next) => Some((e.topic().to_string(), next)),
                     _ => None,
                 })
                 .collect(),
-            // Every partition of a transaction carries the same label.
-            label: elements.iter().find_map(|e| e.metadata().parse().ok()),
+            label,
         })
     }
 
@@ -1258,6 +1272,20 @@ impl TaskOutput for Sink {
             // Which checkpoint this transaction commits, for recovery on brokers that keep it.
             element.set_metadata(&label);
         }
+        // The same label as an offset, for brokers that drop the metadata (see
+        // `TransactionLabel::as_offset`).
+        if let Some(offset) = label
+            .parse::<TransactionLabel>()
+            .ok()
+            .and_then(|l| l.as_offset())
+        {
+            list.add_partition_offset(
+                &self.dead_letter_topic,
+                self.partition,
+                Offset::Offset(offset),
+            )
+            .map_err(client("building the transaction's offsets"))?;
+        }
         let metadata = transaction.group.group_metadata().ok_or_else(|| {
             KafkaClientError::Topology("the group consumer has no group metadata".into())
         })?;
@@ -1269,6 +1297,9 @@ impl TaskOutput for Sink {
             .commit_transaction(COMMIT_TIMEOUT)
             .map_err(fenced("committing the transaction"))?;
         crate::failpoint::hit("transaction-after-commit", self.partition as u32);
+        if transaction.offsets.borrow().as_ref() == Some(offsets) {
+            crate::failpoint::hit("transaction-after-timer-commit", self.partition as u32);
+        }
         transaction.records.set(0);
         *transaction.offsets.borrow_mut() = Some(offsets.clone());
         self.producer

@@ -203,6 +203,31 @@ impl fmt::Display for TransactionLabel {
     }
 }
 
+impl TransactionLabel {
+    const CHECKPOINT_BITS: u32 = 39;
+    const EPOCH_BITS: u32 = 24;
+
+    /// The label as one offset, `epoch << 39 | checkpoint`, for brokers that drop commit
+    /// metadata (Tansu): the transaction also commits it as the group's offset of the task's
+    /// partition of the dead-letter topic, which the group never reads. `None` past 2^24
+    /// epochs or 2^39 checkpoints.
+    pub fn as_offset(&self) -> Option<i64> {
+        (self.epoch.0 < 1 << Self::EPOCH_BITS && self.checkpoint.0 < 1 << Self::CHECKPOINT_BITS)
+            .then_some(((self.epoch.0 << Self::CHECKPOINT_BITS) | self.checkpoint.0) as i64)
+    }
+
+    /// The label of task `task` that [`as_offset`](Self::as_offset) made `offset`.
+    pub fn from_offset(task: TaskId, offset: i64) -> Option<Self> {
+        let offset = u64::try_from(offset).ok()?;
+        let epoch = offset >> Self::CHECKPOINT_BITS;
+        (epoch > 0 && epoch < 1 << Self::EPOCH_BITS).then_some(Self {
+            task,
+            epoch: Epoch(epoch),
+            checkpoint: CheckpointId(offset & ((1 << Self::CHECKPOINT_BITS) - 1)),
+        })
+    }
+}
+
 impl std::str::FromStr for TransactionLabel {
     type Err = ();
 
@@ -249,6 +274,18 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<TransactionLabel>(), Err(()), "{bad}");
         }
+        let offset = label.as_offset().expect("fits");
+        assert_eq!(offset, (7 << 39) | 42);
+        assert_eq!(TransactionLabel::from_offset(3, offset), Some(label));
+        // Offsets no label makes: nothing committed yet, a plain small offset.
+        for offset in [-1, 0, 42, (1 << 39) - 1] {
+            assert_eq!(TransactionLabel::from_offset(3, offset), None, "{offset}");
+        }
+        let huge = TransactionLabel {
+            epoch: Epoch(1 << 24),
+            ..label
+        };
+        assert_eq!(huge.as_offset(), None);
     }
 
     #[test]
