@@ -132,40 +132,35 @@ pub fn revision(job: &ValidJob, settings: &Settings) -> Result<String, BuildErro
 }
 
 /// The rollout number of `job`'s pods: the one `existing` (the StatefulSet as it is) gives
-/// its pods while their revision stays the same, else the job's generation. It only grows,
-/// because generations do; a worker of an older rollout never takes a task from one of a
-/// newer rollout (an old pod restarted during a roll keeps its hands off the new pods' tasks).
-/// Not `metadata.generation` as such: an edit that restarts nothing keeps the number.
+/// its pods while their revision stays the same, else `now` (Unix seconds), the time this
+/// revision is rolled out. It grows with every rollout, also across a job deleted and created
+/// again (whose generations start over); a worker of an older rollout never takes a task from
+/// one of a newer rollout (an old pod restarted during a roll keeps its hands off the new
+/// pods' tasks). An edit that restarts nothing keeps the number.
 pub fn rollout(
     job: &ValidJob,
     settings: &Settings,
     existing: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
+    now: i64,
 ) -> Result<i64, BuildError> {
     let template = existing.map(|s| &s.spec.template);
-    let rolled_revision = template.and_then(|t| {
-        t.metadata
-            .as_ref()?
-            .labels
-            .as_ref()?
-            .get(REVISION_LABEL)
-            .cloned()
-    });
-    let rolled = template
-        .and_then(|t| t.spec.as_ref())
-        .and_then(|s| s.containers.first()?.env.as_ref())
-        .and_then(|env| {
-            env.iter()
-                .find(|e| e.name == ROLLOUT_ENV)?
-                .value
-                .as_deref()?
-                .parse::<i64>()
-                .ok()
-        });
+    let labels = template.and_then(|t| t.metadata.as_ref()?.labels.as_ref());
+    let rolled_revision = labels.and_then(|l| l.get(REVISION_LABEL));
+    let rolled = labels
+        .and_then(|l| l.get(ROLLOUT_LABEL))
+        .and_then(|n| n.parse::<i64>().ok());
     Ok(match rolled {
-        Some(n) if rolled_revision.as_deref() == Some(revision(job, settings)?.as_str()) => n,
-        _ => job.generation,
+        Some(n)
+            if rolled_revision.map(String::as_str) == Some(revision(job, settings)?.as_str()) =>
+        {
+            n
+        }
+        _ => now,
     })
 }
+
+/// Label of the pods: their rollout number (also their `SLUICE_ROLLOUT`).
+pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
 
 /// The worker's environment variable holding its rollout number.
 pub const ROLLOUT_ENV: &str = "SLUICE_ROLLOUT";
@@ -265,7 +260,6 @@ fn env(job: &ValidJob) -> Vec<Value> {
     let mut env = vec![
         json!({ "name": "SLUICE_JOB", "value": JOB_FILE }),
         json!({ "name": "SLUICE_PARALLELISM", "value": spec.parallelism.to_string() }),
-        json!({ "name": ROLLOUT_ENV, "value": job.rollout.to_string() }),
         json!({
             "name": "SLUICE_ORDINAL",
             "valueFrom": { "fieldRef": {
@@ -305,8 +299,16 @@ fn env(job: &ValidJob) -> Vec<Value> {
         }
     }
     if let Some(template) = &spec.pod_template {
-        env.extend(template.env.iter().map(|e| json!(e)));
+        env.extend(
+            template
+                .env
+                .iter()
+                .filter(|e| e.name != ROLLOUT_ENV)
+                .map(|e| json!(e)),
+        );
     }
+    // Last and the user's never: the rollout guard depends on it.
+    env.push(json!({ "name": ROLLOUT_ENV, "value": job.rollout.to_string() }));
     env
 }
 
@@ -317,6 +319,7 @@ fn stateful_set(job: &ValidJob, settings: &Settings) -> Result<Value, BuildError
     let mut pod_labels = template.labels.clone();
     pod_labels.extend(labels(&job.name));
     pod_labels.insert(REVISION_LABEL.into(), revision);
+    pod_labels.insert(ROLLOUT_LABEL.into(), job.rollout.to_string());
     let env_from: Vec<Value> = spec
         .checkpoint
         .credentials_secret

@@ -47,11 +47,13 @@ pub struct Context {
 
 /// Which of the tasks' decisions (records given up by a rule of the job) were published as
 /// Events, so that each is published once while the operator runs. A restarted operator
-/// publishes again those of the last [`Announcements::RECENT`] (an Event repeated, never one
-/// missed).
+/// publishes again those of the last [`Announcements::RECENT`] (an Event repeated). A task's
+/// report keeps its latest 16 decisions and is read every 15 s, so a burst of more than that
+/// between two reads reaches Events only in part; the metrics count every one.
 #[derive(Debug, Default)]
 pub struct Announcements {
-    published: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Published decisions by id, with when they were made.
+    published: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Announcements {
@@ -69,11 +71,16 @@ impl Announcements {
         let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
         let recent = i64::try_from(Self::RECENT.as_millis()).unwrap_or(i64::MAX);
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        published.retain(|_, at| now - *at <= recent);
         reports
             .iter()
             .flat_map(|r| r.decisions.iter().map(move |d| (r.task, d)))
             .filter(|(_, d)| now - d.at_ms <= recent)
-            .filter(|(task, d)| published.insert(format!("{namespace}/{name}/{task}/{}", d.id)))
+            .filter(|(task, d)| {
+                published
+                    .insert(format!("{namespace}/{name}/{task}/{}", d.id), d.at_ms)
+                    .is_none()
+            })
             .map(|(_, d)| d.clone())
             .collect()
     }
@@ -169,7 +176,12 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     let (errors, revision, last_checkpoint, lag, tasks) = match &validated {
         Ok(valid) => {
             let valid = &ValidJob {
-                rollout: build::rollout(valid, &ctx.settings, stateful_set.as_ref())?,
+                rollout: build::rollout(
+                    valid,
+                    &ctx.settings,
+                    stateful_set.as_ref(),
+                    k8s_openapi::jiff::Timestamp::now().as_second(),
+                )?,
                 ..valid.clone()
             };
             let children = build::children(valid, &ctx.settings)?;
@@ -231,7 +243,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                     classified.ignored.join(", ")
                 )).await;
             }
-            let deleted = roll(&ctx.client, &namespace, &pods, &revision).await?;
+            let deleted = roll(&ctx.client, &namespace, &pods, &revision, valid.rollout).await?;
             if !deleted.is_empty() {
                 publish(
                     EventType::Normal,
@@ -385,11 +397,19 @@ async fn roll(
     namespace: &str,
     pods: &[Pod],
     revision: &str,
+    rollout: i64,
 ) -> Result<Vec<String>, ReconcileError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut deleted = Vec::new();
     for pod in pods {
-        let current = pod.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision);
+        // A pod of the current revision but an older rollout (a roll interrupted, then
+        // reverted) would leave tasks to their newer owners for ever: it is rolled too.
+        let rolled = pod
+            .labels()
+            .get(build::ROLLOUT_LABEL)
+            .is_none_or(|r| *r == rollout.to_string());
+        let current =
+            pod.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision) && rolled;
         if current || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }

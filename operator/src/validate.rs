@@ -39,9 +39,8 @@ pub struct ValidJob {
     pub volume: StateSpec,
     /// Source partitions, when the brokers answered.
     pub partitions: Option<u32>,
-    /// The rollout number the pods of this spec run with (`SLUICE_ROLLOUT`): validation sets
-    /// the generation; [`build::rollout`](crate::build::rollout) keeps the StatefulSet's own
-    /// while its revision is unchanged.
+    /// The rollout number the pods of this spec run with (`SLUICE_ROLLOUT`), set by
+    /// [`build::rollout`](crate::build::rollout); validation leaves 0.
     pub rollout: i64,
 }
 
@@ -274,7 +273,7 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
         spec: spec.clone(),
         volume,
         partitions,
-        rollout: job.metadata.generation.unwrap_or_default(),
+        rollout: 0,
     })
 }
 

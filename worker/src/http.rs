@@ -138,6 +138,7 @@ impl TaskStatus {
     /// The task holds owner epoch `epoch`.
     pub fn holds(&self, epoch: Epoch) {
         self.epoch.store(epoch.0, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// The task gave something up by a rule of the job (`reason` in CamelCase): reported to
@@ -146,7 +147,8 @@ impl TaskStatus {
         let n = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut decisions) = self.decisions.lock() {
             decisions.push_back(Decision {
-                id: format!("{owner}/{n}"),
+                // Pod names repeat across restarts; the epoch does not.
+                id: format!("{owner}/{}/{n}", self.epoch.load(Ordering::Relaxed)),
                 reason: reason.to_string(),
                 message,
                 at_ms,

@@ -676,6 +676,9 @@ impl SetIfAbsent for ClientConfig {
 pub struct DeliveryTracker {
     failed: Arc<AtomicU64>,
     refused: Arc<Mutex<Vec<Refused>>>,
+    /// Where a refusal is remembered at once: under exactly-once the producer may fail every
+    /// later send before the flush would have seen it.
+    rejections: Rejections,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -704,6 +707,7 @@ impl ProducerContext for DeliveryTracker {
                 source,
                 reason: format!("the broker refused it: {error}"),
             };
+            self.rejections.remember(&refused);
             self.refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -715,14 +719,15 @@ impl ProducerContext for DeliveryTracker {
 }
 
 /// Broker answers that refuse a record for what it is: sending it again gets the same answer,
-/// so restarting would only meet it again.
+/// so restarting would only meet it again. A size refusal is the record's own because batches
+/// are kept below the topics' limits (`batch.size`, see [`Sink::new`]). Not
+/// `INVALID_TIMESTAMP`: output records are stamped now, so it means a skewed clock, not content.
 fn refuses_content(error: &KafkaError) -> bool {
     matches!(
         error,
         KafkaError::MessageProduction(
             RDKafkaErrorCode::MessageSizeTooLarge
                 | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidTimestamp
                 | RDKafkaErrorCode::InvalidRecord
         )
     )
@@ -906,7 +911,20 @@ impl Sink {
                 .set("transactional.id", transactional_id(job, task))
                 .set_if_absent("transaction.timeout.ms", &timeout.as_millis().to_string());
         }
-        let tracker = DeliveryTracker::default();
+        // A batch the broker refuses as too large fails every record in it: batches stay below
+        // the smallest limit, so that a size refusal is always one record's.
+        let smallest = limit(topics.sink_max_bytes).min(limit(topics.dead_letter_max_bytes));
+        let batch: usize = config
+            .get("batch.size")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        if batch > smallest {
+            config.set("batch.size", smallest.to_string());
+        }
+        let tracker = DeliveryTracker {
+            rejections: rejections.clone(),
+            ..DeliveryTracker::default()
+        };
         let producer: ThreadedProducer<DeliveryTracker> = config
             .create_with_context(tracker.clone())
             .map_err(client("creating producer"))?;
@@ -1436,7 +1454,6 @@ mod tests {
         for code in [
             RDKafkaErrorCode::MessageSizeTooLarge,
             RDKafkaErrorCode::InvalidMessageSize,
-            RDKafkaErrorCode::InvalidTimestamp,
             RDKafkaErrorCode::InvalidRecord,
         ] {
             assert!(
@@ -1446,7 +1463,8 @@ mod tests {
         }
         // Transient or not about the record: restart and send again.
         for code in [
-            RDKafkaErrorCode::InvalidMessage, // CORRUPT_MESSAGE: retriable
+            RDKafkaErrorCode::InvalidMessage,   // CORRUPT_MESSAGE: retriable
+            RDKafkaErrorCode::InvalidTimestamp, // records are stamped now: a skewed clock
             RDKafkaErrorCode::MessageTimedOut,
             RDKafkaErrorCode::NotEnoughReplicas,
             RDKafkaErrorCode::TopicAuthorizationFailed,

@@ -70,6 +70,11 @@ impl TaskError {
     pub fn is_stale(&self) -> bool {
         matches!(self, Self::Checkpoint(CheckpointError::Stale { .. }))
     }
+
+    /// True when the broker refused output records for their content (exactly-once).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Kafka(KafkaClientError::Refused { .. }))
+    }
 }
 
 /// What every task of a worker shares.
@@ -185,6 +190,7 @@ pub fn run<S: StateBackend, C: Connector>(
         task_dir.join("checkpoints"),
         held,
     ))?;
+    status.holds(checkpoints.epoch());
     let output = connector.output()?;
     let transactional_id = output.transactional_id().map(str::to_string);
     if transactional_id.is_some() {
@@ -198,7 +204,6 @@ pub fn run<S: StateBackend, C: Connector>(
     let restored = env
         .runtime
         .block_on(checkpoints.restore(&live, &fingerprint))?;
-    status.holds(checkpoints.epoch());
     if !restored.skipped.is_empty() {
         env.metrics
             .checkpoint_fallbacks

@@ -181,6 +181,9 @@ fn supervise<S: StateBackend>(
     let mut backoff = Duration::from_millis(500);
     let mut held = crate::checkpoint::Held::default();
     let rejections = kafka::Rejections::default();
+    // Restarts in a row because the broker refused output (exactly-once).
+    let mut refusals = 0;
+    const MAX_REFUSALS: u32 = 5;
     loop {
         let connector = kafka::KafkaConnector {
             job: env.job.clone(),
@@ -201,16 +204,35 @@ fn supervise<S: StateBackend>(
                 return;
             }
             Err(e) if e.is_stale() => {
+                // Left alone, but looked at again now and then: should the newer owner go
+                // away (a rollback), the task is not orphaned.
                 warn!(task, error = %e, "leaving the task to its owner, which runs a newer rollout");
                 status.set(TaskState::Stale, e.to_string());
-                return;
+                if sleep_unless_stopped(env, Duration::from_secs(30)) {
+                    return;
+                }
             }
             Err(e) if e.is_permanent() => {
                 error!(task, error = %e, "task failed; it stays stopped until the job is changed");
                 status.set(TaskState::Failed, e.to_string());
                 return;
             }
+            Err(e) if e.is_refused() && refusals >= MAX_REFUSALS => {
+                // The refused records were not reproduced by the replay (output that depends
+                // on processing time): restarting would go on for ever.
+                error!(task, error = %e, "task failed; it stays stopped until the job is changed");
+                status.set(
+                    TaskState::Failed,
+                    format!(
+                        "{e}; the replay met {MAX_REFUSALS} refusals in a row, so the refused \
+                         records are not reproduced: see the worker's log for their sources, \
+                         then fix the output or the topic's limits and restart the pod"
+                    ),
+                );
+                return;
+            }
             Err(e) => {
+                refusals = if e.is_refused() { refusals + 1 } else { 0 };
                 status.set(TaskState::Restarting, e.to_string());
                 error!(task, error = %e, backoff_ms = backoff.as_millis() as u64, "task failed; restarting from its last checkpoint");
                 env.metrics
@@ -227,16 +249,32 @@ fn supervise<S: StateBackend>(
     }
 }
 
+/// Sleeps `duration` unless the worker is told to stop first; true when it is.
+fn sleep_unless_stopped(env: &TaskEnv, duration: Duration) -> bool {
+    let until = std::time::Instant::now() + duration;
+    while std::time::Instant::now() < until {
+        if env.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.stop.load(Ordering::Relaxed)
+}
+
 /// Writes each task's report for the operator when its state changed or it made a decision,
-/// checking every second; a write that fails is tried again at the next check.
+/// checking every second, and again every [`REPORT_REFRESH`] (an old owner that did not yet
+/// know it lost the task may have overwritten it); a write that fails is tried again at the
+/// next check.
 async fn report_tasks(env: Arc<TaskEnv>, statuses: Arc<Vec<TaskStatus>>) {
+    const REPORT_REFRESH: u64 = 30;
     let mut written = vec![0; statuses.len()];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    for round in 1u64.. {
         tick.tick().await;
+        let refresh = round.is_multiple_of(REPORT_REFRESH);
         for (status, written) in statuses.iter().zip(written.iter_mut()) {
             let version = status.version();
-            if version == *written {
+            if version == *written && !refresh {
                 continue;
             }
             let Some(report) = status.report(&env.owner, crate::task::unix_ms()) else {

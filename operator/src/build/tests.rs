@@ -306,31 +306,66 @@ fn the_job_file_is_the_manifest_without_server_fields_or_secret_values() {
 }
 
 #[test]
-fn the_rollout_number_stays_while_the_revision_does_and_takes_the_generation_when_it_changes() {
-    let first = valid(JOB);
-    assert_eq!(rollout(&first, &settings(), None).unwrap(), 4);
-    let rolled = children(&first, &settings()).unwrap().stateful_set;
-    let env = |sts: &k8s_openapi::api::apps::v1::StatefulSet| {
-        sts.spec.template.spec.as_ref().unwrap().containers[0]
-            .env
-            .clone()
-            .unwrap()
-            .into_iter()
-            .find(|e| e.name == "SLUICE_ROLLOUT")
-            .and_then(|e| e.value)
+fn the_rollout_number_stays_while_the_revision_does_and_takes_the_time_when_it_changes() {
+    let first = ValidJob {
+        rollout: 1_700_000_000,
+        ..valid(JOB)
     };
-    assert_eq!(env(&rolled).as_deref(), Some("4"));
+    assert_eq!(
+        rollout(&first, &settings(), None, 1_700_000_000).unwrap(),
+        1_700_000_000
+    );
+    let rolled = children(&first, &settings()).unwrap().stateful_set;
+    let template = &rolled.spec.template;
+    let env = template.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let rollouts: Vec<_> = env.iter().filter(|e| e.name == "SLUICE_ROLLOUT").collect();
+    assert_eq!(rollouts.len(), 1, "one SLUICE_ROLLOUT, the operator's");
+    assert_eq!(rollouts[0].value.as_deref(), Some("1700000000"));
+    assert_eq!(env.last().map(|e| e.name.as_str()), Some("SLUICE_ROLLOUT"));
+    let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert_eq!(
+        labels.get("sluice.dev/rollout").map(String::as_str),
+        Some("1700000000")
+    );
 
-    // An edit that restarts nothing (generation 5, same revision) keeps rollout 4.
+    // An edit that restarts nothing (a new generation, the same revision) keeps the rollout.
     let same = ValidJob {
         generation: 5,
         ..valid(JOB)
     };
-    assert_eq!(rollout(&same, &settings(), Some(&rolled)).unwrap(), 4);
-    // An edit that changes the revision rolls out as 6.
-    let edited = ValidJob {
-        generation: 6,
-        ..valid(&JOB.replace("parallelism: 3", "parallelism: 4"))
+    assert_eq!(
+        rollout(&same, &settings(), Some(&rolled), 1_700_000_100).unwrap(),
+        1_700_000_000
+    );
+    // An edit that changes the revision rolls out now.
+    let edited = valid(&JOB.replace("parallelism: 3", "parallelism: 4"));
+    assert_eq!(
+        rollout(&edited, &settings(), Some(&rolled), 1_700_000_200).unwrap(),
+        1_700_000_200
+    );
+}
+
+#[test]
+fn a_sluice_rollout_in_the_pod_template_cannot_override_the_operators() {
+    let job = ValidJob {
+        rollout: 42,
+        ..valid(&JOB.replace(
+            "      - {name: RUST_LOG, value: debug}",
+            "      - {name: RUST_LOG, value: debug}\n      - {name: SLUICE_ROLLOUT, value: \"999999999999\"}",
+        ))
     };
-    assert_eq!(rollout(&edited, &settings(), Some(&rolled)).unwrap(), 6);
+    let sts = children(&job, &settings()).unwrap().stateful_set;
+    let env = sts.spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let values: Vec<_> = env
+        .iter()
+        .filter(|e| e.name == "SLUICE_ROLLOUT")
+        .map(|e| e.value.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(values, ["42"]);
 }

@@ -62,14 +62,15 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// Who claims a task: the owner's name and the rollout of the job it runs. A rollout is the
-/// operator's number for the spec it last rolled out to the pods (`SLUICE_ROLLOUT`, which
-/// only grows); a worker of an older rollout (an old pod whose container restarted during a
+/// operator's number for the spec it last rolled out to the pods (`SLUICE_ROLLOUT`: the time
+/// it rolled the spec's revision out, so it grows with each rollout); a worker of an older rollout (an old pod whose container restarted during a
 /// roll, still running the old parallelism) never takes a task from an owner of a newer one.
 #[derive(Clone, Copy, Debug)]
 pub struct Claim<'a> {
     /// Pod name or `local`.
     pub owner: &'a str,
-    /// The rollout the owner runs; 0 outside Kubernetes (any owner may take the task).
+    /// The rollout the owner runs; 0 when it has none (local mode, or a pod of an operator
+    /// before rollouts): it takes tasks only from owners without one either.
     pub rollout: u64,
 }
 
@@ -122,7 +123,7 @@ pub enum ReportedState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
-    /// Unique per task: `<owner>/<sequence>`.
+    /// Unique per task: `<owner>/<epoch>/<sequence>`.
     pub id: String,
     /// CamelCase, the Event's reason (e.g. `OffsetReset`).
     pub reason: String,
