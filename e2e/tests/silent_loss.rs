@@ -391,23 +391,10 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
     // fail (the default): the task stops and says why; nothing of the new topic is read, also once the
     // partition grows past the checkpointed offset.
     workers.start(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let readyz = loop {
-        let answer = http_addr(&workers.log(0)).and_then(|addr| {
-            sluice_e2e::bench::http_get(&addr, "/readyz")
-                .ok()
-                .filter(|(_, body)| body.contains("offset out of range"))
-        });
-        if let Some(answer) = answer {
-            break answer;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the task never said its offset is out of range; log:\n{}",
-            workers.log_tail(0)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let readyz = wait_for_readyz(&workers, "its offset is out of range", |body| {
+        body.contains("offset out of range")
+    })
+    .await;
     assert_eq!(readyz.0, 503, "a failed task makes the worker unready");
     assert!(
         readyz.1.contains(&format!(
@@ -532,6 +519,32 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
         "each decision is one Event"
     );
     workers.stop_all();
+}
+
+/// Worker 0's `/readyz` answer once `says` holds for its body (`what` it should say, for the
+/// failure message), within 60 s.
+async fn wait_for_readyz(
+    workers: &Workers,
+    what: &str,
+    says: impl Fn(&str) -> bool,
+) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = http_addr(&workers.log(0)).and_then(|addr| {
+            sluice_e2e::bench::http_get(&addr, "/readyz")
+                .ok()
+                .filter(|(_, body)| says(body))
+        });
+        if let Some(answer) = answer {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker's /readyz never said {what}; log:\n{}",
+            workers.log_tail(0)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The task reports of `job` as the operator reads them, once `ready` holds for one.
@@ -754,23 +767,10 @@ async fn a_worker_of_an_older_rollout_leaves_the_tasks_of_a_newer_one_alone() {
     // parallelism) starts with the same ordinal: it must not take the tasks over.
     let mut old = one_worker(&files, &old_dir);
     old.start_with_env(0, &[("SLUICE_ROLLOUT", "6")]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let readyz = loop {
-        let answer = http_addr(&old.log(0)).and_then(|addr| {
-            sluice_e2e::bench::http_get(&addr, "/readyz")
-                .ok()
-                .filter(|(_, body)| body.matches("runs rollout 7 of the job").count() == 2)
-        });
-        if let Some(answer) = answer {
-            break answer;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old worker never said it is stale; log:\n{}",
-            old.log_tail(0)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let readyz = wait_for_readyz(&old, "it is stale", |body| {
+        body.matches("runs rollout 7 of the job").count() == 2
+    })
+    .await;
     assert_eq!(readyz.0, 503, "the stale worker is not ready: {}", readyz.1);
     assert!(
         readyz.1.contains("this worker runs rollout 6"),
