@@ -119,6 +119,17 @@ fi
 step "Grafana dashboard against the exported metrics"
 py e2e/ship/dashboard.py "$CHART/files/dashboards/sluice.json" worker/src/metrics.rs || failed+=("dashboard")
 
+step "the operator links no engine: no RocksDB in its dependency tree"
+if tree="$(cargo tree --locked -p sluice-operator -e normal,build --prefix none)"; then
+  if grep -E '^(rocksdb|librocksdb-sys|sluice-worker) ' <<<"$tree"; then
+    failed+=("operator dependencies")
+  else
+    echo "  $(sort -u <<<"$tree" | wc -l) crates, none of rocksdb, librocksdb-sys, sluice-worker"
+  fi
+else
+  failed+=("operator dependencies")
+fi
+
 step "README: the install section names what the chart and manifests have"
 py e2e/ship/readme.py README.md || failed+=("readme")
 

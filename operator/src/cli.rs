@@ -71,7 +71,7 @@ pub fn main() -> anyhow::Result<()> {
             worker_image,
             http_addr,
         } => {
-            sluice_worker::cli::init_logging("info");
+            sluice_core::logging::init_logging("info");
             let namespaces: Vec<String> = watch_namespaces
                 .into_iter()
                 .map(|n| n.trim().to_string())

@@ -14,10 +14,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use sluice_core::checkpoint::descriptor::TaskReport;
+use sluice_core::checkpoint::layout::JobLayout;
+use sluice_core::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
-use sluice_worker::checkpoint::descriptor::TaskReport;
-use sluice_worker::checkpoint::layout::JobLayout;
-use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
 
 use crate::build::{config_map_name, selector_string};
 use crate::validate::{Facts, secret_refs};
@@ -233,7 +233,7 @@ impl Outside for RealOutside {
 
     fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
         let kafka = job.spec.source.kafka.clone();
-        // The workers' group (`sluice_worker::kafka::group_id`), where they commit offsets.
+        // The workers' group (`group_id` of the worker's `kafka` module), where they commit offsets.
         let group = format!(
             "sluice-{}-{}",
             job.namespace().unwrap_or_default(),

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::observe::{ObserveError, Observed, Outside, observe};
 use crate::status::{self, Inputs, SPEC_VALID};
 use crate::validate::{ValidJob, validate};
-use sluice_worker::checkpoint::descriptor::{Decision, TaskReport};
+use sluice_core::checkpoint::descriptor::{Decision, TaskReport};
 
 /// What every reconcile shares.
 pub struct Context {

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
 
-use sluice_worker::checkpoint::descriptor::{ReportedState, TaskReport};
+use sluice_core::checkpoint::descriptor::{ReportedState, TaskReport};
 
 use crate::build::REVISION_LABEL;
 use crate::change::{Change, Classified};

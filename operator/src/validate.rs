@@ -170,14 +170,14 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
     }
 
     // Steps the worker build runs.
-    let worker_job = sluice_worker::job::Job {
+    let worker_job = sluice_core::job::Job {
         namespace: job.namespace().unwrap_or_default(),
         name: job.name_any(),
         spec: spec.clone(),
     };
-    match sluice_worker::pipeline::Pipeline::new(&worker_job) {
+    match sluice_core::steps::check(&worker_job) {
         Ok(_) => {}
-        Err(sluice_worker::job::JobError::Expression { error, .. }) => {
+        Err(sluice_core::job::JobError::Expression { error, .. }) => {
             // What the worker refuses beyond syntax, e.g. a name that is no record variable.
             let step = spec.steps.iter().position(|s| s.name == error.step);
             let field = step.map_or_else(

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
+use sluice_core::checkpoint::descriptor::TaskReport;
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob};
 use sluice_operator::build::Settings;
 use sluice_operator::metrics::Metrics;
 use sluice_operator::observe::Outside;
 use sluice_operator::rbac;
 use sluice_operator::reconcile::{Context, reconcile};
-use sluice_worker::checkpoint::descriptor::TaskReport;
 
 use api::{Recorded, ScriptedApi};
 

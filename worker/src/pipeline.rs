@@ -221,6 +221,8 @@ impl Pipeline {
     /// Compiles the job's steps: every expression is compiled (an error names the step, the
     /// expression and the position), and the first step this build cannot run is named.
     pub fn new(job: &Job) -> Result<Self, JobError> {
+        // What this build runs, decided where the operator decides it too.
+        sluice_core::steps::check(job)?;
         let format = job.spec.source.kafka.format;
         let env = expr::env();
         let debezium = format == Format::DebeziumJson;
@@ -248,7 +250,6 @@ impl Pipeline {
                     source: source.to_string(),
                 })
             };
-            let last = index + 1 == count;
             let kind = if let Some(filter) = &step.filter {
                 Kind::Filter(compile("filter.expr", &filter.expr)?)
             } else if let Some(map) = &step.map {
@@ -265,14 +266,6 @@ impl Pipeline {
                         .transpose()?,
                 }
             } else if let Some(materialize) = &step.materialize {
-                if !last {
-                    return Err(unsupported(
-                        step,
-                        "is a materialize step followed by other steps; this worker build \
-                         runs materialize only as the last step"
-                            .into(),
-                    ));
-                }
                 Kind::Materialize {
                     key: materialize
                         .key
@@ -286,14 +279,6 @@ impl Pipeline {
                     ttl: millis(dedupe.ttl.into()),
                 }
             } else if let Some(aggregate) = &step.aggregate {
-                if !last {
-                    return Err(unsupported(
-                        step,
-                        "is an aggregate step followed by other steps; this worker build runs \
-                         aggregate only as the last step"
-                            .into(),
-                    ));
-                }
                 let shape = match &aggregate.window {
                     None => Shape::Global,
                     Some(w) => match (&w.tumbling, &w.hopping, &w.session) {

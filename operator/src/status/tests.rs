@@ -6,7 +6,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
 
-use sluice_worker::checkpoint::descriptor::{Epoch, ReportedState, TaskReport};
+use sluice_core::checkpoint::descriptor::{Epoch, ReportedState, TaskReport};
 
 use super::{DEGRADED, Inputs, PROGRESSING, READY, SPEC_VALID, STALLED, rollout_finished, status};
 use crate::change::{Change, Classified};

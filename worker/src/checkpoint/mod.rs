@@ -16,10 +16,8 @@
 //! falls back to the newest older checkpoint still retained, and says so in a warning and the
 //! `sluice_checkpoint_fallbacks` metric. Records after that checkpoint are read again.
 
-pub mod descriptor;
-pub mod layout;
 pub mod plan;
-pub mod store;
+pub use sluice_core::checkpoint::{descriptor, layout, store};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

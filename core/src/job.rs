@@ -47,12 +47,17 @@ impl Job {
             path: path.display().to_string(),
             source,
         })?;
-        let job: StreamJob = serde_norway::from_str(&text).map_err(|e| JobError::Parse {
-            path: path.display().to_string(),
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a StreamJob manifest (YAML or JSON); `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, JobError> {
+        let job: StreamJob = serde_norway::from_str(text).map_err(|e| JobError::Parse {
+            path: origin.to_string(),
             message: e.to_string(),
         })?;
         let name = job.metadata.name.clone().ok_or_else(|| JobError::Parse {
-            path: path.display().to_string(),
+            path: origin.to_string(),
             message: "metadata.name is missing".into(),
         })?;
         Ok(Self {
@@ -91,9 +96,10 @@ impl Job {
     }
 }
 
-/// A job with the given `steps` (YAML flow list) and source `format`, for tests.
-#[cfg(test)]
-pub(crate) fn test_job(steps: &str, format: &str) -> Job {
+/// A job with the given `steps` (YAML flow list) and source `format`, for tests (here and in
+/// the worker's).
+#[doc(hidden)]
+pub fn test_job(steps: &str, format: &str) -> Job {
     let yaml = format!(
         r#"
 apiVersion: sluice.dev/v1alpha1
@@ -107,10 +113,7 @@ spec:
   checkpoint: {{storage: "file:///tmp/x"}}
 "#
     );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("job.yaml");
-    std::fs::write(&path, yaml).expect("write job");
-    Job::from_file(&path).expect("valid test job")
+    Job::parse(&yaml, "test job").expect("valid test job")
 }
 
 #[cfg(test)]
