@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_worker::checkpoint::descriptor::{CheckpointId, Descriptor};
+use sluice_worker::checkpoint::descriptor::{CheckpointId, Descriptor, Head};
 use sluice_worker::checkpoint::layout::{FileKind, JobLayout};
 use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_worker::state::StateBackend;
@@ -706,6 +706,16 @@ impl Checkpoints {
         let store = CheckpointStore::open(&job.storage, &options).expect("checkpoint store");
         let layout = JobLayout::new(store.prefix(), &job.namespace, &job.name);
         Self { store, layout }
+    }
+
+    /// `task`'s HEAD itself (owner, epoch, rollout), if it has one.
+    pub async fn head_record(&self, task: u32) -> Option<Head> {
+        let (head, _) = self
+            .store
+            .read_head(&self.layout.task(task))
+            .await
+            .expect("read HEAD")?;
+        Some(head)
     }
 
     /// HEAD's descriptor of `task`, if it has one.

@@ -732,27 +732,10 @@ async fn a_worker_of_an_older_rollout_leaves_the_tasks_of_a_newer_one_alone() {
     }
     let checkpoints = Checkpoints::of(&env, &files);
     wait_for_checkpoints(&checkpoints, 2, &mut new).await;
-    let store = sluice_worker::checkpoint::store::CheckpointStore::open(
-        &files.storage,
-        &sluice_worker::checkpoint::store::StoreOptions {
-            endpoint: Some(env.s3_endpoint.clone()),
-            region: None,
-        },
-    )
-    .expect("store");
-    let layout = sluice_worker::checkpoint::layout::JobLayout::new(
-        store.prefix(),
-        &files.namespace,
-        &files.name,
-    );
     let heads = || async {
         let mut heads = Vec::new();
         for task in 0..2 {
-            let (head, _) = store
-                .read_head(&layout.task(task))
-                .await
-                .expect("read HEAD")
-                .expect("HEAD");
+            let head = checkpoints.head_record(task).await.expect("HEAD");
             heads.push((head.epoch, head.rollout));
         }
         heads

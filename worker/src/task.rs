@@ -63,9 +63,7 @@ impl TaskError {
                 | Self::Kafka(KafkaClientError::ProducerFenced { .. })
         )
     }
-}
 
-impl TaskError {
     /// True when the task's owner runs a newer rollout of the job: leave the task alone.
     pub fn is_stale(&self) -> bool {
         matches!(self, Self::Checkpoint(CheckpointError::Stale { .. }))
