@@ -46,7 +46,8 @@ pub enum Var {
 }
 
 impl Var {
-    const ALL: [Var; 10] = [
+    /// Every variable, in bit order.
+    pub const ALL: [Var; 10] = [
         Var::Key,
         Var::Value,
         Var::Headers,
@@ -59,7 +60,8 @@ impl Var {
         Var::Source,
     ];
 
-    fn name(self) -> &'static str {
+    /// Its name in CEL.
+    pub fn name(self) -> &'static str {
         match self {
             Var::Key => "key",
             Var::Value => "value",

@@ -1,12 +1,14 @@
 //! The steps' spec side: whether this build can run a job's steps, decided without running
 //! anything, by the operator (validation, `SpecValid`) and by the worker before it starts
 //! (the same answer, from the same code). Every expression of every step is compiled as the
-//! worker's pipeline compiles it (same step, field and variables), and the placement rules of
-//! this build are checked. Pure.
+//! worker's pipeline compiles it (same step, field and variables). Any step may follow any
+//! step; a step after a record-making step (`materialize`, `aggregate`) reads that step's
+//! records, which have a key, a value and a timestamp only, and an expression reading more is
+//! refused here, naming both steps. Pure.
 
 use sluice_crds::v1alpha1::{AggregateFunction, Format, Step};
 
-use crate::expr::{self, Expr, Site};
+use crate::expr::{self, Expr, Site, Var};
 use crate::job::{Job, JobError};
 
 /// The expressions of `step`, each with the field it is under (`filter.expr`, …).
@@ -38,30 +40,56 @@ pub fn expressions(step: &Step) -> Vec<(&'static str, &str)> {
     found
 }
 
-/// Whether this build runs `job`'s steps: every expression compiles, and each step stands
-/// where this build can run it.
+/// What a record made by a step (a table's change, an aggregate's result) has: its key, its
+/// value (the row or the result, JSON unless the input is `raw`) and `timestamp`, its event
+/// time. It has no partition, offset or headers of its own, and no Debezium fields.
+const MADE_RECORD_VARS: [Var; 3] = [Var::Key, Var::Value, Var::Timestamp];
+
+/// Refuses an expression after a record-making step that reads what its records lack.
+fn made_record_vars(
+    job: &Job,
+    step: &Step,
+    maker: &Step,
+    field: &str,
+    compiled: &Expr,
+) -> Result<(), JobError> {
+    let lacking: Vec<&str> = Var::ALL
+        .into_iter()
+        .filter(|v| compiled.uses().has(*v) && !MADE_RECORD_VARS.contains(v))
+        .map(Var::name)
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    let kind = if maker.materialize.is_some() {
+        "materialize"
+    } else {
+        "aggregate"
+    };
+    Err(JobError::Unsupported {
+        job: job.id(),
+        message: format!(
+            "step {:?}: {field} reads {}, which the records made by step {:?} ({kind}) do not \
+             have; they have key, value and timestamp (their event time)",
+            step.name,
+            lacking.join(", "),
+            maker.name
+        ),
+    })
+}
+
+/// Whether this build runs `job`'s steps: every expression compiles, and each step reads only
+/// what the records it gets have. Any step may follow any step.
 pub fn check(job: &Job) -> Result<(), JobError> {
     let env = expr::env();
     let debezium = job.spec.source.kafka.format == Format::DebeziumJson;
-    let count = job.spec.steps.len();
-    for (index, step) in job.spec.steps.iter().enumerate() {
+    // The step that made the records the current step reads, if any did.
+    let mut maker: Option<&Step> = None;
+    for step in &job.spec.steps {
         let unsupported = |message: &str| JobError::Unsupported {
             job: job.id(),
             message: format!("step {:?} {message}", step.name),
         };
-        let last = index + 1 == count;
-        if step.materialize.is_some() && !last {
-            return Err(unsupported(
-                "is a materialize step followed by other steps; this worker build runs \
-                 materialize only as the last step",
-            ));
-        }
-        if step.aggregate.is_some() && !last {
-            return Err(unsupported(
-                "is an aggregate step followed by other steps; this worker build runs \
-                 aggregate only as the last step",
-            ));
-        }
         if let Some(window) = step.aggregate.as_ref().and_then(|a| a.window.as_ref())
             && window.tumbling.is_none()
             && window.hopping.is_none()
@@ -85,10 +113,16 @@ pub fn check(job: &Job) -> Result<(), JobError> {
                 field,
                 debezium,
             };
-            Expr::compile(&env, source, site).map_err(|e| JobError::Expression {
+            let compiled = Expr::compile(&env, source, site).map_err(|e| JobError::Expression {
                 job: job.id(),
                 error: Box::new(e),
             })?;
+            if let Some(maker) = maker {
+                made_record_vars(job, step, maker, field, &compiled)?;
+            }
+        }
+        if step.materialize.is_some() || step.aggregate.is_some() {
+            maker = Some(step);
         }
     }
     let timed = job
@@ -122,7 +156,8 @@ mod tests {
     use crate::job::test_job;
 
     #[test]
-    fn every_expression_is_compiled_where_the_pipeline_compiles_it_and_placement_is_checked() {
+    fn every_expression_is_compiled_and_steps_after_record_making_steps_read_what_their_records_have()
+     {
         let ok = test_job(
             "[{name: f, filter: {expr: 'value.n > 1'}}, {name: t, materialize: {key: 'value.id'}}]",
             "json",
@@ -138,12 +173,31 @@ mod tests {
             }
             other => panic!("an unknown variable is refused: {other:?}"),
         }
-        let early = test_job(
-            "[{name: t, materialize: {}}, {name: f, filter: {expr: 'true'}}]",
+        let after = test_job(
+            "[{name: t, materialize: {}}, {name: f, filter: {expr: 'value.n > 1 && key != \"\"'}}, \
+              {name: c, aggregate: {groupBy: key, aggregations: [{name: n, function: count}], emit: on-update}}, \
+              {name: m, map: {value: \"{'n': value.n, 'at': timestamp}\"}}]",
             "json",
         );
+        assert!(check(&after).is_ok(), "any step may follow any step");
+        let offset = test_job(
+            "[{name: c, aggregate: {groupBy: key, aggregations: [{name: n, function: count}], emit: on-update}}, \
+              {name: m, map: {value: 'offset'}}]",
+            "json",
+        );
+        match check(&offset) {
+            Err(JobError::Unsupported { message, .. }) => assert!(
+                message.contains("step \"m\": map.value reads offset, which the records made by step \"c\" (aggregate) do not have"),
+                "{message}"
+            ),
+            other => panic!("a result has no offset: {other:?}"),
+        }
+        let debezium = test_job(
+            "[{name: t, materialize: {}}, {name: f, filter: {expr: \"op == 'c'\"}}]",
+            "debezium-json",
+        );
         assert!(
-            matches!(check(&early), Err(JobError::Unsupported { message, .. }) if message.contains("only as the last step"))
+            matches!(check(&debezium), Err(JobError::Unsupported { message, .. }) if message.contains("reads op"))
         );
         let fields: Vec<_> = expressions(
             &test_job(

@@ -1,8 +1,10 @@
 //! Golden tests of the stateful steps against the real broker and S3 server: the example jobs
 //! (`windowed-aggregate`, `hopping-aggregate`, `session-aggregate`, `filter-route`) over small
 //! hand-written inputs, out of order and late, whose results follow from the watermark rules by
-//! hand (each expected record says why). The tumbling one SIGKILLs its worker twice mid-window:
-//! once after a checkpoint holds open windows, once before the checkpoint covers new input.
+//! hand (each expected record says why), and `order-alerts` (a filter and a map after a
+//! windowed count) over generated orders against a reference the test computes. The tumbling
+//! and the alerts tests SIGKILL their worker twice mid-window: once after a checkpoint holds open
+//! windows, once before the checkpoint covers new input.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -359,6 +361,78 @@ async fn the_filter_route_example_drops_small_and_repeated_payments() {
         ("B", slim("p3", 15000.0)),
         ("A", slim("p4", 10000.0)),
     ]);
+    g.assert_alive();
+    g.workers.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_filtered_and_mapped_from_a_windowed_count_equal_the_reference_across_sigkills() {
+    // The order-alerts example: a one-minute count per customer, then `orders > 3`, then a
+    // map into the alert; 5 s out of order, idle after 20 s so the last minutes close too.
+    let mut g = Golden::start(
+        "order-alerts.yaml",
+        json!({"eventTime": {"field": "created_at", "maxOutOfOrderness": "5s", "idleTimeout": "20s"}}),
+    );
+    // 240 orders, one per 1.5 s of event time with up to 2 s of disorder (never late), half
+    // of them from c0 and the rest spread over c1..c9, so some minutes alert and some do not.
+    let mut seed: u64 = 42;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        seed >> 33
+    };
+    let orders: Vec<(String, i64)> = (0..240)
+        .map(|i| {
+            let pick = next();
+            let customer = if pick % 2 == 0 {
+                "c0".to_string()
+            } else {
+                format!("c{}", 1 + (pick / 2) % 9)
+            };
+            let jitter = (next() % 5) as i64 - 2;
+            (customer, (i * 1500 + jitter * 1000).max(0))
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<(String, i64), i64>::new();
+    for (customer, ms) in &orders {
+        *counts.entry((customer.clone(), ms / 60_000)).or_default() += 1;
+    }
+    let reference: Vec<(String, Value)> = counts
+        .iter()
+        .filter(|(_, n)| **n > 3)
+        .map(|((customer, minute), n)| {
+            let alert =
+                json!({"customer": customer, "orders": n, "minute_start": T + minute * 60_000});
+            (customer.clone(), alert)
+        })
+        .collect();
+    assert!(
+        reference.len() > 6 && reference.len() < counts.len(),
+        "the input alerts for some minutes, not all: {} of {}",
+        reference.len(),
+        counts.len()
+    );
+    let values: Vec<Value> = orders
+        .iter()
+        .map(|(customer, ms)| json!({"customer_id": customer, "created_at": T + ms}))
+        .collect();
+    // Up to 150 s: [120 s, 180 s) is open when the checkpoint is taken. Kill, restart.
+    g.write(&values[..100]);
+    g.wait_for_checkpoint().await;
+    g.workers.kill(0);
+    g.workers.start(0);
+    // Up to 255 s, and killed again before a checkpoint is likely to cover it: replayed.
+    g.write(&values[100..170]);
+    g.workers.kill(0);
+    g.workers.start(0);
+    g.write(&values[170..]);
+    let expected: Vec<(&str, Value)> = reference
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    g.expect_output(&expected);
+    g.expect_dead_letters(&[]);
     g.assert_alive();
     g.workers.stop_all();
 }

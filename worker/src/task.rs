@@ -21,7 +21,7 @@ use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
 use crate::metrics::{DeadLetterLabels, Metrics, PartitionLabels, TaskLabels};
-use crate::pipeline::{Pipeline, StepError};
+use crate::pipeline::{Output, Pipeline, RecordError, Sink, StepError};
 use crate::state::{StateBackend, StateError};
 
 /// Records polled before the loop looks at checkpoints and progress again.
@@ -157,6 +157,55 @@ enum Reply {
     Owner(Result<(), CheckpointError>),
 }
 
+/// Where a task's steps put records: the output topic, and the dead-letter topic for the
+/// records a step made that a later step refused. The first send error is kept for the loop.
+struct TaskSink<'a, O> {
+    output: &'a O,
+    source: &'a str,
+    sent: &'a mut u64,
+    error: &'a mut Option<KafkaClientError>,
+    env: &'a TaskEnv,
+    task: TaskId,
+}
+
+impl<O: TaskOutput> Sink for TaskSink<'_, O> {
+    #[inline]
+    fn emit(&mut self, output: Output<'_>) {
+        *self.sent += 1;
+        if let Err(e) = self.output.send(output.key, output.value, self.source) {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn dead_letter(&mut self, made: Output<'_>, error: &RecordError, step: &str) {
+        self.env
+            .metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                task: self.task,
+                kind: error.kind().to_string(),
+            })
+            .inc();
+        let record = crate::io::InputRecord {
+            topic: "",
+            partition: i32::try_from(self.task).unwrap_or(i32::MAX),
+            offset: -1,
+            key: made.key,
+            value: made.value,
+            timestamp_ms: None,
+            headers: None,
+        };
+        let reason = DeadLetter {
+            kind: error.kind(),
+            message: &error.to_string(),
+            step,
+        };
+        if let Err(e) = self.output.dead_letter(&record, &reason, self.source) {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
 /// Runs task `task` until `env.stop` is set (returns after a final checkpoint) or it fails.
 /// `connector` opens the task's output, then its input at the restored offsets: Kafka in the
 /// worker, memory in the engine benchmark.
@@ -232,7 +281,7 @@ pub fn run<S: StateBackend, C: Connector>(
     let mut input = connector.input(&mut offsets)?;
     let mut pipeline = Pipeline::new(job).map_err(|e| KafkaClientError::Topology(e.to_string()))?;
     // The watermark is part of the state: windows resume where the checkpoint left them.
-    pipeline.restore(&state)?;
+    pipeline.restore(&mut state)?;
 
     let mut next_id = checkpoints.next_id();
     let epoch = checkpoints.epoch();
@@ -273,12 +322,15 @@ pub fn run<S: StateBackend, C: Connector>(
                 input.poll(BATCH, POLL_WAIT, |record| {
                     source_header(&mut source, record.topic, record.partition, record.offset);
                     let mut send_error = None;
-                    let result = pipeline.process(record, &mut state, &mut |emitted| {
-                        out += 1;
-                        if let Err(e) = output.send(emitted.key, emitted.value, &source) {
-                            send_error.get_or_insert(e);
-                        }
-                    });
+                    let mut sink = TaskSink {
+                        output: &output,
+                        source: &source,
+                        sent: &mut out,
+                        error: &mut send_error,
+                        env,
+                        task,
+                    };
+                    let result = pipeline.process(record, &mut state, &mut sink);
                     if let Some(e) = send_error {
                         return Err(TaskError::from(e));
                     }
@@ -338,13 +390,16 @@ pub fn run<S: StateBackend, C: Connector>(
             }
             // Processing time moves on between batches: idle inputs stop holding the watermark.
             let mut tick_error = None;
+            let mut sink = TaskSink {
+                output: &output,
+                source: "watermark",
+                sent: &mut out,
+                error: &mut tick_error,
+                env,
+                task,
+            };
             pipeline
-                .tick(unix_ms(), &mut state, &mut |emitted| {
-                    out += 1;
-                    if let Err(e) = output.send(emitted.key, emitted.value, "watermark") {
-                        tick_error.get_or_insert(e);
-                    }
-                })
+                .tick(unix_ms(), &mut state, &mut sink)
                 .map_err(|e| match e {
                     StepError::State(e) => TaskError::State(e),
                     StepError::Record(e) => TaskError::State(StateError::Corrupt {

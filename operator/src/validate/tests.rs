@@ -155,16 +155,16 @@ fn cases() -> Vec<Case> {
             says: "does not compile",
         },
         Case {
-            name: "an aggregate step followed by another step, which this worker build does not run",
+            name: "a step after an aggregate that reads the offset, which a result does not have",
             patch: json!({"spec": {"steps": [{"name": "totals", "aggregate": {
                 "groupBy": "key",
                 "aggregations": [{"name": "n", "function": "count"}],
                 "emit": "on-update",
-            }}, {"name": "big", "filter": {"expr": "value.n > 10"}}]}}),
+            }}, {"name": "big", "filter": {"expr": "value.n > 10 && offset > 0"}}]}}),
             facts: facts(),
             field: "spec.steps",
             reason: "StepUnsupported",
-            says: "\"totals\" is an aggregate step followed by other steps",
+            says: "filter.expr reads offset, which the records made by step \"totals\" (aggregate) do not have",
         },
         Case {
             name: "file:// checkpoints, which other pods cannot read",

@@ -1,4 +1,4 @@
-//! Windows and aggregate accumulators, and how step state and timers are keyed. Pure.
+//! Window shapes and aggregate accumulators. Pure.
 //!
 //! Window semantics follow Flink's: a window is `[start, end)`; it fires once the watermark
 //! reaches `end - 1`, and keeps its state until the watermark reaches `end - 1 + allowedLateness`,
@@ -7,64 +7,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sluice_crds::v1alpha1::AggregateFunction;
-
-/// A step's own entries: `[step, DATA, ...]`.
-pub const DATA: u8 = 0;
-/// A step's timers: `[step, TIMERS, time, kind, window start, key]`, in firing order.
-pub const TIMERS: u8 = 1;
-/// Session windows of a group: `[step, SESSIONS, key]`.
-pub const SESSIONS: u8 = 2;
-
-/// Timer kinds, in the order they fire at the same time.
-pub const FIRE: u8 = 0;
-/// Drop the window's state.
-pub const PURGE: u8 = 1;
-
-/// Event time as an order-preserving big-endian key part.
-pub fn time_key(ms: i64) -> [u8; 8] {
-    ((ms as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// The inverse of [`time_key`].
-pub fn time_from_key(bytes: &[u8]) -> Option<i64> {
-    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    Some((u64::from_be_bytes(raw) ^ (1 << 63)) as i64)
-}
-
-/// `[step, DATA, start, key]`: a window's accumulator (`start` is 0 for unwindowed ones), or a
-/// dedupe entry.
-pub fn data_key(out: &mut Vec<u8>, step: u8, start: i64, key: &[u8]) {
-    out.clear();
-    out.extend_from_slice(&[step, DATA]);
-    out.extend_from_slice(&time_key(start));
-    out.extend_from_slice(key);
-}
-
-/// `[step, SESSIONS, key]`.
-pub fn sessions_key(out: &mut Vec<u8>, step: u8, key: &[u8]) {
-    out.clear();
-    out.extend_from_slice(&[step, SESSIONS]);
-    out.extend_from_slice(key);
-}
-
-/// `[step, TIMERS, at, kind, start, key]`.
-pub fn timer_key(out: &mut Vec<u8>, step: u8, at: i64, kind: u8, start: i64, key: &[u8]) {
-    out.clear();
-    out.extend_from_slice(&[step, TIMERS]);
-    out.extend_from_slice(&time_key(at));
-    out.push(kind);
-    out.extend_from_slice(&time_key(start));
-    out.extend_from_slice(key);
-}
-
-/// A timer read back: (at, kind, start, key).
-pub fn parse_timer(key: &[u8]) -> Option<(i64, u8, i64, &[u8])> {
-    let rest = key.get(2..)?;
-    let at = time_from_key(rest)?;
-    let kind = *rest.get(8)?;
-    let start = time_from_key(rest.get(9..)?)?;
-    Some((at, kind, start, rest.get(17..)?))
-}
 
 /// Window shapes, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,29 +275,6 @@ impl Slot {
 mod tests {
     use super::*;
     use AggregateFunction as F;
-
-    #[test]
-    fn timer_keys_sort_by_time_then_kind_and_round_trip() {
-        let mut keys = Vec::new();
-        for (at, kind) in [(5, PURGE), (-3, FIRE), (5, FIRE), (1_700_000_000_000, FIRE)] {
-            let mut k = Vec::new();
-            timer_key(&mut k, 2, at, kind, at - 10, b"g");
-            keys.push(k);
-        }
-        keys.sort();
-        let order: Vec<(i64, u8)> = keys
-            .iter()
-            .map(|k| {
-                let (at, kind, start, key) = parse_timer(k).unwrap();
-                assert_eq!((start, key), (at - 10, &b"g"[..]));
-                (at, kind)
-            })
-            .collect();
-        assert_eq!(
-            order,
-            vec![(-3, FIRE), (5, FIRE), (5, PURGE), (1_700_000_000_000, FIRE)]
-        );
-    }
 
     #[test]
     fn fixed_windows_hold_the_records_between_their_bounds() {

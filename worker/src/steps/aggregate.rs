@@ -1,0 +1,476 @@
+//! `aggregate`: groups records by a CEL key and computes count, sum, min, max, avg, first and
+//! last per group, over all time or over event-time windows ([`window`]: tumbling, hopping,
+//! session), with Flink's semantics. State: `[id, DATA, start, group] → accumulator` for fixed
+//! windows (`start` 0 without a window), `[id, SESSIONS, group] → sessions`, and per window a
+//! fire timer (emitting on close) at `end − 1` and a purge timer at `end − 1 + allowedLateness`.
+//!
+//! A window `[start, end)` fires once this step's watermark reaches `end − 1`, and keeps its
+//! state until it reaches `end − 1 + allowedLateness`; updates in between fire it again. A
+//! record whose every window is purged is late: dead-lettered or dropped and counted
+//! (`lateRecords`). Each result is a record of its own for the steps after this one: key = the
+//! group, value = one JSON field per aggregation (and `window_start`, `window_end`), event time
+//! = the window's end − 1, or for an unwindowed aggregate the event time of the record that
+//! updated it.
+
+pub mod window;
+
+use serde_json::Value as Json;
+use sluice_crds::v1alpha1::{AggregateFunction, AggregateStep, Emit, Format, LateRecords};
+
+use super::namespace::{self, FIRE, PURGE};
+use super::{
+    Compiled, Compiler, Cx, Namespace, Operator, Out, Record, RecordError, StepError, millis, reads,
+};
+use crate::expr::{self, Vars};
+use crate::job::JobError;
+use crate::state::StateBackend;
+use window::{Acc, Session, Shape};
+
+/// A compiled `aggregate` step.
+pub struct Aggregate {
+    group_by: Compiled,
+    names: Vec<String>,
+    functions: Vec<AggregateFunction>,
+    inputs: Vec<Option<Compiled>>,
+    shape: Shape,
+    lateness: i64,
+    late: LateRecords,
+    emit: Emit,
+    ns: Namespace,
+    /// Scratch: state keys, the group, the result, window starts, due timers.
+    buf: Vec<u8>,
+    group: Vec<u8>,
+    result: Vec<u8>,
+    starts: Vec<i64>,
+    due: Vec<Vec<u8>>,
+}
+
+impl Aggregate {
+    /// Compiles the step (at `position`).
+    pub fn compile(
+        spec: &AggregateStep,
+        position: usize,
+        c: &Compiler<'_>,
+    ) -> Result<Self, JobError> {
+        let shape = match &spec.window {
+            None => Shape::Global,
+            Some(w) => match (&w.tumbling, &w.hopping, &w.session) {
+                (Some(t), _, _) => Shape::Tumbling {
+                    size: millis(t.size.into()).max(1),
+                },
+                (_, Some(h), _) => Shape::Hopping {
+                    size: millis(h.size.into()).max(1),
+                    advance: millis(h.advance.into()).max(1),
+                },
+                (_, _, Some(s)) => Shape::Session {
+                    gap: millis(s.gap.into()).max(1),
+                },
+                _ => return Err(c.unsupported("has a window of no kind")),
+            },
+        };
+        let mut inputs = Vec::new();
+        for a in &spec.aggregations {
+            let expr = a
+                .expr
+                .as_deref()
+                .filter(|_| a.function != AggregateFunction::Count);
+            inputs.push(c.optional("aggregate.aggregations.expr", expr)?);
+        }
+        Ok(Self {
+            group_by: c.expr("aggregate.groupBy", &spec.group_by)?,
+            names: spec.aggregations.iter().map(|a| a.name.clone()).collect(),
+            functions: spec.aggregations.iter().map(|a| a.function).collect(),
+            inputs,
+            shape,
+            lateness: spec.allowed_lateness.map_or(0, |d| millis(d.into())),
+            late: spec.late_records,
+            emit: if spec.window.is_none() {
+                Emit::OnUpdate
+            } else {
+                spec.emit
+            },
+            ns: Namespace::new(position),
+            buf: Vec::with_capacity(96),
+            group: Vec::with_capacity(64),
+            result: Vec::with_capacity(256),
+            starts: Vec::new(),
+            due: Vec::new(),
+        })
+    }
+
+    /// What its expressions read.
+    pub fn reads(&self) -> Vars {
+        reads(self.inputs.iter().flatten()).with(self.group_by.uses())
+    }
+
+    /// The timers of a window ending at `end`: fire (when emitting on close) and purge.
+    fn timers(&self, start: i64, end: i64) -> impl Iterator<Item = (i64, u8, i64)> + use<> {
+        let fire = (self.emit == Emit::OnClose).then_some((end - 1, FIRE, start));
+        fire.into_iter()
+            .chain(std::iter::once((end - 1 + self.lateness, PURGE, start)))
+    }
+
+    /// Passes the result of the window `[start, end)` on.
+    fn emit_result<S: StateBackend>(
+        &mut self,
+        (start, end): (i64, i64),
+        acc: &Acc,
+        at: i64,
+        cx: &mut Cx<'_, S>,
+        out: &mut Out<'_>,
+    ) -> Result<(), StepError> {
+        let mut result = acc.result(&self.names, &self.functions);
+        if self.shape != Shape::Global {
+            result.insert("window_start".into(), start.into());
+            result.insert("window_end".into(), end.into());
+        }
+        self.result.clear();
+        let _ = serde_json::to_writer(&mut self.result, &result);
+        let at = if self.shape == Shape::Global {
+            at
+        } else {
+            end - 1
+        };
+        out.push_made(
+            Record::made(&self.group, Some(&self.result), Format::Json, at),
+            cx,
+        )
+    }
+
+    /// Adds a record to the sessions of its group; false when the session is already purged.
+    fn session<S: StateBackend>(
+        &mut self,
+        gap: i64,
+        event_ms: i64,
+        acc: Acc,
+        cx: &mut Cx<'_, S>,
+        out: &mut Out<'_>,
+    ) -> Result<bool, StepError> {
+        self.ns.sessions_key(&mut self.buf, &self.group);
+        let sessions: Vec<Session> = match cx.state.get(&self.buf)? {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (mut start, mut end) = (event_ms, event_ms.saturating_add(gap));
+        let (mut merged, mut kept) = (Vec::new(), Vec::with_capacity(sessions.len()));
+        for s in sessions {
+            if s.start < end && start < s.end {
+                start = start.min(s.start);
+                end = end.max(s.end);
+                merged.push(s);
+            } else {
+                kept.push(s);
+            }
+        }
+        if end - 1 + self.lateness <= cx.watermark {
+            return Ok(false);
+        }
+        let mut acc = acc;
+        for s in &merged {
+            acc.merge(&self.functions, &s.acc);
+            for timer in self.timers(s.start, s.end) {
+                self.ns
+                    .delete_timer(cx.state, &mut self.buf, timer, &self.group)?;
+            }
+        }
+        for timer in self.timers(start, end) {
+            self.ns
+                .set_timer(cx.state, &mut self.buf, timer, &self.group)?;
+        }
+        let session = Session { start, end, acc };
+        if self.emit == Emit::OnUpdate || end - 1 <= cx.watermark {
+            self.emit_result((start, end), &session.acc, event_ms, cx, out)?;
+        }
+        kept.push(session);
+        self.ns.sessions_key(&mut self.buf, &self.group);
+        cx.state
+            .put(&self.buf, &serde_json::to_vec(&kept).unwrap_or_default())?;
+        Ok(true)
+    }
+
+    /// Adds a record to its group's fixed windows; false when every one is already purged.
+    fn fixed<S: StateBackend>(
+        &mut self,
+        event_ms: i64,
+        inputs: &[Json],
+        cx: &mut Cx<'_, S>,
+        out: &mut Out<'_>,
+    ) -> Result<bool, StepError> {
+        let mut starts = std::mem::take(&mut self.starts);
+        self.shape.starts(event_ms, &mut starts);
+        let mut updated = false;
+        for &start in starts.iter().rev() {
+            let end = self.shape.end(start);
+            let windowed = self.shape != Shape::Global;
+            if windowed && end - 1 + self.lateness <= cx.watermark {
+                continue;
+            }
+            self.ns.data_key(&mut self.buf, start, &self.group);
+            let mut acc = match cx.state.get(&self.buf)? {
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Acc::new(self.functions.len())),
+                None => {
+                    if windowed {
+                        for timer in self.timers(start, end) {
+                            self.ns
+                                .set_timer(cx.state, &mut self.buf, timer, &self.group)?;
+                        }
+                        self.ns.data_key(&mut self.buf, start, &self.group);
+                    }
+                    Acc::new(self.functions.len())
+                }
+            };
+            acc.add(&self.functions, inputs, event_ms)
+                .map_err(|e| RecordError::Aggregate(e.to_string()))?;
+            cx.state
+                .put(&self.buf, &serde_json::to_vec(&acc).unwrap_or_default())?;
+            updated = true;
+            if self.emit == Emit::OnUpdate || end - 1 <= cx.watermark {
+                self.emit_result((start, end), &acc, event_ms, cx, out)?;
+            }
+        }
+        self.starts = starts;
+        Ok(updated)
+    }
+
+    /// One due timer: pass a closing window's result on, or drop state whose time is up.
+    fn fire<S: StateBackend>(
+        &mut self,
+        timer: &[u8],
+        cx: &mut Cx<'_, S>,
+        out: &mut Out<'_>,
+    ) -> Result<(), StepError> {
+        let Some((at, kind, start, group)) = namespace::parse_timer(timer) else {
+            return Ok(());
+        };
+        self.group.clear();
+        self.group.extend_from_slice(group);
+        if let Shape::Session { .. } = self.shape {
+            self.ns.sessions_key(&mut self.buf, &self.group);
+            let Some(bytes) = cx.state.get(&self.buf)? else {
+                return Ok(());
+            };
+            let mut sessions: Vec<Session> = serde_json::from_slice(&bytes).unwrap_or_default();
+            let Some(i) = sessions.iter().position(|s| s.start == start) else {
+                return Ok(());
+            };
+            let end = sessions[i].end;
+            if kind == FIRE && end - 1 == at {
+                let acc = sessions[i].acc.clone();
+                self.emit_result((start, end), &acc, at, cx, out)?;
+            } else if kind == PURGE && end - 1 + self.lateness == at {
+                sessions.remove(i);
+                self.ns.sessions_key(&mut self.buf, &self.group);
+                if sessions.is_empty() {
+                    cx.state.delete(&self.buf)?;
+                } else {
+                    cx.state.put(
+                        &self.buf,
+                        &serde_json::to_vec(&sessions).unwrap_or_default(),
+                    )?;
+                }
+            }
+            return Ok(());
+        }
+        self.ns.data_key(&mut self.buf, start, &self.group);
+        if kind == PURGE {
+            return Ok(cx.state.delete(&self.buf)?);
+        }
+        let acc = cx
+            .state
+            .get(&self.buf)?
+            .and_then(|bytes| serde_json::from_slice::<Acc>(&bytes).ok());
+        if let Some(acc) = acc {
+            self.emit_result((start, self.shape.end(start)), &acc, at, cx, out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Operator for Aggregate {
+    fn process<S: StateBackend>(
+        &mut self,
+        mut record: Record<'_>,
+        cx: &mut Cx<'_, S>,
+        out: &mut Out<'_>,
+    ) -> Result<(), StepError> {
+        let vars = record.vars(cx.uses)?;
+        let group = self.group_by.eval(vars)?;
+        expr::write_bytes(&group, &mut self.group)
+            .map_err(|e| RecordError::Encode(e.to_string()))?;
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            inputs.push(match input {
+                Some(c) => {
+                    expr::to_json(&c.eval(vars)?).map_err(|e| RecordError::Encode(e.to_string()))?
+                }
+                None => Json::Null,
+            });
+        }
+        let event_ms = record.event_ms;
+        let updated = match self.shape {
+            Shape::Session { gap } => {
+                let mut acc = Acc::new(self.functions.len());
+                acc.add(&self.functions, &inputs, event_ms)
+                    .map_err(|e| RecordError::Aggregate(e.to_string()))?;
+                self.session(gap, event_ms, acc, cx, out)?
+            }
+            _ => self.fixed(event_ms, &inputs, cx, out)?,
+        };
+        if updated {
+            return Ok(());
+        }
+        match self.late {
+            LateRecords::Drop => {
+                cx.dropped_late();
+                Ok(())
+            }
+            LateRecords::DeadLetter => Err(RecordError::Late {
+                event_ms,
+                watermark_ms: cx.watermark,
+                lateness: if self.lateness > 0 {
+                    format!(" more than {} ms ago", self.lateness)
+                } else {
+                    String::new()
+                },
+            }
+            .into()),
+        }
+    }
+
+    fn on_watermark<S: StateBackend>(
+        &mut self,
+        cx: &mut Cx<'_, S>,
+        out: &mut Out<'_>,
+    ) -> Result<(), StepError> {
+        loop {
+            self.ns.take_due(cx.state, cx.watermark, &mut self.due)?;
+            if self.due.is_empty() {
+                return Ok(());
+            }
+            let due = std::mem::take(&mut self.due);
+            for timer in &due {
+                self.fire(timer, cx, out)?;
+            }
+            self.due = due;
+        }
+    }
+
+    fn namespace(&mut self) -> Option<&mut Namespace> {
+        Some(&mut self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::StateBackend;
+    use crate::steps::namespace::TIMERS;
+    use crate::steps::testing::Harness;
+
+    #[test]
+    fn tumbling_windows_close_on_the_watermark_and_later_records_are_late() {
+        let mut h = Harness::timed(
+            "[{name: sums, aggregate: {groupBy: 'value.k', aggregations: [{name: n, function: count}, {name: total, function: sum, expr: value.amount}], window: {tumbling: {size: 10ms}}}}]",
+            5,
+        );
+        let seen = h.orders(&[
+            ("a", 1, 1),
+            ("a", 3, 2),
+            ("b", 12, 5),
+            ("a", 8, 1),
+            ("a", 15, 7),
+            ("a", 9, 100),
+            ("a", 16, 1),
+        ]);
+        assert_eq!(
+            seen,
+            [
+                // ts 15 moves the watermark to 9: [0, 10) closes.
+                r#"a={"n":3,"total":4,"window_end":10,"window_start":0}"#,
+                // ts 9 is late: its window closed.
+                "error late at 9",
+            ]
+        );
+        assert_eq!(
+            h.orders(&[("x", 30, 0)]),
+            [
+                r#"a={"n":2,"total":8,"window_end":20,"window_start":10}"#,
+                r#"b={"n":1,"total":5,"window_end":20,"window_start":10}"#,
+            ]
+        );
+        let mut timers = 0;
+        h.state
+            .scan_prefix(&[0, TIMERS], &mut |_, _| {
+                timers += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(timers, 2, "only the open window of x keeps timers");
+    }
+
+    #[test]
+    fn allowed_lateness_updates_a_closed_window_and_hopping_windows_overlap() {
+        let mut h = Harness::timed(
+            "[{name: sums, aggregate: {groupBy: 'value.k', aggregations: [{name: total, function: sum, expr: value.amount}], window: {hopping: {size: 10ms, advance: 5ms}}, allowedLateness: 5ms, lateRecords: drop}}]",
+            0,
+        );
+        let seen = h.orders(&[
+            ("a", 1, 1),
+            ("a", 6, 2),
+            ("a", 11, 4),
+            ("a", 7, 8),
+            ("a", 20, 0),
+            ("a", 3, 16),
+        ]);
+        assert_eq!(
+            seen,
+            [
+                // ts 6: watermark 5, [-5, 5) closes.
+                r#"a={"total":1,"window_end":5,"window_start":-5}"#,
+                // ts 11: watermark 10, [0, 10) closes.
+                r#"a={"total":3,"window_end":10,"window_start":0}"#,
+                // ts 7 is late for [0, 10) but within its lateness: it fires again; [5, 15) is open.
+                r#"a={"total":11,"window_end":10,"window_start":0}"#,
+                // ts 20: watermark 19, [5, 15) and [10, 20) close.
+                r#"a={"total":14,"window_end":15,"window_start":5}"#,
+                r#"a={"total":4,"window_end":20,"window_start":10}"#,
+            ]
+        );
+        assert_eq!(
+            h.pipeline.late_dropped(),
+            1,
+            "ts 3 is later than the lateness: dropped"
+        );
+    }
+
+    #[test]
+    fn sessions_merge_across_gaps_and_survive_a_restore() {
+        let mut h = Harness::timed(
+            "[{name: s, aggregate: {groupBy: 'value.k', aggregations: [{name: n, function: count}, {name: first, function: first, expr: value.amount}, {name: last, function: last, expr: value.amount}], window: {session: {gap: 10ms}}}}]",
+            30,
+        );
+        assert!(
+            h.orders(&[("a", 0, 1), ("a", 22, 2), ("a", 5, 3)])
+                .is_empty()
+        );
+        h.restart(None);
+        assert_eq!(h.pipeline.watermark_ms(), Some(-9));
+        assert_eq!(
+            h.orders(&[("a", 14, 4), ("a", 100, 5)]),
+            // ts 14 joins [0, 15) and [22, 32) into one session [0, 32); ts 100 closes it.
+            [r#"a={"first":1,"last":2,"n":4,"window_end":32,"window_start":0}"#]
+        );
+    }
+
+    #[test]
+    fn an_unwindowed_aggregate_emits_every_update() {
+        let mut h = Harness::timed(
+            "[{name: t, aggregate: {groupBy: 'key', aggregations: [{name: avg, function: avg, expr: value.amount}, {name: max, function: max, expr: value.amount}], emit: on-update}}]",
+            0,
+        );
+        assert_eq!(
+            h.orders(&[("a", 5, 2), ("a", 1, 4)]),
+            [r#"a={"avg":2.0,"max":2}"#, r#"a={"avg":3.0,"max":4}"#]
+        );
+    }
+}
