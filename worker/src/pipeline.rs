@@ -235,7 +235,7 @@ impl Pipeline {
                 steps::advance(stages, after, &mut cx)?;
             }
         }
-        steps::run(stages, record, &mut cx)
+        steps::run(stages, &mut record, &mut cx)
     }
 }
 

@@ -132,8 +132,10 @@ impl Aggregate {
             end - 1
         };
         out.push_made(
-            Record::made(&self.group, Some(&self.result), Format::Json, at),
             cx,
+            (&self.group, Some(&self.result)),
+            (Format::Json, false),
+            at,
         )
     }
 
@@ -290,7 +292,7 @@ impl Aggregate {
 impl Operator for Aggregate {
     fn process<S: StateBackend>(
         &mut self,
-        mut record: Record<'_>,
+        record: &mut Record<'_>,
         cx: &mut Cx<'_, S>,
         out: &mut Out<'_>,
     ) -> Result<(), StepError> {

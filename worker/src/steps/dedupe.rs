@@ -49,7 +49,7 @@ impl Operator for Dedupe {
     #[inline]
     fn process<S: StateBackend>(
         &mut self,
-        mut record: Record<'_>,
+        record: &mut Record<'_>,
         cx: &mut Cx<'_, S>,
         out: &mut Out<'_>,
     ) -> Result<(), StepError> {

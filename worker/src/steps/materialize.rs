@@ -61,7 +61,7 @@ impl Operator for Materialize {
     #[inline]
     fn process<S: StateBackend>(
         &mut self,
-        mut record: Record<'_>,
+        record: &mut Record<'_>,
         cx: &mut Cx<'_, S>,
         out: &mut Out<'_>,
     ) -> Result<(), StepError> {
@@ -113,9 +113,7 @@ impl Operator for Materialize {
             Some(row) => cx.state.put(&self.state_key, row)?,
             None => cx.state.delete(&self.state_key)?,
         }
-        let mut change = Record::made(row_key, row, format, record.event_ms);
-        change.changelog = true;
-        out.push_made(change, cx)
+        out.push_made(cx, (row_key, row), (format, true), record.event_ms)
     }
 
     fn namespace(&mut self) -> Option<&mut Namespace> {

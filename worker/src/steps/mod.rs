@@ -39,7 +39,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-use sluice_crds::v1alpha1::{SinkFormat, Step};
+use sluice_crds::v1alpha1::{Format, SinkFormat, Step};
 
 pub use compile::{Compiled, Compiler, millis, reads};
 pub use error::{RecordError, StepError};
@@ -73,7 +73,7 @@ pub trait Operator {
     /// One record in; zero or more out through `out`.
     fn process<S: StateBackend>(
         &mut self,
-        record: Record<'_>,
+        record: &mut Record<'_>,
         cx: &mut Cx<'_, S>,
         out: &mut Out<'_>,
     ) -> Result<(), StepError>;
@@ -135,7 +135,7 @@ impl Operator for Op {
     #[inline]
     fn process<S: StateBackend>(
         &mut self,
-        record: Record<'_>,
+        record: &mut Record<'_>,
         cx: &mut Cx<'_, S>,
         out: &mut Out<'_>,
     ) -> Result<(), StepError> {
@@ -280,27 +280,34 @@ impl Out<'_> {
     #[inline]
     pub fn push<S: StateBackend>(
         &mut self,
-        record: Record<'_>,
+        record: &mut Record<'_>,
         cx: &mut Cx<'_, S>,
     ) -> Result<(), StepError> {
         run(self.rest, record, cx)
     }
 
-    /// Passes on a record the step made; a later step's record error dead-letters it.
+    /// Passes on a record the step made, `key` and `value` (encoded as `format`) at
+    /// `event_ms`; a later step's record error dead-letters it. `changelog`: a table's change.
     #[inline]
     pub fn push_made<S: StateBackend>(
         &mut self,
-        record: Record<'_>,
         cx: &mut Cx<'_, S>,
+        (key, value): (&[u8], Option<&[u8]>),
+        (format, changelog): (Format, bool),
+        event_ms: i64,
     ) -> Result<(), StepError> {
-        if self.rest.is_empty() {
-            return sink(record, cx);
-        }
         let made = Output {
-            key: record.raw.key,
-            value: record.raw.value,
+            key: Some(key),
+            value,
         };
-        match run(self.rest, record, cx) {
+        if self.rest.is_empty() {
+            // The last step: its records go to the sink as they are.
+            cx.sink.emit(made);
+            return Ok(());
+        }
+        let mut record = Record::made(key, value, format, event_ms);
+        record.changelog = changelog;
+        match run(self.rest, &mut record, cx) {
             Err(StepError::Record(e)) => {
                 let step = cx.chain.failed.take();
                 let step = step.and_then(|i| cx.chain.names.get(i));
@@ -317,7 +324,7 @@ impl Out<'_> {
 #[inline]
 pub fn run<S: StateBackend>(
     stages: &mut [Stage],
-    record: Record<'_>,
+    record: &mut Record<'_>,
     cx: &mut Cx<'_, S>,
 ) -> Result<(), StepError> {
     let Some((stage, rest)) = stages.split_first_mut() else {
@@ -370,7 +377,7 @@ pub fn processing_time<S: StateBackend>(
 
 /// The end of the chain: key and value encoded for the sink.
 #[inline]
-fn sink<S>(record: Record<'_>, cx: &mut Cx<'_, S>) -> Result<(), StepError> {
+fn sink<S>(record: &mut Record<'_>, cx: &mut Cx<'_, S>) -> Result<(), StepError> {
     let Chain {
         key,
         value,
