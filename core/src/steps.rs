@@ -85,7 +85,39 @@ pub fn check(job: &Job) -> Result<(), JobError> {
     let debezium = job.spec.source.kafka.format == Format::DebeziumJson;
     // The step that made the records the current step reads, if any did.
     let mut maker: Option<&Step> = None;
-    for step in &job.spec.steps {
+    let mut table: Option<&Step> = None;
+    for (index, step) in job.spec.steps.iter().enumerate() {
+        if job.spec.steps[..index].iter().any(|s| s.name == step.name) {
+            return Err(JobError::Unsupported {
+                job: job.id(),
+                message: format!(
+                    "two steps are named {:?}; a step's name is its state's, so names are unique",
+                    step.name
+                ),
+            });
+        }
+        if let Some(table) = table
+            && (step.aggregate.is_some() || step.dedupe.is_some())
+        {
+            return Err(JobError::Unsupported {
+                job: job.id(),
+                message: format!(
+                    "step {:?} ({}) follows materialize step {:?}: aggregating or deduplicating a \
+                     table's changes needs retractions of the rows they replace, which this \
+                     build does not have; put it before the materialize step",
+                    step.name,
+                    if step.aggregate.is_some() {
+                        "aggregate"
+                    } else {
+                        "dedupe"
+                    },
+                    table.name
+                ),
+            });
+        }
+        if step.materialize.is_some() {
+            table = Some(step);
+        }
         let unsupported = |message: &str| JobError::Unsupported {
             job: job.id(),
             message: format!("step {:?} {message}", step.name),
@@ -174,8 +206,9 @@ mod tests {
             other => panic!("an unknown variable is refused: {other:?}"),
         }
         let after = test_job(
-            "[{name: t, materialize: {}}, {name: f, filter: {expr: 'value.n > 1 && key != \"\"'}}, \
-              {name: c, aggregate: {groupBy: key, aggregations: [{name: n, function: count}], emit: on-update}}, \
+            "[{name: c, aggregate: {groupBy: key, aggregations: [{name: n, function: count}], emit: on-update}}, \
+              {name: f, filter: {expr: 'value.n > 1 && key != \"\"'}}, \
+              {name: t, materialize: {}}, \
               {name: m, map: {value: \"{'n': value.n, 'at': timestamp}\"}}]",
             "json",
         );
@@ -192,6 +225,21 @@ mod tests {
             ),
             other => panic!("a result has no offset: {other:?}"),
         }
+        let retract = test_job(
+            "[{name: t, materialize: {}}, {name: f, filter: {expr: 'true'}}, \
+              {name: c, aggregate: {groupBy: key, aggregations: [{name: n, function: count}], emit: on-update}}]",
+            "json",
+        );
+        assert!(
+            matches!(check(&retract), Err(JobError::Unsupported { message, .. }) if message.contains("follows materialize step \"t\"")),
+        );
+        let twice = test_job(
+            "[{name: f, filter: {expr: 'true'}}, {name: f, map: {value: 'value'}}]",
+            "json",
+        );
+        assert!(
+            matches!(check(&twice), Err(JobError::Unsupported { message, .. }) if message.contains("two steps are named \"f\"")),
+        );
         let debezium = test_job(
             "[{name: t, materialize: {}}, {name: f, filter: {expr: \"op == 'c'\"}}]",
             "debezium-json",

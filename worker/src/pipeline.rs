@@ -215,7 +215,9 @@ impl Pipeline {
             // event itself carried the change. Skipped, as Flink's debezium-json format does.
             return Ok(());
         }
-        let mut record = Record::new(input, *format, 0);
+        // Without a clock, a record's event time is its Kafka timestamp (what made records
+        // carry as `timestamp`).
+        let mut record = Record::new(input, *format, input.timestamp_ms.unwrap_or(0));
         let mut cx = cx(state, chain, sink, 0);
         if let Some(time) = time {
             cx.now_ms = time.now_ms;

@@ -110,6 +110,18 @@ impl Aggregate {
             .chain(std::iter::once((end - 1 + self.lateness, PURGE, start)))
     }
 
+    /// The timers a window ending at `end` needs now: no fire timer when this step's watermark
+    /// already passed `end − 1` (the window fires at once instead, and only then).
+    fn new_timers(
+        &self,
+        start: i64,
+        end: i64,
+        watermark: i64,
+    ) -> impl Iterator<Item = (i64, u8, i64)> + use<> {
+        self.timers(start, end)
+            .filter(move |(at, kind, _)| !(*kind == FIRE && *at <= watermark))
+    }
+
     /// Passes the result of the window `[start, end)` on.
     fn emit_result<S: StateBackend>(
         &mut self,
@@ -175,7 +187,7 @@ impl Aggregate {
                     .delete_timer(cx.state, &mut self.buf, timer, &self.group)?;
             }
         }
-        for timer in self.timers(start, end) {
+        for timer in self.new_timers(start, end, cx.watermark) {
             self.ns
                 .set_timer(cx.state, &mut self.buf, timer, &self.group)?;
         }
@@ -213,7 +225,7 @@ impl Aggregate {
                     .unwrap_or_else(|_| Acc::new(self.functions.len())),
                 None => {
                     if windowed {
-                        for timer in self.timers(start, end) {
+                        for timer in self.new_timers(start, end, cx.watermark) {
                             self.ns
                                 .set_timer(cx.state, &mut self.buf, timer, &self.group)?;
                         }
@@ -365,7 +377,6 @@ impl Operator for Aggregate {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::StateBackend;
     use crate::steps::namespace::TIMERS;
     use crate::steps::testing::Harness;
 
@@ -400,14 +411,11 @@ mod tests {
                 r#"b={"n":1,"total":5,"window_end":20,"window_start":10}"#,
             ]
         );
-        let mut timers = 0;
-        h.state
-            .scan_prefix(&[0, TIMERS], &mut |_, _| {
-                timers += 1;
-                true
-            })
-            .unwrap();
-        assert_eq!(timers, 2, "only the open window of x keeps timers");
+        assert_eq!(
+            h.entries(&[0, TIMERS]),
+            2,
+            "only the open window of x keeps timers"
+        );
     }
 
     #[test]
@@ -442,6 +450,33 @@ mod tests {
             h.pipeline.late_dropped(),
             1,
             "ts 3 is later than the lateness: dropped"
+        );
+    }
+
+    #[test]
+    fn a_window_opened_by_a_late_record_within_its_lateness_fires_once() {
+        let mut h = Harness::timed(
+            "[{name: sums, aggregate: {groupBy: 'value.k', aggregations: [{name: n, function: count}], window: {tumbling: {size: 10ms}}, allowedLateness: 5ms}}]",
+            0,
+        );
+        // ts 12: watermark 11. ts 5 opens [0, 10) of b, already closed but within its
+        // lateness: it fires at once, and not again when the watermark moves on.
+        assert!(h.orders(&[("a", 12, 1)]).is_empty());
+        assert_eq!(
+            h.orders(&[("b", 5, 1), ("a", 13, 1), ("a", 30, 1)]),
+            [
+                r#"b={"n":1,"window_end":10,"window_start":0}"#,
+                r#"a={"n":2,"window_end":20,"window_start":10}"#
+            ]
+        );
+        let mut h = Harness::timed(
+            "[{name: s, aggregate: {groupBy: 'value.k', aggregations: [{name: n, function: count}], window: {session: {gap: 10ms}}, allowedLateness: 20ms}}]",
+            0,
+        );
+        assert!(h.orders(&[("a", 30, 1)]).is_empty());
+        assert_eq!(
+            h.orders(&[("b", 5, 1), ("a", 31, 1)]),
+            [r#"b={"n":1,"window_end":15,"window_start":5}"#]
         );
     }
 

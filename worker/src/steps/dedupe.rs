@@ -104,7 +104,6 @@ impl Operator for Dedupe {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::StateBackend;
     use crate::steps::namespace::DATA;
     use crate::steps::testing::Harness;
 
@@ -124,13 +123,6 @@ mod tests {
         ]);
         let keys: Vec<&str> = seen.iter().map(|s| &s[..1]).collect();
         assert_eq!(keys, vec!["a", "c", "d", "f"]);
-        let mut entries = 0;
-        h.state
-            .scan_prefix(&[0, DATA], &mut |_, _| {
-                entries += 1;
-                true
-            })
-            .unwrap();
-        assert_eq!(entries, 1, "expired keys are removed");
+        assert_eq!(h.entries(&[0, DATA]), 1, "expired keys are removed");
     }
 }

@@ -1,14 +1,15 @@
 //! `filter`: keeps the records its CEL expression is true for. Stateless.
 //!
 //! The expression must return a bool; anything else, or a failure, is the record's error (it
-//! goes to the dead-letter topic). A table's delete (a changelog record without a value, after
-//! `materialize`) passes without being evaluated, as a KTable's `filter` forwards deletes: the
-//! steps after it must learn that the row is gone.
+//! goes to the dead-letter topic). Over a table's changes (after `materialize`) it filters the
+//! table, as a KTable's `filter` does: a delete passes without being evaluated, and a change the
+//! expression is false for passes as a delete of its key, so a row that stops matching leaves
+//! the filtered table (the steps after it must learn that the row is gone).
 
 use cel::Value;
 use sluice_crds::v1alpha1::FilterStep;
 
-use super::{Compiled, Compiler, Cx, Operator, Out, Record, StepError};
+use super::{Compiled, Compiler, Current, Cx, Operator, Out, Record, StepError};
 use crate::expr::Vars;
 use crate::job::JobError;
 use crate::state::StateBackend;
@@ -46,6 +47,10 @@ impl Operator for Filter {
         let vars = record.vars(cx.uses)?;
         match self.expr.eval(vars)? {
             Value::Bool(true) => out.push(record, cx),
+            Value::Bool(false) if record.changelog => {
+                record.value = Current::Raw(None);
+                out.push(record, cx)
+            }
             Value::Bool(false) => Ok(()),
             other => Err(self.expr.wrong_type("bool", &other).into()),
         }
@@ -75,7 +80,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tables_delete_passes_unevaluated() {
+    fn over_a_table_a_delete_passes_and_a_row_that_stops_matching_is_deleted() {
         let mut h = Harness::new(
             "[{name: t, materialize: {}}, {name: big, filter: {expr: 'value.amount > 100'}}]",
             "json",
@@ -84,7 +89,7 @@ mod tests {
             h.feed("a", Some(br#"{"amount":150}"#)),
             vec![r#"a={"amount":150}"#.to_string()]
         );
-        assert_eq!(h.feed("a", Some(br#"{"amount":5}"#)), Vec::<String>::new());
-        assert_eq!(h.feed("a", None), vec!["a=(tombstone)".to_string()]);
+        assert_eq!(h.feed("a", Some(br#"{"amount":5}"#)), ["a=(tombstone)"]);
+        assert_eq!(h.feed("a", None), ["a=(tombstone)"]);
     }
 }

@@ -194,13 +194,6 @@ mod tests {
         let event = br#"{"op":"u","before":{"id":1,"v":1},"after":{"id":1,"v":2}}"#;
         assert_eq!(h.feed("x", Some(event)), [r#"1={"id":1,"v10":20}"#]);
         assert_eq!(table(&h).len(), 0, "the table is step 1's");
-        let mut rows = 0;
-        h.state
-            .scan_prefix(&[1], &mut |_, _| {
-                rows += 1;
-                true
-            })
-            .unwrap();
-        assert_eq!(rows, 1);
+        assert_eq!(h.entries(&[1]), 1);
     }
 }

@@ -116,6 +116,18 @@ impl Harness {
         seen
     }
 
+    /// How many state entries start with `prefix`.
+    pub fn entries(&self, prefix: &[u8]) -> usize {
+        let mut n = 0;
+        self.state
+            .scan_prefix(prefix, &mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    }
+
     /// Moves processing time to `now_ms`; what reached the sink.
     pub fn tick(&mut self, now_ms: i64) -> Vec<String> {
         let mut lines = Lines::default();
