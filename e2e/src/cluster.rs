@@ -708,6 +708,16 @@ impl Checkpoints {
         Self { store, layout }
     }
 
+    /// The store, for tests that write checkpoints of their own.
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    /// The job's layout in the store.
+    pub fn layout(&self) -> &JobLayout {
+        &self.layout
+    }
+
     /// `task`'s HEAD itself (owner, epoch, rollout), if it has one.
     pub async fn head_record(&self, task: u32) -> Option<Head> {
         let (head, _) = self

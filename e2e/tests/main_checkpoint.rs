@@ -25,8 +25,7 @@ use sluice_e2e::cluster::{
 };
 use sluice_e2e::{TestEnv, unique_name};
 use sluice_worker::checkpoint::descriptor::{Descriptor, Head};
-use sluice_worker::checkpoint::layout::{FileKind, JobLayout};
-use sluice_worker::checkpoint::store::{CheckpointStore, StoreOptions};
+use sluice_worker::checkpoint::layout::FileKind;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/main-checkpoint")
@@ -91,16 +90,6 @@ fn write(env: &TestEnv, topic: &str, records: &[(&str, i64)]) {
 /// The records the fixture's checkpoint holds the counts of.
 const BEFORE: [(&str, i64); 6] = [("a", 1), ("a", 2), ("b", 3), ("a", 4), ("b", 5), ("c", 6)];
 
-fn store(env: &TestEnv, job: &JobFiles) -> (CheckpointStore, JobLayout) {
-    let options = StoreOptions {
-        endpoint: Some(env.s3_endpoint.clone()),
-        region: None,
-    };
-    let store = CheckpointStore::open(&job.storage, &options).expect("checkpoint store");
-    let layout = JobLayout::new(store.prefix(), &job.namespace, &job.name);
-    (store, layout)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_written_by_mains_worker_restores_with_its_state() {
     let env = TestEnv::from_env();
@@ -119,8 +108,8 @@ async fn a_checkpoint_written_by_mains_worker_restores_with_its_state() {
         .expect("an offset");
     assert_eq!(offset, BEFORE.len() as i64);
     descriptor.source_offsets = [(input.clone(), offset)].into();
-    let (store, layout) = store(&env, &job);
-    let task = layout.task(0);
+    let checkpoints = Checkpoints::of(&env, &job);
+    let (store, task) = (checkpoints.store(), checkpoints.layout().task(0));
     for file in &descriptor.files {
         let local = fixture().join("state").join(&file.name);
         store
@@ -198,8 +187,7 @@ async fn make_the_fixture_with_mains_worker() {
     }
     workers.stop_all();
     let descriptor = checkpoints.head(0).await.expect("HEAD");
-    let (store, layout) = store(&env, &job);
-    let task = layout.task(0);
+    let (store, task) = (checkpoints.store(), checkpoints.layout().task(0));
     let out = fixture();
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(out.join("state")).expect("fixture dir");

@@ -28,7 +28,7 @@ use crate::steps::record::reads_value;
 use crate::steps::{self, Chain, Compiled, Compiler, Cx, Op, Operator, Record, Stage, namespace};
 
 /// Where the segment's event-time clock is kept in the task's state (after every step's ids).
-const CLOCK_KEY: &[u8] = &[0xff, b'c', b'l', b'o', b'c', b'k'];
+const CLOCK_KEY: &[u8] = &[crate::keys::PIPELINE, b'c', b'l', b'o', b'c', b'k'];
 
 /// The compiled steps of a job.
 pub struct Pipeline {

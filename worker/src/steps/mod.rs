@@ -377,7 +377,7 @@ pub fn processing_time<S: StateBackend>(
 
 /// The end of the chain: key and value encoded for the sink.
 #[inline]
-fn sink<S>(record: &mut Record<'_>, cx: &mut Cx<'_, S>) -> Result<(), StepError> {
+fn sink<S>(record: &Record<'_>, cx: &mut Cx<'_, S>) -> Result<(), StepError> {
     let Chain {
         key,
         value,

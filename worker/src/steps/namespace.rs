@@ -31,7 +31,7 @@ pub const FIRE: u8 = 0;
 pub const PURGE: u8 = 1;
 
 /// Where the names' ids are kept.
-const NAMES: [u8; 2] = [0xff, b'n'];
+const NAMES: [u8; 2] = [crate::keys::PIPELINE, b'n'];
 /// Due timers taken per scan.
 const TIMER_BATCH: usize = 1024;
 
