@@ -15,3 +15,4 @@ pub mod expr;
 pub mod job;
 pub mod logging;
 pub mod steps;
+pub mod upgrade;

@@ -131,6 +131,36 @@ pub struct StreamJobSpec {
     /// Additions to the worker pods the operator creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+
+    /// What an edit of the job may do to its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Upgrade>,
+}
+
+/// What an edit of the job may do to its state. Each stateful step's state belongs to its
+/// name and has a signature (its kind, the fields that shape its state, how its input is
+/// partitioned); an edit keeps a state whose signature is unchanged, and needs consent to
+/// reset a changed one or drop the state of a removed step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upgrade {
+    /// `refuse` (default): an edit that would reset or drop a step's state is not rolled
+    /// out; the workers keep running the last rolled-out spec and the job reports
+    /// `StateIncompatible`. `reset`: such an edit is rolled out, the changed steps start
+    /// empty and the state of removed steps is deleted; the others keep their state.
+    #[serde(default)]
+    pub state_changes: StateChanges,
+}
+
+/// Whether an edit may reset or drop state.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateChanges {
+    /// Refuse an edit that resets or drops state.
+    #[default]
+    Refuse,
+    /// Roll it out: changed steps start empty, removed steps' state is deleted.
+    Reset,
 }
 
 /// The input of a job.
@@ -330,7 +360,9 @@ pub struct EventTime {
 ).message("a step sets exactly one of filter, map, materialize, aggregate or dedupe"))]
 pub struct Step {
     /// Name of the step, unique in the job (the API server rejects a repeated name). It names the step's state, metrics and the
-    /// `sluice.step` header of the records it dead-letters. Changing it discards the step's state.
+    /// `sluice.step` header of the records it dead-letters. A stateful step's state belongs to its
+    /// name: renaming the step is removing it and adding another, so its state is dropped and
+    /// the new one starts empty, which `upgrade.stateChanges` must allow.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

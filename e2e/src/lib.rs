@@ -7,6 +7,7 @@ pub mod cdc;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod logs;
+pub mod operator;
 pub mod statefulset;
 
 use std::sync::Arc;

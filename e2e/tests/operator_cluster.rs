@@ -3,150 +3,19 @@
 //! simulator running real `sluice-worker run` processes against the real broker and S3 server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_e2e::TestEnv;
-use sluice_e2e::apiserver::{FakeApiServer, Store};
+use sluice_e2e::apiserver::FakeApiServer;
 use sluice_e2e::cluster::{Checkpoints, JobFiles, scratch_dir, start_input};
+use sluice_e2e::operator::{NAMESPACE, Operator, job, kubectl, wait_ready};
 use sluice_e2e::statefulset::Simulator;
 
-const NAMESPACE: &str = "shop";
 const PARTITIONS: u32 = 6;
 /// Not all keys complete their create → update → delete cycle, so the final table is not empty.
 const KEYS: u64 = 50_000;
 const EVENTS: u64 = 200_003;
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Operator {
-    child: Option<Child>,
-    kubeconfig: PathBuf,
-    log: PathBuf,
-    starts: u32,
-}
-
-impl Operator {
-    fn start(&mut self) {
-        self.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("operator log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
-            .arg("run")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("POD_NAMESPACE", "sluice-system")
-            .env("POD_NAME", format!("sluice-operator-{}", self.starts))
-            .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info,kube=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start sluice-operator");
-        self.child = Some(child);
-    }
-
-    fn assert_alive(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!("the operator exited with {status}:\n{}", tail(&self.log));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn job(store: &Store, name: &str) -> Option<Value> {
-    store.get("sluice.dev", "streamjobs", NAMESPACE, name)
-}
-
-fn condition(job: &Value, type_: &str) -> Option<String> {
-    job["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .and_then(|c| c["status"].as_str().map(String::from))
-}
-
-/// Waits until the job reports `workers` ready workers for its current generation, every pod
-/// on one revision, and the simulator runs exactly that many processes. Returns how long it took.
-fn wait_ready(
-    store: &Store,
-    sim: &Simulator,
-    name: &str,
-    workers: usize,
-    operator: &mut Operator,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        operator.assert_alive();
-        let j = job(store, name).expect("the job exists");
-        let current = j["status"]["observedGeneration"] == j["metadata"]["generation"];
-        let ready = condition(&j, "Ready").as_deref() == Some("True")
-            && j["status"]["readyWorkers"] == workers as i64
-            && j["status"]["phase"] == "Running";
-        let pods = store.list("", "pods", Some(NAMESPACE));
-        let revisions: std::collections::BTreeSet<String> = pods
-            .iter()
-            .map(|p| p["metadata"]["labels"]["sluice.dev/revision"].to_string())
-            .collect();
-        if current
-            && ready
-            && pods.len() == workers
-            && revisions.len() == 1
-            && sim.processes() == workers
-        {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "not {workers} ready workers after 4 minutes; status {}; {} pods, {} processes; operator log:\n{}",
-            j["status"],
-            pods.len(),
-            sim.processes(),
-            tail(&operator.log)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
 
 /// The CDC example with this machine's broker, topics and S3 server in place of the cluster's.
 fn example_job(
@@ -221,12 +90,11 @@ async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete()
         dir.join("cluster"),
         base_env,
     );
-    let mut operator = Operator {
-        child: None,
-        kubeconfig: kubeconfig.clone(),
-        log: dir.join("operator.log"),
-        starts: 0,
-    };
+    let mut operator = Operator::new(
+        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
+        &kubeconfig,
+        &dir.join("operator.log"),
+    );
     operator.start();
 
     let mut generator = start_input(

@@ -1,8 +1,12 @@
 //! What a spec change requires of the running job: pure, no client. Every field of the spec
 //! is classified, as the Flink Kubernetes operator classifies its spec: some changes are
-//! ignored, some rescale, some restart the workers from their last checkpoint.
+//! ignored, some rescale, some restart the workers from their last checkpoint. What a change
+//! of `steps` (or of anything else) does to the steps' state is the compatibility check of
+//! `sluice_core::upgrade` ([`state_plan`]); [`hold`] decides, from it and
+//! `spec.upgrade.stateChanges`, whether the change may be rolled out at all.
 
 use serde_json::Value;
+use sluice_core::upgrade::{self, Plan};
 use sluice_crds::v1alpha1::StreamJobSpec;
 
 /// What a change to a spec field requires.
@@ -34,6 +38,7 @@ pub const FIELDS: &[(&str, Effect)] = &[
     ("suspend", Effect::Suspend),
     ("resources", Effect::Restart),
     ("podTemplate", Effect::Restart),
+    ("upgrade", Effect::Restart),
 ];
 
 /// What the change from the applied spec to the new one requires, most disruptive first.
@@ -111,6 +116,40 @@ pub fn classify(applied: Option<&StreamJobSpec>, new: &StreamJobSpec) -> Classif
         Change::None
     };
     Classified { change, ignored }
+}
+
+/// What rolling `new` out does to the state of workers running `applied`, for a job of `tasks`
+/// tasks: the compatibility check on the two specs' signatures. (The workers run the same
+/// check on each checkpoint they restore, against the signatures it recorded.)
+pub fn state_plan(applied: &StreamJobSpec, new: &StreamJobSpec, tasks: u32) -> Plan {
+    let old = upgrade::signatures(applied, tasks);
+    upgrade::check(
+        upgrade::Old::Signed(&old),
+        &upgrade::signatures(new, tasks),
+        "",
+    )
+}
+
+/// Why `new` (of `generation`) is not rolled out over `applied` (what the workers run): its
+/// plan resets or drops state and its policy is `refuse`. None: it may be rolled out.
+pub fn hold(
+    applied: Option<&StreamJobSpec>,
+    new: &StreamJobSpec,
+    tasks: u32,
+    generation: i64,
+) -> Option<String> {
+    let plan = state_plan(applied?, new, tasks);
+    let policy = new
+        .upgrade
+        .as_ref()
+        .map(|u| u.state_changes)
+        .unwrap_or_default();
+    (!plan.allowed(policy)).then(|| {
+        format!(
+            "{}; the workers keep running the spec rolled out last",
+            plan.refusal(&format!("generation {generation}"))
+        )
+    })
 }
 
 fn as_object(spec: &StreamJobSpec) -> serde_json::Map<String, Value> {

@@ -22,7 +22,7 @@ use tracing::{info, instrument, warn};
 use crate::build::{
     self, BuildError, Children, FIELD_MANAGER, JOB_LABEL, REVISION_LABEL, Settings,
 };
-use crate::change::{Change, classify};
+use crate::change::{self, Change, classify};
 use crate::metrics::Metrics;
 use crate::observe::{ObserveError, Observed, Outside, observe};
 use crate::status::{self, Inputs, SPEC_VALID};
@@ -169,12 +169,34 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         stateful_set,
         pods,
     } = observe(&ctx.client, &ctx.outside, job).await?;
-    let classified = classify(facts.applied.as_ref(), &job.spec);
     let validated = validate(job, &facts);
     let previous = job.status.as_ref();
+    let generation = job.metadata.generation.unwrap_or_default();
+    // A valid change that would reset or drop state under `stateChanges: refuse` is held: the
+    // workers go on with the spec rolled out last. Scaling and suspending still apply (an HPA
+    // or KEDA must not wait for a person), as they do not touch the steps' state.
+    let held = validated.as_ref().ok().and_then(|valid| {
+        let tasks = valid.partitions.unwrap_or(0);
+        let message = change::hold(facts.applied.as_ref(), &valid.spec, tasks, generation)?;
+        let applied = facts.applied.clone()?;
+        Some((
+            message,
+            sluice_crds::StreamJobSpec {
+                parallelism: job.spec.parallelism,
+                suspend: job.spec.suspend,
+                ..applied
+            },
+        ))
+    });
+    let rendered = held.as_ref().map_or(&job.spec, |(_, applied)| applied);
+    let classified = classify(facts.applied.as_ref(), rendered);
 
     let (errors, revision, last_checkpoint, lag, tasks) = match &validated {
         Ok(valid) => {
+            let valid = &ValidJob {
+                spec: rendered.clone(),
+                ..valid.clone()
+            };
             let valid = &ValidJob {
                 rollout: build::rollout(
                     valid,
@@ -184,6 +206,9 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                 )?,
                 ..valid.clone()
             };
+            let state = facts.applied.as_ref().map(|applied| {
+                change::state_plan(applied, &valid.spec, valid.partitions.unwrap_or(0)).summary()
+            });
             let children = build::children(valid, &ctx.settings)?;
             let revision = build::revision(valid, &ctx.settings)?;
             apply(&ctx.client, &namespace, &children).await?;
@@ -211,8 +236,10 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                         "Restarting",
                         "Restart",
                         format!(
-                            "restarting every worker from its last checkpoint: {} changed",
-                            fields.join(", ")
+                            "restarting every worker from its last checkpoint: {} changed; the \
+                             upgrade {}",
+                            fields.join(", "),
+                            state.as_deref().unwrap_or("keeps all state")
                         ),
                     )
                     .await;
@@ -294,10 +321,27 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         .await;
     }
 
+    if let Some((message, _)) = &held {
+        let announced = previous
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
+            .is_some_and(|c| {
+                c.reason == status::STATE_INCOMPATIBLE && c.observed_generation == Some(generation)
+            });
+        if !announced {
+            publish(
+                EventType::Warning,
+                status::STATE_INCOMPATIBLE,
+                "Apply",
+                message.clone(),
+            )
+            .await;
+        }
+    }
     let inputs = Inputs {
-        generation: job.metadata.generation.unwrap_or_default(),
-        parallelism: job.spec.parallelism,
-        suspend: job.spec.suspend,
+        generation,
+        held: held.as_ref().map(|(message, _)| message.as_str()),
+        parallelism: rendered.parallelism,
+        suspend: rendered.suspend,
         checkpoint_interval: job.spec.checkpoint.interval.into(),
         previous,
         errors: &errors,

@@ -28,6 +28,10 @@ pub const RECONCILING: &str = "Reconciling";
 /// person (invalid spec, failing workers).
 pub const STALLED: &str = "Stalled";
 
+/// The reason of `Degraded`, `Progressing=False` and `Stalled` while a change is held because it
+/// would reset or drop state under `upgrade.stateChanges: refuse`.
+pub const STATE_INCOMPATIBLE: &str = "StateIncompatible";
+
 /// Waiting reasons of a container that will not get better by waiting.
 const FAILING: &[&str] = &[
     "CrashLoopBackOff",
@@ -42,6 +46,9 @@ const FAILING: &[&str] = &[
 pub struct Inputs<'a> {
     /// `metadata.generation` of the job.
     pub generation: i64,
+    /// Why this generation is not rolled out (it would reset or drop state under `refuse`);
+    /// the workers run the spec rolled out last, which the other inputs describe.
+    pub held: Option<&'a str>,
     /// `spec.parallelism`.
     pub parallelism: i32,
     /// `spec.suspend`.
@@ -130,7 +137,7 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
     let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
         conditions.push(condition(inputs, &previous, type_, ok, reason, message));
     };
-    let phase;
+    let mut phase;
 
     if !inputs.errors.is_empty() {
         let reason = inputs.errors[0].reason;
@@ -298,6 +305,22 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         }
     }
 
+    // A held change: the workers are fine on the old spec, but the new one waits for a person.
+    if let Some(message) = inputs.held.filter(|_| inputs.errors.is_empty()) {
+        conditions.retain(|c| c.type_ != PROGRESSING && c.type_ != DEGRADED);
+        for (type_, ok) in [(PROGRESSING, false), (DEGRADED, true)] {
+            conditions.push(condition(
+                inputs,
+                &previous,
+                type_,
+                ok,
+                STATE_INCOMPATIBLE,
+                message.into(),
+            ));
+        }
+        phase = Phase::Degraded;
+    }
+
     // The abnormal-true pair kstatus (Flux, kpt, cli-utils) reads: present only when true.
     let progressing = conditions
         .iter()
@@ -319,7 +342,10 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
             (c.type_ == SPEC_VALID && c.status == "False")
                 || (c.type_ == DEGRADED
                     && c.status == "True"
-                    && matches!(c.reason.as_str(), "WorkersFailing" | "TaskFailed"))
+                    && matches!(
+                        c.reason.as_str(),
+                        "WorkersFailing" | "TaskFailed" | STATE_INCOMPATIBLE
+                    ))
         })
         .cloned();
     if let Some(s) = stuck {

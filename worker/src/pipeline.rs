@@ -7,7 +7,8 @@
 //! moves, every step in turn fires what it closes (see `steps`' contract for the order). Then
 //! the record runs through the steps, and what the last step passes on is encoded for the sink.
 //! Between batches, processing time moves the clock on, so idle inputs stop holding it back.
-//! The clock and the steps' names are part of the state and of every checkpoint.
+//! The clock and the steps' names are part of the state and of every checkpoint; an edit of
+//! the job resets or drops steps' state only as `sluice_core::upgrade` decides.
 //!
 //! Steps this build cannot run are refused when the job starts, naming the step, by the same
 //! check the operator's validation runs (`sluice_core::steps::check`).
@@ -15,6 +16,7 @@
 use std::time::Duration;
 
 use cel::Value;
+use sluice_core::upgrade::{Plan, Verdict};
 use sluice_crds::v1alpha1::Format;
 
 pub use crate::steps::{Output, RecordError, Sink, StepError};
@@ -128,6 +130,28 @@ impl Pipeline {
     pub fn watermark_ms(&self) -> Option<i64> {
         let watermark = self.time.as_ref().map(|t| t.clock.watermark());
         watermark.filter(|w| *w != event_time::NONE)
+    }
+
+    /// Applies what an edit of the job does to the restored state (the compatibility check's
+    /// plan, which the job's policy allowed): a `reset` step's entries and timers are deleted
+    /// (it keeps its id), a `drop`ped step's also its name; a state written before signatures
+    /// by other steps loses every step's entries. Runs before [`Self::restore`].
+    pub fn upgrade<S: StateBackend>(
+        &mut self,
+        state: &mut S,
+        plan: &Plan,
+    ) -> Result<(), StateError> {
+        if plan.whole_state.is_some() {
+            return namespace::clear_all(state);
+        }
+        for step in &plan.steps {
+            match step.verdict {
+                Verdict::Keep => {}
+                Verdict::New | Verdict::Reset => namespace::clear(state, &step.name, false)?,
+                Verdict::Drop => namespace::clear(state, &step.name, true)?,
+            }
+        }
+        Ok(())
     }
 
     /// Reads the clock back from the task's restored state, and gives each stateful step the

@@ -16,7 +16,7 @@ use crate::assignment::TaskId;
 use crate::checkpoint::descriptor::{CheckpointId, Descriptor, TransactionLabel};
 use crate::checkpoint::layout::JobLayout;
 use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
-use crate::checkpoint::{self, CheckpointError, Held, Taken, TaskCheckpoints};
+use crate::checkpoint::{self, CheckpointError, Held, Taken, TaskCheckpoints, Writer};
 use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
 use crate::job::Job;
 use crate::kafka::KafkaClientError;
@@ -50,9 +50,14 @@ pub enum TaskError {
 
 impl TaskError {
     /// True when no restart can mend the failure: the task stops and says why until someone
-    /// changes the job (an offset out of range under `onOffsetOutOfRange: fail`).
+    /// changes the job (an offset out of range under `onOffsetOutOfRange: fail`, a checkpoint
+    /// whose state the job's edit would reset under `upgrade.stateChanges: refuse`).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Kafka(KafkaClientError::OffsetOutOfRange { .. }))
+        matches!(
+            self,
+            Self::Kafka(KafkaClientError::OffsetOutOfRange { .. })
+                | Self::Checkpoint(CheckpointError::StateIncompatible { .. })
+        )
     }
 
     /// True when another owner took the task: stop it and do not restart it.
@@ -96,6 +101,9 @@ pub struct TaskEnv {
     pub runtime: tokio::runtime::Handle,
     /// Set to stop every task after a final checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// How many tasks the job has (its input partitions): part of every stateful step's
+    /// state signature, since a change moves keys between tasks.
+    pub tasks: u32,
 }
 
 impl TaskEnv {
@@ -124,6 +132,7 @@ impl TaskEnv {
             metrics: Arc::default(),
             runtime,
             stop: Arc::default(),
+            tasks: 1,
         })
     }
 }
@@ -219,7 +228,7 @@ pub fn run<S: StateBackend, C: Connector>(
     held: &mut Held,
 ) -> Result<(), TaskError> {
     let job = &env.job;
-    let fingerprint = job.pipeline_fingerprint();
+    let writer = Writer::of(job, env.tasks);
     let task_dir = env.state_dir.join("tasks").join(task.to_string());
     let live = task_dir.join("live");
 
@@ -248,9 +257,7 @@ pub fn run<S: StateBackend, C: Connector>(
         env.runtime
             .block_on(checkpoints.adopt_pending(&committed))?;
     }
-    let restored = env
-        .runtime
-        .block_on(checkpoints.restore(&live, &fingerprint))?;
+    let restored = env.runtime.block_on(checkpoints.restore(&live, &writer))?;
     if !restored.skipped.is_empty() {
         env.metrics
             .checkpoint_fallbacks
@@ -280,6 +287,16 @@ pub fn run<S: StateBackend, C: Connector>(
     let mut last_checkpoint = restored.descriptor.as_ref().map(|d| (d.id, Instant::now()));
     let mut input = connector.input(&mut offsets)?;
     let mut pipeline = Pipeline::new(job).map_err(|e| KafkaClientError::Topology(e.to_string()))?;
+    // What an edit of the job does to the state, as the policy allowed it: steps reset or
+    // dropped lose their entries now, before anything runs.
+    if let Some(upgrade) = &restored.upgrade {
+        pipeline.upgrade(&mut state, upgrade)?;
+        if upgrade.loses_state() {
+            let message = format!("task {task}: the job's edit {}", upgrade.summary());
+            warn!(task, "{message}");
+            status.decided(&env.owner, "StateReset", message, unix_ms());
+        }
+    }
     // The watermark is part of the state: windows resume where the checkpoint left them.
     pipeline.restore(&mut state)?;
 
@@ -291,7 +308,7 @@ pub fn run<S: StateBackend, C: Connector>(
         checkpoint,
     };
     output.label_transaction(label(next_id));
-    let uploader = Uploader::spawn(env, task, checkpoints, fingerprint);
+    let uploader = Uploader::spawn(env, task, checkpoints, writer);
     status.running();
 
     let labels = TaskLabels { task };
@@ -572,7 +589,7 @@ impl Uploader {
         env: &TaskEnv,
         task: TaskId,
         mut checkpoints: TaskCheckpoints,
-        fingerprint: String,
+        writer: Writer,
     ) -> Self {
         let (requests, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
         let (replies, received) = mpsc::channel();
@@ -581,16 +598,14 @@ impl Uploader {
                 let started = Instant::now();
                 let reply = match request {
                     Request::Commit(r) => {
-                        let result = checkpoints.commit(r, &fingerprint).await;
+                        let result = checkpoints.commit(r, &writer).await;
                         Reply::Committed(Committed {
                             result,
                             next_id: checkpoints.next_id(),
                             elapsed: started.elapsed(),
                         })
                     }
-                    Request::Prepare(r) => {
-                        Reply::Prepared(checkpoints.prepare(r, &fingerprint).await)
-                    }
+                    Request::Prepare(r) => Reply::Prepared(checkpoints.prepare(r, &writer).await),
                     Request::Publish(descriptor) => {
                         let result = checkpoints.publish(descriptor).await;
                         Reply::Committed(Committed {
@@ -836,5 +851,77 @@ mod tests {
             (0, 0),
             "restarted from the final checkpoint, nothing is processed again"
         );
+    }
+
+    #[test]
+    fn an_edit_keeps_state_refuses_a_reset_under_refuse_and_resets_under_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let env = |steps: &str| {
+            let mut job = test_job(steps, "json");
+            job.spec.event_time = Some(
+                serde_json::from_value(
+                    serde_json::json!({"field": "ts", "maxOutOfOrderness": "0s"}),
+                )
+                .unwrap(),
+            );
+            TaskEnv::new(
+                Arc::new(job),
+                &format!("file://{}", dir.path().join("store").display()),
+                dir.path().join("volume"),
+                "test".into(),
+                runtime.handle().clone(),
+            )
+            .unwrap()
+        };
+        let records = |n: u64| {
+            let mut records = MemoryPartition::default();
+            for i in 0..n {
+                let value = format!(r#"{{"id":{},"k":{},"ts":{}}}"#, i % 10, i % 4, 1000 + i);
+                records.push(None, Some(value.as_bytes()));
+            }
+            Arc::new(records)
+        };
+        let once = "[{name: once, dedupe: {key: value.id, ttl: 1h}}]";
+        assert_eq!(run_until(&env(once), &records(100), 100), (10, 0));
+        // A longer ttl is outside the signature: the seen ids are kept.
+        let longer =
+            "[{name: f, filter: {expr: 'true'}}, {name: once, dedupe: {key: value.id, ttl: 2h}}]";
+        assert_eq!(run_until(&env(longer), &records(200), 100), (0, 0));
+        // Another key would reset it: refused, for good, and HEAD stays where it was.
+        let head = |env: &TaskEnv| {
+            let head = runtime.block_on(env.store.read_head(&env.layout.task(0)));
+            head.unwrap().unwrap().0.checkpoint
+        };
+        let rekeyed = "[{name: once, dedupe: {key: value.k, ttl: 1h}}]";
+        let refused = env(rekeyed);
+        let before = head(&refused);
+        let output = MemoryOutput::default();
+        let connector = MemoryConnector {
+            topic: "in",
+            partition: 0,
+            records: records(300),
+            handed: Arc::default(),
+            output: &output,
+        };
+        let status = crate::http::TaskStatus::new(0);
+        let error = run::<MemoryState, _>(&refused, 0, &status, connector, &mut Held::default())
+            .unwrap_err();
+        assert!(error.is_permanent(), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("resets dedupe `once` (key: value.id → value.k)"),
+            "{message}"
+        );
+        assert_eq!(head(&refused), before);
+        // With consent the dedupe starts empty: the four keys of the records after the
+        // checkpoint pass once each.
+        let mut consented = env(rekeyed);
+        let mut job = (*consented.job).clone();
+        job.spec.upgrade = Some(sluice_crds::v1alpha1::Upgrade {
+            state_changes: sluice_crds::v1alpha1::StateChanges::Reset,
+        });
+        consented.job = Arc::new(job);
+        assert_eq!(run_until(&consented, &records(300), 100), (4, 0));
     }
 }

@@ -84,9 +84,11 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let job = Arc::new(config.job.clone());
     // Refuse steps this build cannot run before touching anything.
     crate::pipeline::Pipeline::new(&job)?;
+    let partitions = kafka::source_partitions(&job)?;
     let env = Arc::new(TaskEnv {
         stop: stop.clone(),
         rollout: config.rollout,
+        tasks: partitions,
         ..TaskEnv::new(
             job.clone(),
             &config.checkpoint_storage,
@@ -100,7 +102,6 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         env.store
             .check_conditional_writes(&env.layout.probe(&env.owner)),
     )?;
-    let partitions = kafka::source_partitions(&job)?;
     let sink_topics = Arc::new(runtime.block_on(kafka::ensure_sink_topics(&job, partitions))?);
     let tasks = assignment::tasks_of(config.ordinal, config.parallelism, partitions);
     info!(

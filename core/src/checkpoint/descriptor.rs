@@ -165,8 +165,14 @@ pub struct Descriptor {
     pub files: Vec<StateFile>,
     /// The task's watermark when it was taken (event time, ms), if any.
     pub watermark_ms: Option<i64>,
-    /// Fingerprint of the steps that wrote the state; restoring into different steps is refused.
+    /// Fingerprint of the steps and format that wrote the state. For a checkpoint without
+    /// [`state_signatures`](Self::state_signatures) (written by an earlier build), the only
+    /// record of what wrote it: see [`crate::upgrade`].
     pub pipeline_fingerprint: String,
+    /// Per stateful step, its state signature: what the compatibility check compares a new
+    /// job with ([`crate::upgrade`]). None in descriptors written before signatures existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_signatures: Option<Vec<crate::upgrade::StepState>>,
     /// Records the task had consumed in total, for progress reporting.
     pub records_in: u64,
     /// The checkpoint the task's state came from when this one was taken (HEAD's then): the

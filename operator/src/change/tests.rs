@@ -2,7 +2,7 @@ use serde_json::{Value, json};
 use sluice_crds::admission::merge_patch;
 use sluice_crds::v1alpha1::{StreamJob, StreamJobSpec};
 
-use super::{Change, Effect, FIELDS, classify};
+use super::{Change, Effect, FIELDS, classify, hold, state_plan};
 use crate::build::{Settings, revision};
 use crate::validate::{Facts, validate};
 
@@ -68,6 +68,7 @@ fn one_change_per_field() -> Vec<(&'static str, Value)> {
             "podTemplate",
             json!({"podTemplate": {"nodeSelector": {"pool": "fast"}}}),
         ),
+        ("upgrade", json!({"upgrade": {"stateChanges": "reset"}})),
     ]
 }
 
@@ -166,4 +167,51 @@ fn suspend_and_resume_win_over_other_changes_and_nothing_changed_is_none() {
         classify(Some(&running), &both).change,
         Change::Rescale { from: 3, to: 4 }
     );
+}
+
+#[test]
+fn a_change_that_resets_state_is_held_under_refuse_and_rolled_under_reset() {
+    let applied = job(&json!({})).spec;
+    // Stateless edits, and every field outside the steps, keep all state.
+    for (field, patch) in one_change_per_field() {
+        if field == "steps" {
+            continue;
+        }
+        let new = job(&patch).spec;
+        assert_eq!(hold(Some(&applied), &new, 12, 2), None, "{field}");
+        assert_eq!(state_plan(&applied, &new, 12).summary(), "keeps all state");
+    }
+    let filtered = job(&json!({"steps": [
+        {"name": "big", "filter": {"expr": "value.amount > 1"}},
+        {"name": "table", "materialize": {}},
+    ]}))
+    .spec;
+    assert_eq!(hold(Some(&applied), &filtered, 12, 2), None);
+    // A changed materialize key resets the table: held, with a message naming it.
+    let rekeyed =
+        job(&json!({"steps": [{"name": "table", "materialize": {"key": "value.id"}}]})).spec;
+    let message = hold(Some(&applied), &rekeyed, 12, 7).expect("held");
+    for part in [
+        "generation 7 would lose state",
+        "resets materialize `table` (key: the record key → value.id)",
+        "spec.upgrade.stateChanges: reset",
+        "the workers keep running the spec rolled out last",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+    // The renamed table of the field-by-field changes drops `table`.
+    let renamed = job(&json!({"steps": [{"name": "renamed", "materialize": {}}]})).spec;
+    assert!(
+        hold(Some(&applied), &renamed, 12, 2)
+            .expect("held")
+            .contains("drops materialize `table`")
+    );
+    let consented = job(&json!({
+        "steps": [{"name": "table", "materialize": {"key": "value.id"}}],
+        "upgrade": {"stateChanges": "reset"},
+    }))
+    .spec;
+    assert_eq!(hold(Some(&applied), &consented, 12, 7), None);
+    // A job never rolled out holds nothing.
+    assert_eq!(hold(None, &rekeyed, 12, 1), None);
 }

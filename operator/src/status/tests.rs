@@ -47,6 +47,7 @@ static NONE: Classified = Classified {
 fn inputs<'a>(pods: &'a [Pod], previous: Option<&'a StreamJobStatus>) -> Inputs<'a> {
     Inputs {
         generation: 7,
+        held: None,
         parallelism: 3,
         suspend: false,
         checkpoint_interval: Duration::from_secs(10),
@@ -394,4 +395,64 @@ fn flux_reads_running_as_current_a_rollout_as_in_progress_and_a_bad_spec_as_fail
         ..inputs(&[], None)
     });
     assert_eq!(kstatus(7, &suspended), "Current", "not Progressing forever");
+    let held = status(&Inputs {
+        held: Some("generation 7 would lose state"),
+        ..inputs(&ready, None)
+    });
+    assert_eq!(
+        kstatus(7, &held),
+        "Failed",
+        "a held change waits for a person"
+    );
+}
+
+#[test]
+fn a_held_change_is_valid_not_progressing_degraded_and_stalled_while_the_old_workers_run() {
+    let ready = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let message =
+        "generation 7 would lose state, which spec.upgrade.stateChanges: refuse does not allow";
+    let s = status(&Inputs {
+        held: Some(message),
+        ..inputs(&ready, None)
+    });
+    assert_eq!(condition(&s, SPEC_VALID).0, "True");
+    assert_eq!(
+        condition(&s, PROGRESSING),
+        ("False", "StateIncompatible", message)
+    );
+    assert_eq!(
+        condition(&s, DEGRADED),
+        ("True", "StateIncompatible", message)
+    );
+    assert_eq!(
+        condition(&s, STALLED),
+        ("True", "StateIncompatible", message)
+    );
+    assert_eq!(
+        condition(&s, READY).0,
+        "True",
+        "the old workers run and are ready"
+    );
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    assert_eq!(s.observed_generation, Some(7));
+    // An invalid spec says so first.
+    let errors = [SpecError {
+        field: "spec.parallelism".into(),
+        reason: "ParallelismAbovePartitions",
+        message: "too many".into(),
+    }];
+    let invalid = status(&Inputs {
+        held: Some(message),
+        errors: &errors,
+        revision: None,
+        ..inputs(&[], None)
+    });
+    assert_eq!(
+        condition(&invalid, DEGRADED).1,
+        "ParallelismAbovePartitions"
+    );
 }

@@ -30,6 +30,8 @@ use descriptor::{
 };
 use layout::{FileKind, TaskLayout};
 use plan::RestorePlan;
+use sluice_core::upgrade::{self, Plan, StepState};
+use sluice_crds::v1alpha1::StateChanges;
 use store::{CheckpointStore, HeadVersion, StoreError};
 
 /// Failures of checkpointing.
@@ -51,16 +53,14 @@ pub enum CheckpointError {
         theirs: u64,
         ours: u64,
     },
-    /// The checkpoint was written by different steps than this job has now.
-    #[error(
-        "checkpoint {id} of task {task} was written by a different pipeline ({found}, expected {expected}): \
-         changing steps needs a new job or state migration"
-    )]
-    PipelineChanged {
+    /// The checkpoint's state cannot be honoured by this job under its
+    /// `spec.upgrade.stateChanges` policy: restoring it would reset or drop state. The task
+    /// stops and says why (permanent: a restart gives the same answer).
+    #[error("{message}")]
+    StateIncompatible {
         task: TaskId,
         id: CheckpointId,
-        found: String,
-        expected: String,
+        message: String,
     },
     /// A checkpoint cannot be restored: its descriptor is unreadable or its files do not match
     /// it. The task falls back to an older one.
@@ -151,6 +151,46 @@ pub struct Restored {
     pub descriptor: Option<Descriptor>,
     /// Checkpoints newer than the one restored that could not be restored, newest first.
     pub skipped: Vec<CheckpointId>,
+    /// What the job does to the restored state (None: nothing was restored). The policy
+    /// allows it: the task applies it to the state before it runs.
+    pub upgrade: Option<Plan>,
+}
+
+/// What writes a task's state: recorded in every descriptor, and checked against the one a
+/// restore reads (see [`sluice_core::upgrade`]).
+#[derive(Clone, Debug)]
+pub struct Writer {
+    /// The steps' and format's fingerprint (for checkpoints written before signatures).
+    pub fingerprint: String,
+    /// The state signature of each stateful step.
+    pub signatures: Vec<StepState>,
+    /// What the job allows an edit to do to state.
+    pub policy: StateChanges,
+}
+
+impl Writer {
+    /// The writer of `job`'s state, for a job of `tasks` tasks.
+    pub fn of(job: &sluice_core::job::Job, tasks: u32) -> Self {
+        Self {
+            fingerprint: job.pipeline_fingerprint(),
+            signatures: upgrade::signatures(&job.spec, tasks),
+            policy: job
+                .spec
+                .upgrade
+                .as_ref()
+                .map(|u| u.state_changes)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// What this writer does to the state `descriptor` holds.
+    pub fn plan(&self, descriptor: &Descriptor) -> Plan {
+        let old = match &descriptor.state_signatures {
+            Some(signatures) => upgrade::Old::Signed(signatures),
+            None => upgrade::Old::Fingerprint(&descriptor.pipeline_fingerprint),
+        };
+        upgrade::check(old, &self.signatures, &self.fingerprint)
+    }
 }
 
 /// What `<id>.committed` on the volume says: which store, task and descriptor the local
@@ -304,7 +344,7 @@ impl TaskCheckpoints {
     pub async fn restore(
         &mut self,
         live: &Path,
-        fingerprint: &str,
+        writer: &Writer,
     ) -> Result<Restored, CheckpointError> {
         let Some(head) = self.head.checkpoint else {
             self.remove_local_checkpoints_except(None)?;
@@ -317,23 +357,25 @@ impl TaskCheckpoints {
                 plan: RestorePlan::Fresh,
                 descriptor: None,
                 skipped: Vec::new(),
+                upgrade: None,
             });
         };
         let present = self.store.list_checkpoints(&self.layout).await?;
         let older = present.iter().rev().copied().filter(|id| *id < head);
         let mut skipped = Vec::new();
         for id in std::iter::once(head).chain(older) {
-            match self.restore_checkpoint(id, live, fingerprint).await {
-                Ok((plan, descriptor)) => {
+            match self.restore_checkpoint(id, live, writer).await {
+                Ok((plan, descriptor, upgrade)) => {
                     if !skipped.is_empty() {
                         warn!(task = self.task, checkpoint = id.0, head = head.0, skipped = ?skipped, "fell back to an older checkpoint: newer ones cannot be restored; records after it are read again");
                     }
-                    info!(task = self.task, plan = ?plan, "restored task state");
+                    info!(task = self.task, plan = ?plan, state = %upgrade.summary(), "restored task state");
                     self.committed = Some(descriptor.clone());
                     return Ok(Restored {
                         plan,
                         descriptor: Some(descriptor),
                         skipped,
+                        upgrade: Some(upgrade),
                     });
                 }
                 Err(e @ CheckpointError::Unrestorable { .. }) => {
@@ -352,13 +394,15 @@ impl TaskCheckpoints {
 
     /// Restores checkpoint `id` into `live`: from the volume when its marker and files match
     /// the descriptor, else downloaded and checked. [`CheckpointError::Unrestorable`] when the
-    /// descriptor or a file is unreadable or does not match.
+    /// descriptor or a file is unreadable or does not match;
+    /// [`CheckpointError::StateIncompatible`] (before anything is downloaded) when the job's
+    /// policy does not allow what it would do to the state.
     async fn restore_checkpoint(
         &mut self,
         id: CheckpointId,
         live: &Path,
-        fingerprint: &str,
-    ) -> Result<(RestorePlan, Descriptor), CheckpointError> {
+        writer: &Writer,
+    ) -> Result<(RestorePlan, Descriptor, Plan), CheckpointError> {
         let unrestorable = |reason: String| CheckpointError::Unrestorable {
             task: self.task,
             id,
@@ -382,12 +426,12 @@ impl TaskCheckpoints {
                 descriptor.id, descriptor.task
             )));
         }
-        if descriptor.pipeline_fingerprint != fingerprint {
-            return Err(CheckpointError::PipelineChanged {
+        let upgrade = writer.plan(&descriptor);
+        if !upgrade.allowed(writer.policy) {
+            return Err(CheckpointError::StateIncompatible {
                 task: self.task,
                 id,
-                found: descriptor.pipeline_fingerprint.clone(),
-                expected: fingerprint.to_string(),
+                message: upgrade.refusal(&format!("task {}: restoring checkpoint {id}", self.task)),
             });
         }
         let on_volume: Vec<CheckpointId> = self
@@ -425,7 +469,7 @@ impl TaskCheckpoints {
                     .insert(file.name.clone(), (file.hash.clone(), file.size));
             }
         }
-        Ok((plan, descriptor))
+        Ok((plan, descriptor, upgrade))
     }
 
     /// The marker a local checkpoint of `descriptor` carries once committed.
@@ -542,9 +586,9 @@ impl TaskCheckpoints {
     pub async fn commit(
         &mut self,
         taken: Taken,
-        fingerprint: &str,
+        writer: &Writer,
     ) -> Result<Descriptor, CheckpointError> {
-        let descriptor = self.prepare(taken, fingerprint).await?;
+        let descriptor = self.prepare(taken, writer).await?;
         self.publish(descriptor).await
     }
 
@@ -554,7 +598,7 @@ impl TaskCheckpoints {
     pub async fn prepare(
         &mut self,
         taken: Taken,
-        fingerprint: &str,
+        writer: &Writer,
     ) -> Result<Descriptor, CheckpointError> {
         let Taken {
             id,
@@ -574,7 +618,8 @@ impl TaskCheckpoints {
             source_offsets,
             files,
             watermark_ms,
-            pipeline_fingerprint: fingerprint.to_string(),
+            pipeline_fingerprint: writer.fingerprint.clone(),
+            state_signatures: Some(writer.signatures.clone()),
             records_in,
             previous: self.committed.as_ref().map(|d| d.id),
             transactional_id,
@@ -853,6 +898,14 @@ mod tests {
     use crate::checkpoint::layout::JobLayout;
     use crate::checkpoint::store::StoreOptions;
 
+    fn writer() -> Writer {
+        Writer {
+            fingerprint: "fp".into(),
+            signatures: Vec::new(),
+            policy: StateChanges::Refuse,
+        }
+    }
+
     fn claim(owner: &str) -> Claim<'_> {
         Claim { owner, rollout: 0 }
     }
@@ -1001,7 +1054,9 @@ mod tests {
 
         // Owner a: six checkpoints of changing state, keeping two.
         let mut a = take("a").await.unwrap();
-        a.restore(&dir.path().join("a/live"), "fp").await.unwrap();
+        a.restore(&dir.path().join("a/live"), &writer())
+            .await
+            .unwrap();
         let mut state = RocksState::open(&dir.path().join("a/live")).unwrap();
         for round in 1..=6i64 {
             for key in 0..2000i64 {
@@ -1011,7 +1066,9 @@ mod tests {
             }
             let id = a.next_id();
             state.checkpoint(&a.local_dir(id)).unwrap();
-            a.commit(taken(id, round * 100, None), "fp").await.unwrap();
+            a.commit(taken(id, round * 100, None), &writer())
+                .await
+                .unwrap();
             assert_complete(&store, &layout, id).await;
         }
         let ids = |present: Vec<CheckpointId>| present.into_iter().map(|c| c.0).collect::<Vec<_>>();
@@ -1025,7 +1082,7 @@ mod tests {
         let id = a.next_id();
         state.checkpoint(&a.local_dir(id)).unwrap();
         let pending = a
-            .prepare(taken(id, 700, Some("t".into())), "fp")
+            .prepare(taken(id, 700, Some("t".into())), &writer())
             .await
             .unwrap();
 
@@ -1036,7 +1093,10 @@ mod tests {
             a.publish(pending.clone()).await,
             Err(CheckpointError::Fenced { .. })
         ));
-        let restored = b.restore(&dir.path().join("b/live"), "fp").await.unwrap();
+        let restored = b
+            .restore(&dir.path().join("b/live"), &writer())
+            .await
+            .unwrap();
         assert_eq!(restored.descriptor.map(|d| d.id), Some(CheckpointId(6)));
         assert_complete(&store, &layout, CheckpointId(6)).await;
         assert_complete(&store, &layout, pending.id).await;
@@ -1060,7 +1120,9 @@ mod tests {
             state.put(&round.to_be_bytes(), b"b").unwrap();
             let id = b.next_id();
             state.checkpoint(&b.local_dir(id)).unwrap();
-            b.commit(taken(id, round * 100, None), "fp").await.unwrap();
+            b.commit(taken(id, round * 100, None), &writer())
+                .await
+                .unwrap();
             let present = store.list_checkpoints(&layout).await.unwrap();
             assert!(present.contains(&id), "HEAD's descriptor is kept");
             assert!(

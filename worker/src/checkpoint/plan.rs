@@ -197,6 +197,7 @@ mod tests {
             files,
             watermark_ms: None,
             pipeline_fingerprint: String::new(),
+            state_signatures: None,
             records_in: 0,
             previous: None,
             transactional_id: None,

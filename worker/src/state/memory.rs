@@ -64,6 +64,16 @@ impl StateBackend for MemoryState {
         Ok(())
     }
 
+    fn delete_range(&mut self, from: &[u8], to: &[u8]) -> Result<(), StateError> {
+        let doomed: Vec<Vec<u8>> = (self.entries.range(from.to_vec()..to.to_vec()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            self.entries.remove(&key);
+        }
+        Ok(())
+    }
+
     fn scan_prefix(
         &self,
         prefix: &[u8],

@@ -51,6 +51,9 @@ pub trait StateBackend: Send {
     /// Removes `key`; removing an absent key is fine.
     fn delete(&mut self, key: &[u8]) -> Result<(), StateError>;
 
+    /// Removes every key in `from..to`.
+    fn delete_range(&mut self, from: &[u8], to: &[u8]) -> Result<(), StateError>;
+
     /// Visits the entries whose key starts with `prefix`, in key order, until `visit`
     /// returns false.
     fn scan_prefix(

@@ -90,6 +90,11 @@ impl StateBackend for RocksState {
         Ok(())
     }
 
+    fn delete_range(&mut self, from: &[u8], to: &[u8]) -> Result<(), StateError> {
+        self.pending.get_mut().delete_range(from, to);
+        self.apply()
+    }
+
     fn scan_prefix(
         &self,
         prefix: &[u8],

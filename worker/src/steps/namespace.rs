@@ -228,10 +228,94 @@ pub fn assign<S: StateBackend>(
     Ok(ids)
 }
 
+/// The id of `name` in the state's table, if it has one.
+fn id_of<S: StateBackend>(state: &S, name: &str) -> Result<Option<u8>, StateError> {
+    let mut key = NAMES.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    Ok(match state.get(&key)?.as_deref() {
+        Some([id]) => Some(*id),
+        _ => None,
+    })
+}
+
+/// Deletes every entry and timer of step `name` (a `reset`: it starts empty and keeps its id);
+/// with `forget`, its name too, which frees its id (a `drop`).
+pub fn clear<S: StateBackend>(state: &mut S, name: &str, forget: bool) -> Result<(), StateError> {
+    let Some(id) = id_of(state, name)? else {
+        return Ok(());
+    };
+    state.delete_range(&[id], &[id + 1])?;
+    if forget {
+        let mut key = NAMES.to_vec();
+        key.extend_from_slice(name.as_bytes());
+        state.delete(&key)?;
+    }
+    Ok(())
+}
+
+/// Deletes every step's entries and timers and the names table (a reset of a state written
+/// before signatures, whose entries cannot be told apart). The pipeline's other keys (the
+/// clock) stay.
+pub fn clear_all<S: StateBackend>(state: &mut S) -> Result<(), StateError> {
+    state.delete_range(&[0], &[crate::keys::PIPELINE])?;
+    state.delete_range(&NAMES, &[NAMES[0], NAMES[1] + 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::memory::MemoryState;
+
+    #[test]
+    fn a_cleared_step_loses_its_entries_only_and_a_forgotten_one_its_id() {
+        let (_dir, mut state) = memory();
+        assert_eq!(assign(&mut state, &[(0, "a"), (1, "b")]).unwrap(), [0, 1]);
+        let mut buf = Vec::new();
+        for id in [0, 1] {
+            let ns = Namespace::new(id);
+            ns.row_key(&mut buf, b"k");
+            state.put(&buf, b"v").unwrap();
+            let mut ns = ns;
+            ns.set_timer(&mut state, &mut buf, (5, FIRE, 0), b"k")
+                .unwrap();
+        }
+        state.put(&[crate::keys::PIPELINE, b'c'], b"clock").unwrap();
+        let entries = |state: &MemoryState, id: u8| {
+            let mut n = 0;
+            state
+                .scan_prefix(&[id], &mut |_, _| {
+                    n += 1;
+                    true
+                })
+                .unwrap();
+            n
+        };
+        assert_eq!((entries(&state, 0), entries(&state, 1)), (2, 2));
+        clear(&mut state, "a", false).unwrap();
+        assert_eq!((entries(&state, 0), entries(&state, 1)), (0, 2));
+        assert_eq!(assign(&mut state, &[(0, "a"), (1, "b")]).unwrap(), [0, 1]);
+        clear(&mut state, "a", true).unwrap();
+        assert_eq!(
+            assign(&mut state, &[(1, "b"), (2, "c")]).unwrap(),
+            [1, 0],
+            "a's id is free"
+        );
+        clear(&mut state, "absent", true).unwrap();
+        clear_all(&mut state).unwrap();
+        assert_eq!((entries(&state, 0), entries(&state, 1)), (0, 0));
+        assert_eq!(
+            state
+                .get(&[crate::keys::PIPELINE, b'c'])
+                .unwrap()
+                .as_deref(),
+            Some(&b"clock"[..])
+        );
+        assert_eq!(
+            assign(&mut state, &[(3, "c"), (4, "b")]).unwrap(),
+            [3, 4],
+            "no table: positions again"
+        );
+    }
 
     fn memory() -> (tempfile::TempDir, MemoryState) {
         let dir = tempfile::tempdir().unwrap();
