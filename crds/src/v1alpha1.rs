@@ -150,6 +150,25 @@ pub struct Upgrade {
     /// empty and the state of removed steps is deleted; the others keep their state.
     #[serde(default)]
     pub state_changes: StateChanges,
+
+    /// `automatic` (default): every change is rolled out when applied. `manual`: an upgrade
+    /// (a change of `steps`, `source` or `image`) is rolled out only once the annotation
+    /// `sluice.dev/approve` names its generation (`kubectl annotate streamjob/<name>
+    /// sluice.dev/approve=<generation>`); until then the job shows reason `AwaitingApproval`
+    /// and `status.plan` says what the roll would do. Scaling through `/scale` is never held.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Whether an upgrade waits for a person.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Approval {
+    /// Rolled out when applied.
+    #[default]
+    Automatic,
+    /// Rolled out once `sluice.dev/approve` names the generation.
+    Manual,
 }
 
 /// Whether an edit may reset or drop state.
@@ -813,6 +832,69 @@ pub struct StreamJobStatus {
     /// Records in the source topics not yet processed, summed over partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+
+    /// What the latest change rolls out (or, held, would roll out): written before anything
+    /// moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RolloutPlan>,
+}
+
+/// What rolling a change out does: to each step's state, and to where each task runs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPlan {
+    /// The generation it is for.
+    pub generation: i64,
+    /// `create`, `restart`, `upgrade` (steps, source or image change), `rescale`, `suspend`,
+    /// `resume`.
+    pub action: String,
+    /// Whether it waits: `AwaitingApproval`, `StateIncompatible`, or unset when it rolls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// One line: what it does to state ("keeps all state", "resets aggregate `x` (…)").
+    pub state: String,
+    /// Per stateful step, its verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<PlannedStep>,
+    /// Tasks that change worker, the first 64 in task order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<PlannedMove>,
+    /// How many tasks change worker in all.
+    pub tasks_moving: i64,
+    /// State bytes the moving tasks download from the object store, in all (unknown
+    /// checkpoints count 0).
+    pub download_bytes: i64,
+}
+
+/// A stateful step's verdict in a plan.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedStep {
+    /// Step name.
+    pub name: String,
+    /// Step kind.
+    pub kind: String,
+    /// `keep`, `new`, `reset` or `drop`.
+    pub verdict: String,
+    /// For `reset`: the fields of its signature that changed, `field: old → new`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// A task that changes worker in a plan.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedMove {
+    /// The task (input partition).
+    pub task: i64,
+    /// The pod that runs it now.
+    pub from: String,
+    /// The pod that will run it.
+    pub to: String,
+    /// `store` (downloaded) or `volume` (the new pod's volume has it).
+    pub restore_from: String,
+    /// State bytes downloaded.
+    pub bytes: i64,
 }
 
 /// A completed checkpoint.

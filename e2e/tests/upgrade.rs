@@ -6,7 +6,9 @@
 //! 2. its window size changes under `stateChanges: refuse` (the default): held, the old
 //!    workers go on, the job says `StateIncompatible`;
 //! 3. the same with `stateChanges: reset`: rolled out, the aggregate starts empty and the
-//!    dedupe keeps what it saw.
+//!    dedupe keeps what it saw;
+//! 4. its filter changes again under `approval: manual`: the plan is in status, nothing
+//!    restarts (the old workers go on) until `sluice.dev/approve` names the generation.
 //!
 //! The output must equal a reference the test computes from the input: each batch of input is
 //! written while one generation runs, after a checkpoint covered the batch before (so every
@@ -54,7 +56,10 @@ fn order(g: u64) -> Value {
 struct Shape {
     min_amount: u64,
     window_s: i64,
+    /// `stateChanges: reset` (and, in the reference, the aggregate's windows reset).
     reset: bool,
+    /// `approval: manual`.
+    manual: bool,
 }
 
 /// The job's chain, run by hand: the watermark (every input record moves it, no disorder
@@ -138,7 +143,10 @@ fn manifest(env: &TestEnv, name: &str, input: &str, shape: Shape) -> Value {
         "state": {"size": "1Gi"},
     });
     if shape.reset {
-        spec["upgrade"] = json!({"stateChanges": "reset"});
+        spec["upgrade"]["stateChanges"] = "reset".into();
+    }
+    if shape.manual {
+        spec["upgrade"]["approval"] = "manual".into();
     }
     json!({
         "apiVersion": "sluice.dev/v1alpha1",
@@ -310,21 +318,31 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
             min_amount: 10,
             window_s: 10,
             reset: false,
+            manual: false,
         },
         Shape {
             min_amount: 5,
             window_s: 10,
             reset: false,
+            manual: false,
         },
         Shape {
             min_amount: 5,
             window_s: 20,
             reset: false,
+            manual: false,
         },
         Shape {
             min_amount: 5,
             window_s: 20,
             reset: true,
+            manual: false,
+        },
+        Shape {
+            min_amount: 8,
+            window_s: 20,
+            reset: false,
+            manual: true,
         },
     ];
     let mut alive = || {};
@@ -445,8 +463,99 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
             .is_some_and(|n| n.contains("resets aggregate `per-window`"))),
         "the restart's Event names the reset: {events:?}"
     );
+
+    // 4. An edit under approval: manual (a filter change, keeping all state): the plan is in
+    // status and nothing restarts until the annotation names the generation.
+    let pods = pod_uids(&store);
+    apply(&kubeconfig, &dir, &manifest(&env, &name, &input, shapes[4]));
+    let started = Instant::now();
+    let waiting = loop {
+        let c = conditions(&store, &name);
+        let j = job(&store, &name).expect("job");
+        if j["status"]["observedGeneration"] == 5
+            && c.get("Progressing")
+                .is_some_and(|p| p.1 == "AwaitingApproval")
+        {
+            break (c, j["status"]["plan"].clone());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not waiting: {}",
+            j["status"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let (c, plan) = waiting;
+    assert_eq!(c["Progressing"].0, "True");
+    assert_eq!(
+        (c["Reconciling"].0.as_str(), c["Reconciling"].1.as_str()),
+        ("True", "AwaitingApproval")
+    );
+    assert!(
+        c["Progressing"].2.contains("sluice.dev/approve=5"),
+        "{}",
+        c["Progressing"].2
+    );
+    assert_eq!(
+        (
+            plan["generation"].as_i64(),
+            plan["action"].as_str(),
+            plan["held"].as_str()
+        ),
+        (Some(5), Some("upgrade"), Some("AwaitingApproval")),
+        "{plan}"
+    );
+    let verdicts: Vec<(String, String)> = (plan["steps"].as_array().expect("steps").iter())
+        .map(|s| (s["name"].to_string(), s["verdict"].to_string()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("\"once\"".into(), "\"keep\"".into()),
+            ("\"per-window\"".into(), "\"keep\"".into())
+        ]
+    );
+    eprintln!("generation 5 waits for approval; plan: {plan}");
+    write(&env, &input, 4 * BATCH..5 * BATCH);
+    (4 * BATCH..5 * BATCH).for_each(|g| reference.feed(g, shapes[3]));
+    wait_for_offset(&checkpoints, &input, 5 * BATCH as i64, &mut alive).await;
+    expect_output(&env, &output, &reference.results, || {});
+    assert_eq!(
+        pod_uids(&store),
+        pods,
+        "nothing restarted before the approval"
+    );
+    kubectl(
+        &kubeconfig,
+        &[
+            "annotate",
+            "-n",
+            NAMESPACE,
+            &format!("sj/{name}"),
+            "sluice.dev/approve=5",
+            "--overwrite",
+        ],
+    );
+    let started = Instant::now();
+    while pod_uids(&store) == pods {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not rolled after the approval"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = wait_ready(&store, &sim, &name, 1, &mut operator);
     eprintln!(
-        "output equals the reference over 4 generations: {} window results",
+        "generation 5 rolled once approved: ready {:.1} s after kubectl annotate",
+        (started.elapsed()).as_secs_f64().max(took.as_secs_f64())
+    );
+    reference.generation(shapes[4]);
+    write(&env, &input, 5 * BATCH..6 * BATCH);
+    (5 * BATCH..6 * BATCH).for_each(|g| reference.feed(g, shapes[4]));
+    wait_for_offset(&checkpoints, &input, 6 * BATCH as i64, &mut alive).await;
+    expect_output(&env, &output, &reference.results, || {});
+    eprintln!(
+        "output equals the reference over 5 generations: {} window results",
         reference.results.len()
     );
     drop(sim);
@@ -479,16 +588,19 @@ async fn a_worker_never_resets_state_under_refuse_even_restarted_and_does_under_
             min_amount: 10,
             window_s: 10,
             reset: false,
+            manual: false,
         },
         Shape {
             min_amount: 10,
             window_s: 20,
             reset: false,
+            manual: false,
         },
         Shape {
             min_amount: 10,
             window_s: 20,
             reset: true,
+            manual: false,
         },
     ];
     let checkpoints = Checkpoints::of(&env, &files);

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use sluice_core::upgrade::{self, Plan};
-use sluice_crds::v1alpha1::StreamJobSpec;
+use sluice_crds::v1alpha1::{Approval, StreamJobSpec};
 
 /// What a change to a spec field requires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +150,37 @@ pub fn hold(
             plan.refusal(&format!("generation {generation}"))
         )
     })
+}
+
+/// The annotation that approves generation `N` of a job under `upgrade.approval: manual`.
+pub const APPROVE_ANNOTATION: &str = "sluice.dev/approve";
+
+/// Whether rolling `new` (of `generation`) out over `applied` waits for a person:
+/// `approval: manual`, an upgrade (a change of steps, source or image, see
+/// [`crate::plan::is_upgrade`]), and `approved` (the annotation's value) does not name the
+/// generation. A new job and scaling never wait.
+pub fn awaits_approval(
+    applied: Option<&StreamJobSpec>,
+    new: &StreamJobSpec,
+    approved: Option<&str>,
+    generation: i64,
+) -> bool {
+    let manual = new
+        .upgrade
+        .as_ref()
+        .is_some_and(|u| u.approval == Approval::Manual);
+    let upgrade = match classify(applied, new).change {
+        Change::Restart { fields } => crate::plan::is_upgrade(&fields),
+        // A rescale applied together with an upgrade: the upgrade's fields decide.
+        Change::Rescale { .. } => applied.is_some_and(|applied| {
+            let (old, new) = (as_object(applied), as_object(new));
+            ["steps", "source", "image"]
+                .iter()
+                .any(|f| old.get(*f) != new.get(*f))
+        }),
+        _ => false,
+    };
+    manual && upgrade && approved.map(str::trim) != Some(generation.to_string().as_str())
 }
 
 fn as_object(spec: &StreamJobSpec) -> serde_json::Map<String, Value> {

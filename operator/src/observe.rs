@@ -47,6 +47,11 @@ pub trait Outside: Send + Sync {
     /// Records in the source not yet committed by the job's workers, summed over partitions;
     /// `None` when the brokers cannot be asked.
     fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>>;
+
+    /// Each task's state bytes at its HEAD checkpoint (0 for a task without one), for the
+    /// plan of a rollout; empty when the store cannot be read. Read when a change is planned
+    /// only, so not cached.
+    fn state_bytes(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Vec<u64>>;
 }
 
 /// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
@@ -159,6 +164,32 @@ impl Outside for RealOutside {
             })
             .await
             .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn state_bytes(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Vec<u64>> {
+        let opened = job_store(job);
+        Box::pin(async move {
+            let Some((store, layout)) = opened else {
+                return Vec::new();
+            };
+            let mut bytes = Vec::with_capacity(partitions as usize);
+            for task in 0..partitions {
+                let task = layout.task(task);
+                let head = match store.read_head(&task).await {
+                    Ok(head) => head.and_then(|(h, _)| h.checkpoint),
+                    Err(_) => return Vec::new(),
+                };
+                let size = match head {
+                    Some(id) => match store.read_descriptor(&task, id).await {
+                        Ok(d) => d.files.iter().map(|f| f.size).sum(),
+                        Err(_) => return Vec::new(),
+                    },
+                    None => 0,
+                };
+                bytes.push(size);
+            }
+            bytes
         })
     }
 

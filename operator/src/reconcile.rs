@@ -25,6 +25,7 @@ use crate::build::{
 use crate::change::{self, Change, classify};
 use crate::metrics::Metrics;
 use crate::observe::{ObserveError, Observed, Outside, observe};
+use crate::plan;
 use crate::status::{self, Inputs, SPEC_VALID};
 use crate::validate::{ValidJob, validate};
 use sluice_core::checkpoint::descriptor::{Decision, TaskReport};
@@ -172,24 +173,91 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     let validated = validate(job, &facts);
     let previous = job.status.as_ref();
     let generation = job.metadata.generation.unwrap_or_default();
-    // A valid change that would reset or drop state under `stateChanges: refuse` is held: the
-    // workers go on with the spec rolled out last. Scaling and suspending still apply (an HPA
-    // or KEDA must not wait for a person), as they do not touch the steps' state.
+    // A valid change is held when it would reset or drop state under `stateChanges: refuse`,
+    // or is an upgrade waiting for approval: the workers go on with the spec rolled out last.
+    // Scaling and suspending still apply (an HPA or KEDA must not wait for a person), as they
+    // do not touch the steps' state.
+    let approved = job.annotations().get(change::APPROVE_ANNOTATION).cloned();
     let held = validated.as_ref().ok().and_then(|valid| {
         let tasks = valid.partitions.unwrap_or(0);
-        let message = change::hold(facts.applied.as_ref(), &valid.spec, tasks, generation)?;
-        let applied = facts.applied.clone()?;
+        let applied = facts.applied.as_ref()?;
+        let (reason, message) = match change::hold(Some(applied), &valid.spec, tasks, generation) {
+            Some(message) => (status::STATE_INCOMPATIBLE, message),
+            None if change::awaits_approval(
+                Some(applied),
+                &valid.spec,
+                approved.as_deref(),
+                generation,
+            ) =>
+            {
+                let state = change::state_plan(applied, &valid.spec, tasks).summary();
+                (
+                    status::AWAITING_APPROVAL,
+                    format!(
+                        "generation {generation} is an upgrade waiting for approval \
+                             (spec.upgrade.approval: manual); it {state}, see status.plan. \
+                             Approve it with `kubectl annotate streamjob/{name} \
+                             {}={generation} --overwrite`, or revert it; the workers keep \
+                             running the spec rolled out last",
+                        change::APPROVE_ANNOTATION
+                    ),
+                )
+            }
+            None => return None,
+        };
         Some((
+            reason,
             message,
             sluice_crds::StreamJobSpec {
                 parallelism: job.spec.parallelism,
                 suspend: job.spec.suspend,
-                ..applied
+                ..applied.clone()
             },
         ))
     });
-    let rendered = held.as_ref().map_or(&job.spec, |(_, applied)| applied);
+    let rendered = held.as_ref().map_or(&job.spec, |(_, _, applied)| applied);
     let classified = classify(facts.applied.as_ref(), rendered);
+    // The plan of the change as applied (held or not), written before anything moves.
+    let plan = match &validated {
+        Ok(valid) => {
+            let desired = classify(facts.applied.as_ref(), &job.spec);
+            let partitions = valid.partitions.unwrap_or(0);
+            let state = facts
+                .applied
+                .as_ref()
+                .map(|applied| change::state_plan(applied, &job.spec, partitions));
+            let from = facts.applied.as_ref().map_or(0, |a| a.parallelism);
+            let bytes = if matches!(desired.change, Change::Rescale { .. }) {
+                ctx.outside.state_bytes(job, partitions).await
+            } else {
+                Vec::new()
+            };
+            plan::plan(&plan::Inputs {
+                generation,
+                job: &name,
+                change: &desired,
+                state: state.as_ref(),
+                held: held.as_ref().map(|(reason, _, _)| *reason),
+                partitions,
+                parallelism: (from, job.spec.parallelism),
+                bytes: &bytes,
+            })
+        }
+        Err(_) => None,
+    };
+    let plan = plan.or_else(|| previous.and_then(|s| s.plan.clone()));
+    // A new job moves nothing: its plan is written with the rest of the status.
+    let first = plan.as_ref().is_some_and(|p| p.action != "create");
+    if first && plan != previous.and_then(|s| s.plan.clone()) {
+        let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"plan": plan}})),
+        )
+        .await
+        .map_err(ReconcileError::Status)?;
+    }
 
     let (errors, revision, last_checkpoint, lag, tasks) = match &validated {
         Ok(valid) => {
@@ -321,25 +389,25 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         .await;
     }
 
-    if let Some((message, _)) = &held {
+    if let Some((reason, message, _)) = &held {
         let announced = previous
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
-            .is_some_and(|c| {
-                c.reason == status::STATE_INCOMPATIBLE && c.observed_generation == Some(generation)
-            });
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::PROGRESSING))
+            .is_some_and(|c| c.reason == *reason && c.observed_generation == Some(generation));
         if !announced {
-            publish(
-                EventType::Warning,
-                status::STATE_INCOMPATIBLE,
-                "Apply",
-                message.clone(),
-            )
-            .await;
+            let type_ = if *reason == status::STATE_INCOMPATIBLE {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            publish(type_, reason, "Apply", message.clone()).await;
         }
     }
     let inputs = Inputs {
         generation,
-        held: held.as_ref().map(|(message, _)| message.as_str()),
+        held: held
+            .as_ref()
+            .map(|(reason, message, _)| (*reason, message.as_str())),
+        plan: plan.as_ref(),
         parallelism: rendered.parallelism,
         suspend: rendered.suspend,
         checkpoint_interval: job.spec.checkpoint.interval.into(),

@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
+use sluice_crds::v1alpha1::{CheckpointRef, Phase, RolloutPlan, StreamJobStatus};
 
 use sluice_core::checkpoint::descriptor::{ReportedState, TaskReport};
 
@@ -32,6 +32,10 @@ pub const STALLED: &str = "Stalled";
 /// would reset or drop state under `upgrade.stateChanges: refuse`.
 pub const STATE_INCOMPATIBLE: &str = "StateIncompatible";
 
+/// The reason of `Progressing=True` (and `Reconciling`) while an upgrade waits for the
+/// `sluice.dev/approve` annotation under `upgrade.approval: manual`.
+pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+
 /// Waiting reasons of a container that will not get better by waiting.
 const FAILING: &[&str] = &[
     "CrashLoopBackOff",
@@ -46,9 +50,13 @@ const FAILING: &[&str] = &[
 pub struct Inputs<'a> {
     /// `metadata.generation` of the job.
     pub generation: i64,
-    /// Why this generation is not rolled out (it would reset or drop state under `refuse`);
-    /// the workers run the spec rolled out last, which the other inputs describe.
-    pub held: Option<&'a str>,
+    /// Why this generation is not rolled out, as (reason, message): it would reset or drop
+    /// state under `refuse` ([`STATE_INCOMPATIBLE`]), or waits for approval
+    /// ([`AWAITING_APPROVAL`]). The workers run the spec rolled out last, which the other
+    /// inputs describe.
+    pub held: Option<(&'a str, &'a str)>,
+    /// The plan of the latest change, if any.
+    pub plan: Option<&'a RolloutPlan>,
     /// `spec.parallelism`.
     pub parallelism: i32,
     /// `spec.suspend`.
@@ -306,19 +314,33 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
     }
 
     // A held change: the workers are fine on the old spec, but the new one waits for a person.
-    if let Some(message) = inputs.held.filter(|_| inputs.errors.is_empty()) {
-        conditions.retain(|c| c.type_ != PROGRESSING && c.type_ != DEGRADED);
-        for (type_, ok) in [(PROGRESSING, false), (DEGRADED, true)] {
+    match inputs.held.filter(|_| inputs.errors.is_empty()) {
+        Some((STATE_INCOMPATIBLE, message)) => {
+            conditions.retain(|c| c.type_ != PROGRESSING && c.type_ != DEGRADED);
+            for (type_, ok) in [(PROGRESSING, false), (DEGRADED, true)] {
+                conditions.push(condition(
+                    inputs,
+                    &previous,
+                    type_,
+                    ok,
+                    STATE_INCOMPATIBLE,
+                    message.into(),
+                ));
+            }
+            phase = Phase::Degraded;
+        }
+        Some((reason, message)) => {
+            conditions.retain(|c| c.type_ != PROGRESSING);
             conditions.push(condition(
                 inputs,
                 &previous,
-                type_,
-                ok,
-                STATE_INCOMPATIBLE,
+                PROGRESSING,
+                true,
+                reason,
                 message.into(),
             ));
         }
-        phase = Phase::Degraded;
+        None => {}
     }
 
     // The abnormal-true pair kstatus (Flux, kpt, cli-utils) reads: present only when true.
@@ -363,6 +385,7 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         ready_workers: Some(ready),
         last_checkpoint: inputs.last_checkpoint.clone().or(previous.last_checkpoint),
         lag: inputs.lag.or(previous.lag),
+        plan: inputs.plan.cloned(),
     }
 }
 

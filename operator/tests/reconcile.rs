@@ -41,6 +41,9 @@ impl Outside for Brokers {
     fn lag(&self, _: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
         Box::pin(async move { Some(1000 * i64::from(partitions)) })
     }
+    fn state_bytes(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Vec<u64>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 fn job_manifest(spec_extra: Value) -> Value {
@@ -302,6 +305,8 @@ async fn a_rescale_applies_the_new_parallelism_and_deletes_every_pod_of_the_old_
     assert_eq!(
         writes,
         [
+            // The plan, before anything moves.
+            "PATCH /apis/sluice.dev/v1alpha1/namespaces/shop/streamjobs/customers/status",
             "PATCH /api/v1/namespaces/shop/configmaps/customers-job",
             "PATCH /api/v1/namespaces/shop/services/customers",
             "PATCH /api/v1/namespaces/shop/services/customers-metrics",
@@ -315,6 +320,35 @@ async fn a_rescale_applies_the_new_parallelism_and_deletes_every_pod_of_the_old_
             "PATCH /apis/sluice.dev/v1alpha1/namespaces/shop/streamjobs/customers/status",
         ]
     );
+    let first = &requests
+        .iter()
+        .find(|r| r.method == "PATCH")
+        .expect("the plan")
+        .body;
+    let plan = &first["status"]["plan"];
+    assert_eq!(
+        (plan["generation"].as_i64(), plan["action"].as_str()),
+        (Some(2), Some("rescale"))
+    );
+    let moves: Vec<(i64, &str, &str)> = (plan["moves"].as_array().expect("moves").iter())
+        .map(|m| {
+            (
+                m["task"].as_i64().unwrap_or(-1),
+                m["from"].as_str().unwrap_or(""),
+                m["to"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (3, "customers-0", "customers-3"),
+            (4, "customers-1", "customers-4"),
+            (5, "customers-2", "customers-5")
+        ]
+    );
+    assert_eq!(plan["tasksMoving"], 3);
+    assert_eq!(status(&api)["plan"], *plan, "the status keeps the plan");
     let events: Vec<&Value> = requests
         .iter()
         .filter(|r| r.method == "POST")

@@ -920,6 +920,7 @@ mod tests {
         let mut job = (*consented.job).clone();
         job.spec.upgrade = Some(sluice_crds::v1alpha1::Upgrade {
             state_changes: sluice_crds::v1alpha1::StateChanges::Reset,
+            ..Default::default()
         });
         consented.job = Arc::new(job);
         assert_eq!(run_until(&consented, &records(300), 100), (4, 0));

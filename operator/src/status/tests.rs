@@ -48,6 +48,7 @@ fn inputs<'a>(pods: &'a [Pod], previous: Option<&'a StreamJobStatus>) -> Inputs<
     Inputs {
         generation: 7,
         held: None,
+        plan: None,
         parallelism: 3,
         suspend: false,
         checkpoint_interval: Duration::from_secs(10),
@@ -396,7 +397,7 @@ fn flux_reads_running_as_current_a_rollout_as_in_progress_and_a_bad_spec_as_fail
     });
     assert_eq!(kstatus(7, &suspended), "Current", "not Progressing forever");
     let held = status(&Inputs {
-        held: Some("generation 7 would lose state"),
+        held: Some((super::STATE_INCOMPATIBLE, "generation 7 would lose state")),
         ..inputs(&ready, None)
     });
     assert_eq!(
@@ -416,7 +417,7 @@ fn a_held_change_is_valid_not_progressing_degraded_and_stalled_while_the_old_wor
     let message =
         "generation 7 would lose state, which spec.upgrade.stateChanges: refuse does not allow";
     let s = status(&Inputs {
-        held: Some(message),
+        held: Some((super::STATE_INCOMPATIBLE, message)),
         ..inputs(&ready, None)
     });
     assert_eq!(condition(&s, SPEC_VALID).0, "True");
@@ -446,7 +447,7 @@ fn a_held_change_is_valid_not_progressing_degraded_and_stalled_while_the_old_wor
         message: "too many".into(),
     }];
     let invalid = status(&Inputs {
-        held: Some(message),
+        held: Some((super::STATE_INCOMPATIBLE, message)),
         errors: &errors,
         revision: None,
         ..inputs(&[], None)
@@ -455,4 +456,29 @@ fn a_held_change_is_valid_not_progressing_degraded_and_stalled_while_the_old_wor
         condition(&invalid, DEGRADED).1,
         "ParallelismAbovePartitions"
     );
+}
+
+#[test]
+fn an_upgrade_awaiting_approval_is_progressing_and_reconciling_never_current() {
+    let ready = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let message = "generation 7 is an upgrade waiting for approval";
+    let s = status(&Inputs {
+        held: Some((super::AWAITING_APPROVAL, message)),
+        ..inputs(&ready, None)
+    });
+    assert_eq!(
+        condition(&s, PROGRESSING),
+        ("True", "AwaitingApproval", message)
+    );
+    assert_eq!(
+        condition(&s, super::RECONCILING),
+        ("True", "AwaitingApproval", message)
+    );
+    assert_eq!(condition(&s, DEGRADED).0, "False");
+    assert!(!s.conditions.iter().any(|c| c.type_ == STALLED));
+    assert_eq!(kstatus(7, &s), "InProgress", "waiting is not done");
 }
