@@ -79,12 +79,7 @@ impl Job {
     /// Identifies the steps and decoding that wrote a task's state: a checkpoint restores only
     /// into the same pipeline.
     pub fn pipeline_fingerprint(&self) -> String {
-        let shape = serde_json::json!({
-            "format": self.spec.source.kafka.format,
-            "steps": self.spec.steps,
-        });
-        let hash = blake3::hash(shape.to_string().as_bytes());
-        hash.to_hex()[..16].to_string()
+        pipeline_fingerprint(&self.spec)
     }
 
     /// The dead-letter topic: `spec.deadLetter.topic`, or `<sink topic>.dlq`.
@@ -94,6 +89,16 @@ impl Job {
             |d| d.topic.clone(),
         )
     }
+}
+
+/// The fingerprint of `spec`'s steps and decoding ([`Job::pipeline_fingerprint`]).
+pub fn pipeline_fingerprint(spec: &StreamJobSpec) -> String {
+    let shape = serde_json::json!({
+        "format": spec.source.kafka.format,
+        "steps": spec.steps,
+    });
+    let hash = blake3::hash(shape.to_string().as_bytes());
+    hash.to_hex()[..16].to_string()
 }
 
 /// A job with the given `steps` (YAML flow list) and source `format`, for tests (here and in

@@ -127,6 +127,17 @@ pub enum Old<'a> {
     Fingerprint(&'a str),
 }
 
+impl<'a> Old<'a> {
+    /// The state a checkpoint descriptor records: its signatures, or its fingerprint when it
+    /// was written before signatures.
+    pub fn of(descriptor: &'a crate::checkpoint::descriptor::Descriptor) -> Self {
+        match &descriptor.state_signatures {
+            Some(signatures) => Old::Signed(signatures),
+            None => Old::Fingerprint(&descriptor.pipeline_fingerprint),
+        }
+    }
+}
+
 /// What happens to one step's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -162,6 +173,19 @@ pub struct FieldChange {
     pub from: Option<String>,
     /// Its new value; None when the new one lacks it.
     pub to: Option<String>,
+}
+
+impl std::fmt::Display for FieldChange {
+    /// `window: tumbling 60s → tumbling 120s`, `unset` for a missing side.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} → {}",
+            self.field,
+            self.from.as_deref().unwrap_or("unset"),
+            self.to.as_deref().unwrap_or("unset")
+        )
+    }
 }
 
 /// One step's verdict.
@@ -273,6 +297,26 @@ fn differences(old: &StepState, new: &StepState) -> Vec<FieldChange> {
         .collect()
 }
 
+/// The compatibility check over every task's checkpoint (None: a task without one, whose
+/// steps all start new): the plan of the first task whose state the change would lose, else
+/// the first task's, so that a refusal names what some task would lose. Tasks differ when
+/// some have checkpointed since an edit and others not yet.
+pub fn check_all<'a>(
+    olds: impl IntoIterator<Item = Option<Old<'a>>>,
+    new: &[StepState],
+    new_fingerprint: &str,
+) -> Plan {
+    let mut first = None;
+    for old in olds {
+        let plan = check(old.unwrap_or(Old::Signed(&[])), new, new_fingerprint);
+        if plan.loses_state() {
+            return plan;
+        }
+        first.get_or_insert(plan);
+    }
+    first.unwrap_or_else(|| check(Old::Signed(&[]), new, new_fingerprint))
+}
+
 impl Plan {
     /// True when the plan resets or drops state: it needs `stateChanges: reset`.
     pub fn loses_state(&self) -> bool {
@@ -330,6 +374,17 @@ impl Plan {
             "{what} would lose state, which spec.upgrade.stateChanges: refuse does not allow: {}. ",
             self.summary()
         );
+        if let Some((from, to)) = self.tasks_only() {
+            // Nothing to revert in the spec: the input topics gained partitions.
+            let _ = write!(
+                message,
+                "The input now has {to} partitions where the state was checkpointed across \
+                 {from} tasks, so keys move between tasks; partitions cannot be removed from a \
+                 topic: set spec.upgrade.stateChanges: reset to start these steps empty across \
+                 {to} tasks, or run the job on a topic with {from} partitions"
+            );
+            return message;
+        }
         let _ = write!(
             message,
             "Either revert the change, or set spec.upgrade.stateChanges: reset for it (the \
@@ -346,17 +401,31 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// When the only change is the task count (the input topics' partitions), the old and
+    /// the new count.
+    fn tasks_only(&self) -> Option<(String, String)> {
+        let mut counts = None;
+        for step in self.with(Verdict::Reset) {
+            let [change] = step.changes.as_slice() else {
+                return None;
+            };
+            if change.field != "tasks" {
+                return None;
+            }
+            counts = Some((
+                change.from.clone().unwrap_or_default(),
+                change.to.clone().unwrap_or_default(),
+            ));
+        }
+        counts.filter(|_| self.whole_state.is_none() && self.with(Verdict::Drop).next().is_none())
+    }
+}
+
 fn changes(step: &StepVerdict) -> String {
     step.changes
         .iter()
-        .map(|c| {
-            format!(
-                "{}: {} → {}",
-                c.field,
-                c.from.as_deref().unwrap_or("unset"),
-                c.to.as_deref().unwrap_or("unset")
-            )
-        })
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }

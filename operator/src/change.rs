@@ -6,6 +6,8 @@
 //! `spec.upgrade.stateChanges`, whether the change may be rolled out at all.
 
 use serde_json::Value;
+use sluice_core::checkpoint::descriptor::Descriptor;
+use sluice_core::job::pipeline_fingerprint;
 use sluice_core::upgrade::{self, Plan};
 use sluice_crds::v1alpha1::{Approval, StreamJobSpec};
 
@@ -118,27 +120,39 @@ pub fn classify(applied: Option<&StreamJobSpec>, new: &StreamJobSpec) -> Classif
     Classified { change, ignored }
 }
 
-/// What rolling `new` out does to the state of workers running `applied`, for a job of `tasks`
-/// tasks: the compatibility check on the two specs' signatures. (The workers run the same
-/// check on each checkpoint they restore, against the signatures it recorded.)
-pub fn state_plan(applied: &StreamJobSpec, new: &StreamJobSpec, tasks: u32) -> Plan {
-    let old = upgrade::signatures(applied, tasks);
-    upgrade::check(
-        upgrade::Old::Signed(&old),
-        &upgrade::signatures(new, tasks),
-        "",
-    )
+/// What the workers' state holds, for the compatibility check of a change.
+#[derive(Clone, Copy, Debug)]
+pub enum Current<'a> {
+    /// Each task's HEAD checkpoint (None: the task has none yet): what a worker restoring
+    /// would check, so the operator and the workers agree.
+    Heads(&'a [Option<Descriptor>]),
+    /// The store could not be read: the spec rolled out last stands for the state.
+    Applied(&'a StreamJobSpec),
 }
 
-/// Why `new` (of `generation`) is not rolled out over `applied` (what the workers run): its
-/// plan resets or drops state and its policy is `refuse`. None: it may be rolled out.
-pub fn hold(
-    applied: Option<&StreamJobSpec>,
-    new: &StreamJobSpec,
-    tasks: u32,
-    generation: i64,
-) -> Option<String> {
-    let plan = state_plan(applied?, new, tasks);
+/// What rolling `new` out does to the steps' state, for a job of `tasks` tasks (the input's
+/// partitions now): the compatibility check of `sluice_core::upgrade` against each task's
+/// HEAD (as each worker will run it on restore), or against the spec rolled out last when the
+/// store cannot be read.
+pub fn state_plan(current: Current<'_>, new: &StreamJobSpec, tasks: u32) -> Plan {
+    let signatures = upgrade::signatures(new, tasks);
+    match current {
+        Current::Heads(heads) => upgrade::check_all(
+            heads.iter().map(|h| h.as_ref().map(upgrade::Old::of)),
+            &signatures,
+            &pipeline_fingerprint(new),
+        ),
+        Current::Applied(applied) => upgrade::check(
+            upgrade::Old::Signed(&upgrade::signatures(applied, tasks)),
+            &signatures,
+            "",
+        ),
+    }
+}
+
+/// Why `new` (of `generation`) is not rolled out over the state `plan` says it would lose
+/// under its policy `refuse`. None: it may be rolled out.
+pub fn hold(plan: &Plan, new: &StreamJobSpec, generation: i64) -> Option<String> {
     let policy = new
         .upgrade
         .as_ref()

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sluice_core::checkpoint::descriptor::TaskReport;
+use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport};
 use sluice_core::checkpoint::layout::JobLayout;
 use sluice_core::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
@@ -48,10 +48,15 @@ pub trait Outside: Send + Sync {
     /// `None` when the brokers cannot be asked.
     fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>>;
 
-    /// Each task's state bytes at its HEAD checkpoint (0 for a task without one), for the
-    /// plan of a rollout; empty when the store cannot be read. Read when a change is planned
-    /// only, so not cached.
-    fn state_bytes(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Vec<u64>>;
+    /// Each task's HEAD checkpoint descriptor (None for a task without one), in task order:
+    /// what the compatibility check of a change and the plan of a rollout read (the state's
+    /// signatures and bytes); None when the store cannot be read. Not cached: a change is
+    /// checked against what the tasks hold now.
+    fn heads(
+        &self,
+        job: &StreamJob,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>>;
 }
 
 /// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
@@ -167,29 +172,24 @@ impl Outside for RealOutside {
         })
     }
 
-    fn state_bytes(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Vec<u64>> {
+    fn heads(
+        &self,
+        job: &StreamJob,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
         let opened = job_store(job);
         Box::pin(async move {
-            let Some((store, layout)) = opened else {
-                return Vec::new();
-            };
-            let mut bytes = Vec::with_capacity(partitions as usize);
+            let (store, layout) = opened?;
+            let mut heads = Vec::with_capacity(partitions as usize);
             for task in 0..partitions {
                 let task = layout.task(task);
-                let head = match store.read_head(&task).await {
-                    Ok(head) => head.and_then(|(h, _)| h.checkpoint),
-                    Err(_) => return Vec::new(),
-                };
-                let size = match head {
-                    Some(id) => match store.read_descriptor(&task, id).await {
-                        Ok(d) => d.files.iter().map(|f| f.size).sum(),
-                        Err(_) => return Vec::new(),
-                    },
-                    None => 0,
-                };
-                bytes.push(size);
+                let head = store.read_head(&task).await.ok()?;
+                heads.push(match head.and_then(|(h, _)| h.checkpoint) {
+                    Some(id) => Some(store.read_descriptor(&task, id).await.ok()?),
+                    None => None,
+                });
             }
-            bytes
+            Some(heads)
         })
     }
 

@@ -65,18 +65,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Option<RolloutPlan> {
                 name: s.name.clone(),
                 kind: s.kind.clone(),
                 verdict: s.verdict.as_str().into(),
-                changes: s
-                    .changes
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}: {} → {}",
-                            c.field,
-                            c.from.as_deref().unwrap_or("unset"),
-                            c.to.as_deref().unwrap_or("unset")
-                        )
-                    })
-                    .collect(),
+                changes: s.changes.iter().map(ToString::to_string).collect(),
             })
             .collect()
     });

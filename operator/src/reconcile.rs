@@ -22,13 +22,14 @@ use tracing::{info, instrument, warn};
 use crate::build::{
     self, BuildError, Children, FIELD_MANAGER, JOB_LABEL, REVISION_LABEL, Settings,
 };
-use crate::change::{self, Change, classify};
+use crate::change::{self, Change, Current, classify};
 use crate::metrics::Metrics;
 use crate::observe::{ObserveError, Observed, Outside, observe};
 use crate::plan;
 use crate::status::{self, Inputs, SPEC_VALID};
 use crate::validate::{ValidJob, validate};
-use sluice_core::checkpoint::descriptor::{Decision, TaskReport};
+use sluice_core::checkpoint::descriptor::{Decision, Descriptor, TaskReport};
+use sluice_core::upgrade::Plan;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -177,11 +178,32 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     // or is an upgrade waiting for approval: the workers go on with the spec rolled out last.
     // Scaling and suspending still apply (an HPA or KEDA must not wait for a person), as they
     // do not touch the steps' state.
+    // What the change does to state is checked against each task's HEAD checkpoint, as each
+    // worker will check it on restore (so a change to a suspended job, or partitions added
+    // to the input, are seen too); against the spec rolled out last when the store cannot be
+    // read. Read only for a job already rolled out, with its partitions known.
+    let heads = match (&validated, &facts.applied) {
+        (Ok(valid), Some(_)) => match valid.partitions {
+            Some(n) => ctx.outside.heads(job, n).await,
+            None => None,
+        },
+        _ => None,
+    };
+    let state = match (&validated, &facts.applied) {
+        (Ok(valid), Some(applied)) => Some(change::state_plan(
+            heads
+                .as_deref()
+                .map_or(Current::Applied(applied), Current::Heads),
+            &valid.spec,
+            valid.partitions.unwrap_or(0),
+        )),
+        _ => None,
+    };
     let approved = job.annotations().get(change::APPROVE_ANNOTATION).cloned();
     let held = validated.as_ref().ok().and_then(|valid| {
-        let tasks = valid.partitions.unwrap_or(0);
         let applied = facts.applied.as_ref()?;
-        let (reason, message) = match change::hold(Some(applied), &valid.spec, tasks, generation) {
+        let state = state.as_ref()?;
+        let (reason, message) = match change::hold(state, &valid.spec, generation) {
             Some(message) => (status::STATE_INCOMPATIBLE, message),
             None if change::awaits_approval(
                 Some(applied),
@@ -190,7 +212,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                 generation,
             ) =>
             {
-                let state = change::state_plan(applied, &valid.spec, tasks).summary();
+                let state = state.summary();
                 (
                     status::AWAITING_APPROVAL,
                     format!(
@@ -222,16 +244,12 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         Ok(valid) => {
             let desired = classify(facts.applied.as_ref(), &job.spec);
             let partitions = valid.partitions.unwrap_or(0);
-            let state = facts
-                .applied
-                .as_ref()
-                .map(|applied| change::state_plan(applied, &job.spec, partitions));
             let from = facts.applied.as_ref().map_or(0, |a| a.parallelism);
-            let bytes = if matches!(desired.change, Change::Rescale { .. }) {
-                ctx.outside.state_bytes(job, partitions).await
-            } else {
-                Vec::new()
-            };
+            let bytes: Vec<u64> = heads
+                .iter()
+                .flatten()
+                .map(|h| h.as_ref().map_or(0, Descriptor::state_bytes))
+                .collect();
             plan::plan(&plan::Inputs {
                 generation,
                 job: &name,
@@ -274,9 +292,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                 )?,
                 ..valid.clone()
             };
-            let state = facts.applied.as_ref().map(|applied| {
-                change::state_plan(applied, &valid.spec, valid.partitions.unwrap_or(0)).summary()
-            });
+            let state = state.as_ref().map(Plan::summary);
             let children = build::children(valid, &ctx.settings)?;
             let revision = build::revision(valid, &ctx.settings)?;
             apply(&ctx.client, &namespace, &children).await?;

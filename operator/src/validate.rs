@@ -232,7 +232,8 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
                         format!(
                             "parallelism {} is above the {n} partitions of the source, so {} \
                              workers would have nothing to do; set parallelism to at most {n} \
-                             (or add partitions)",
+                             (partitions added to the topic of a stateful job move keys between \
+                             tasks, which spec.upgrade.stateChanges decides about)",
                             spec.parallelism,
                             spec.parallelism - **n as i32
                         ),

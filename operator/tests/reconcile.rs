@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
-use sluice_core::checkpoint::descriptor::TaskReport;
+use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob};
 use sluice_operator::build::Settings;
 use sluice_operator::metrics::Metrics;
@@ -41,8 +41,12 @@ impl Outside for Brokers {
     fn lag(&self, _: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
         Box::pin(async move { Some(1000 * i64::from(partitions)) })
     }
-    fn state_bytes(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Vec<u64>> {
-        Box::pin(async { Vec::new() })
+    fn heads(
+        &self,
+        _: &StreamJob,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
+        Box::pin(async move { Some(vec![None; partitions as usize]) })
     }
 }
 

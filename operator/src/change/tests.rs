@@ -2,7 +2,11 @@ use serde_json::{Value, json};
 use sluice_crds::admission::merge_patch;
 use sluice_crds::v1alpha1::{StreamJob, StreamJobSpec};
 
-use super::{Change, Effect, FIELDS, classify, hold, state_plan};
+use sluice_core::checkpoint::descriptor::{CheckpointId, DESCRIPTOR_FORMAT, Descriptor, Epoch};
+use sluice_core::job::pipeline_fingerprint;
+use sluice_core::upgrade;
+
+use super::{Change, Current, Effect, FIELDS, classify, hold, state_plan};
 use crate::build::{Settings, revision};
 use crate::validate::{Facts, validate};
 
@@ -178,19 +182,22 @@ fn a_change_that_resets_state_is_held_under_refuse_and_rolled_under_reset() {
             continue;
         }
         let new = job(&patch).spec;
-        assert_eq!(hold(Some(&applied), &new, 12, 2), None, "{field}");
-        assert_eq!(state_plan(&applied, &new, 12).summary(), "keeps all state");
+        assert_eq!(held(&applied, &new, 12, 2), None, "{field}");
+        assert_eq!(
+            state_plan(Current::Applied(&applied), &new, 12).summary(),
+            "keeps all state"
+        );
     }
     let filtered = job(&json!({"steps": [
         {"name": "big", "filter": {"expr": "value.amount > 1"}},
         {"name": "table", "materialize": {}},
     ]}))
     .spec;
-    assert_eq!(hold(Some(&applied), &filtered, 12, 2), None);
+    assert_eq!(held(&applied, &filtered, 12, 2), None);
     // A changed materialize key resets the table: held, with a message naming it.
     let rekeyed =
         job(&json!({"steps": [{"name": "table", "materialize": {"key": "value.id"}}]})).spec;
-    let message = hold(Some(&applied), &rekeyed, 12, 7).expect("held");
+    let message = held(&applied, &rekeyed, 12, 7).expect("held");
     for part in [
         "generation 7 would lose state",
         "resets materialize `table` (key: the record key → value.id)",
@@ -202,7 +209,7 @@ fn a_change_that_resets_state_is_held_under_refuse_and_rolled_under_reset() {
     // The renamed table of the field-by-field changes drops `table`.
     let renamed = job(&json!({"steps": [{"name": "renamed", "materialize": {}}]})).spec;
     assert!(
-        hold(Some(&applied), &renamed, 12, 2)
+        held(&applied, &renamed, 12, 2)
             .expect("held")
             .contains("drops materialize `table`")
     );
@@ -211,7 +218,99 @@ fn a_change_that_resets_state_is_held_under_refuse_and_rolled_under_reset() {
         "upgrade": {"stateChanges": "reset"},
     }))
     .spec;
-    assert_eq!(hold(Some(&applied), &consented, 12, 7), None);
-    // A job never rolled out holds nothing.
-    assert_eq!(hold(None, &rekeyed, 12, 1), None);
+    assert_eq!(held(&applied, &consented, 12, 7), None);
+}
+
+/// Whether `new` is held over workers that ran `applied`, the store being unreadable.
+fn held(
+    applied: &StreamJobSpec,
+    new: &StreamJobSpec,
+    tasks: u32,
+    generation: i64,
+) -> Option<String> {
+    hold(
+        &state_plan(Current::Applied(applied), new, tasks),
+        new,
+        generation,
+    )
+}
+
+/// A HEAD descriptor of a task that ran `spec` across `tasks` tasks; `signed: false` as
+/// main's build wrote them (a fingerprint only).
+fn head(spec: &StreamJobSpec, tasks: u32, signed: bool) -> Option<Descriptor> {
+    Some(Descriptor {
+        format: DESCRIPTOR_FORMAT,
+        id: CheckpointId(3),
+        task: 0,
+        epoch: Epoch(1),
+        created_at_ms: 0,
+        source_offsets: Default::default(),
+        files: vec![],
+        watermark_ms: None,
+        pipeline_fingerprint: pipeline_fingerprint(spec),
+        state_signatures: signed.then(|| upgrade::signatures(spec, tasks)),
+        records_in: 0,
+        previous: None,
+        transactional_id: None,
+    })
+}
+
+#[test]
+fn the_check_reads_what_the_tasks_checkpointed_not_the_spec_rolled_out_last() {
+    let applied = job(&json!({})).spec;
+    let rekeyed =
+        job(&json!({"steps": [{"name": "table", "materialize": {"key": "value.id"}}]})).spec;
+    let plan = |heads: &[Option<Descriptor>], new: &StreamJobSpec| {
+        state_plan(Current::Heads(heads), new, 12)
+    };
+    // Tasks without a checkpoint hold no state: nothing to lose.
+    assert_eq!(hold(&plan(&[None, None], &rekeyed), &rekeyed, 2), None);
+    // The tasks ran the old key: the edit is held even though the workers were never
+    // rendered with it (e.g. the job was suspended, or its pods were replaced by hand).
+    let old = [head(&applied, 12, true), head(&applied, 12, true)];
+    assert!(hold(&plan(&old, &rekeyed), &rekeyed, 2).is_some());
+    assert_eq!(hold(&plan(&old, &applied), &applied, 2), None);
+    // Some tasks checkpointed after a reset rolled out, others not yet: a revert to the old
+    // key under refuse still resets the ones that moved on.
+    let mixed = [head(&applied, 12, true), head(&rekeyed, 12, true)];
+    let message = hold(&plan(&mixed, &applied), &applied, 3).expect("held");
+    assert!(
+        message.contains("resets materialize `table` (key: value.id → the record key)"),
+        "{message}"
+    );
+    // Checkpoints of main's build (no signatures) keep all state only for the same steps.
+    let main = [head(&applied, 12, false), None];
+    assert_eq!(hold(&plan(&main, &applied), &applied, 2), None);
+    let filtered = job(&json!({"steps": [
+        {"name": "big", "filter": {"expr": "value.amount > 1"}},
+        {"name": "table", "materialize": {}},
+    ]}))
+    .spec;
+    let message = hold(&plan(&main, &filtered), &filtered, 2).expect("held");
+    assert!(message.contains("resets all state"), "{message}");
+    assert!(
+        message.contains("until every task has checkpointed once"),
+        "{message}"
+    );
+}
+
+#[test]
+fn partitions_added_to_the_input_are_held_with_their_own_message() {
+    let spec = job(&json!({})).spec;
+    // Checkpointed across 6 tasks, the topic now has 12 partitions; the spec is unchanged.
+    let heads = [head(&spec, 6, true), head(&spec, 6, true)];
+    let plan = state_plan(Current::Heads(&heads), &spec, 12);
+    let message = hold(&plan, &spec, 4).expect("held");
+    for part in [
+        "resets materialize `table` (tasks: 6 → 12)",
+        "The input now has 12 partitions where the state was checkpointed across 6 tasks",
+        "partitions cannot be removed",
+        "spec.upgrade.stateChanges: reset",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+    assert!(!message.contains("revert"), "{message}");
+    let consented = job(&json!({"upgrade": {"stateChanges": "reset"}})).spec;
+    let plan = state_plan(Current::Heads(&heads), &consented, 12);
+    assert_eq!(hold(&plan, &consented, 4), None);
 }

@@ -185,11 +185,11 @@ impl Writer {
 
     /// What this writer does to the state `descriptor` holds.
     pub fn plan(&self, descriptor: &Descriptor) -> Plan {
-        let old = match &descriptor.state_signatures {
-            Some(signatures) => upgrade::Old::Signed(signatures),
-            None => upgrade::Old::Fingerprint(&descriptor.pipeline_fingerprint),
-        };
-        upgrade::check(old, &self.signatures, &self.fingerprint)
+        upgrade::check(
+            upgrade::Old::of(descriptor),
+            &self.signatures,
+            &self.fingerprint,
+        )
     }
 }
 
