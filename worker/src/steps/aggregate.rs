@@ -247,6 +247,22 @@ impl Aggregate {
         Ok(updated)
     }
 
+    /// A purge timer at `at` for the window `[start, end)` of the current group, due earlier
+    /// than this step's lateness says: set before a session grew (its later purge timer is
+    /// set too), or under a shorter `allowedLateness` before an edit kept the state. The
+    /// window is purged at the lateness of now (setting a timer again is idempotent).
+    fn repurge<S: StateBackend>(
+        &mut self,
+        (at, start, end): (i64, i64, i64),
+        cx: &mut Cx<'_, S>,
+    ) -> Result<(), StepError> {
+        let due = end - 1 + self.lateness;
+        debug_assert!(at < due);
+        self.ns
+            .set_timer(cx.state, &mut self.buf, (due, PURGE, start), &self.group)?;
+        Ok(())
+    }
+
     /// One due timer: pass a closing window's result on, or drop state whose time is up.
     fn fire<S: StateBackend>(
         &mut self,
@@ -272,7 +288,9 @@ impl Aggregate {
             if kind == FIRE && end - 1 == at {
                 let acc = sessions[i].acc.clone();
                 self.emit_result((start, end), &acc, at, cx, out)?;
-            } else if kind == PURGE && end - 1 + self.lateness == at {
+            } else if kind == PURGE && at < end - 1 + self.lateness {
+                self.repurge((at, start, end), cx)?;
+            } else if kind == PURGE {
                 sessions.remove(i);
                 self.ns.sessions_key(&mut self.buf, &self.group);
                 if sessions.is_empty() {
@@ -286,10 +304,15 @@ impl Aggregate {
             }
             return Ok(());
         }
-        self.ns.data_key(&mut self.buf, start, &self.group);
         if kind == PURGE {
+            let end = self.shape.end(start);
+            if at < end - 1 + self.lateness {
+                return self.repurge((at, start, end), cx);
+            }
+            self.ns.data_key(&mut self.buf, start, &self.group);
             return Ok(cx.state.delete(&self.buf)?);
         }
+        self.ns.data_key(&mut self.buf, start, &self.group);
         let acc = cx
             .state
             .get(&self.buf)?

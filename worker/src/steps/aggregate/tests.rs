@@ -1,7 +1,8 @@
 //! The aggregate step's windows, lateness and sessions, on the in-memory state backend.
 
-use crate::steps::namespace::TIMERS;
+use crate::steps::namespace::{DATA, SESSIONS, TIMERS};
 use crate::steps::testing::Harness;
+use sluice_core::job::test_job;
 
 #[test]
 fn tumbling_windows_close_on_the_watermark_and_later_records_are_late() {
@@ -132,4 +133,37 @@ fn an_unwindowed_aggregate_emits_every_update() {
         h.orders(&[("a", 5, 2), ("a", 1, 4)]),
         [r#"a={"avg":2.0,"max":2}"#, r#"a={"avg":3.0,"max":4}"#]
     );
+}
+
+/// An edit of `allowedLateness` keeps the step's state (it is not in the signature): the
+/// windows and sessions opened under the old lateness are kept and purged at the new one.
+#[test]
+fn windows_opened_before_an_edit_of_the_lateness_are_purged_at_the_new_one() {
+    for window in ["{session: {gap: 10ms}}", "{tumbling: {size: 10ms}}"] {
+        let steps = |lateness: &str| {
+            format!(
+                "[{{name: s, aggregate: {{groupBy: 'value.k', aggregations: [{{name: n, function: count}}], window: {window}, allowedLateness: {lateness}, lateRecords: drop}}}}]"
+            )
+        };
+        let mut h = Harness::timed(&steps("0ms"), 0);
+        assert!(h.orders(&[("a", 1, 1), ("c", 1, 1)]).is_empty());
+        let mut longer = test_job(&steps("20ms"), "json");
+        longer.spec.event_time = h.job.spec.event_time.clone();
+        h.restart(Some(longer));
+        // The windows of a and c close at 12 and fire. Under the new lateness a record of c at
+        // 2 still counts, with the one before.
+        assert_eq!(h.orders(&[("b", 12, 1)]).len(), 2, "{window}");
+        let late = h.orders(&[("c", 2, 1)]);
+        assert_eq!(late.len(), 1, "{window}: within the new lateness");
+        assert!(late[0].starts_with(r#"c={"n":2,"#), "{window}: {late:?}");
+        // a has no more records: its state goes when the watermark passes its end plus 20.
+        assert_eq!(
+            h.orders(&[("b", 60, 1)]).len(),
+            1,
+            "{window}: b's first window"
+        );
+        let kept = h.entries(&[0, DATA]) + h.entries(&[0, SESSIONS]);
+        assert_eq!(kept, 1, "{window}: only b's window at 60 is left");
+        assert_eq!(h.entries(&[0, TIMERS]), 2, "{window}: b's fire and purge");
+    }
 }
