@@ -313,34 +313,34 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         }
     }
 
-    // A held change: the workers are fine on the old spec, but the new one waits for a person.
-    match inputs.held.filter(|_| inputs.errors.is_empty()) {
-        Some((STATE_INCOMPATIBLE, message)) => {
-            conditions.retain(|c| c.type_ != PROGRESSING && c.type_ != DEGRADED);
-            for (type_, ok) in [(PROGRESSING, false), (DEGRADED, true)] {
-                conditions.push(condition(
-                    inputs,
-                    &previous,
-                    type_,
-                    ok,
-                    STATE_INCOMPATIBLE,
-                    message.into(),
-                ));
+    // A held change: the workers go on with the old spec, the new one waits for a person. It
+    // takes the place of a condition only where that one says all is well: a roll under way
+    // (a rescale, a suspend) stays Progressing=True, and workers failing or a task stopped
+    // stay Degraded (and Stalled) with their own reason; the held change's message is added
+    // to theirs.
+    if let Some((reason, message)) = inputs.held.filter(|_| inputs.errors.is_empty()) {
+        let incompatible = reason == STATE_INCOMPATIBLE;
+        let mut hold = |type_: &str, status: bool| {
+            let Some(i) = conditions.iter().position(|c| c.type_ == type_) else {
+                return;
+            };
+            if conditions[i].status == "True" && conditions[i].reason != reason {
+                // Already abnormal for another reason: keep it, say what is held too.
+                let c = &mut conditions[i];
+                c.message = format!("{}; and {message}", c.message);
+            } else {
+                conditions[i] = condition(inputs, &previous, type_, status, reason, message.into());
             }
-            phase = Phase::Degraded;
+        };
+        if incompatible {
+            hold(PROGRESSING, false);
+            hold(DEGRADED, true);
+            if phase != Phase::Suspended {
+                phase = Phase::Degraded;
+            }
+        } else {
+            hold(PROGRESSING, true);
         }
-        Some((reason, message)) => {
-            conditions.retain(|c| c.type_ != PROGRESSING);
-            conditions.push(condition(
-                inputs,
-                &previous,
-                PROGRESSING,
-                true,
-                reason,
-                message.into(),
-            ));
-        }
-        None => {}
     }
 
     // The abnormal-true pair kstatus (Flux, kpt, cli-utils) reads: present only when true.

@@ -440,21 +440,50 @@ fn a_held_change_is_valid_not_progressing_degraded_and_stalled_while_the_old_wor
     );
     assert_eq!(s.phase, Some(Phase::Degraded));
     assert_eq!(s.observed_generation, Some(7));
-    // An invalid spec says so first.
-    let errors = [SpecError {
-        field: "spec.parallelism".into(),
-        reason: "ParallelismAbovePartitions",
-        message: "too many".into(),
-    }];
-    let invalid = status(&Inputs {
+    // Workers failing on the old spec stay what Degraded and Stalled say first; the held
+    // change is named after it.
+    let crashing = [
+        pod("c-0", "r2", true),
+        crash_looping("c-1", "r2"),
+        pod("c-2", "r2", true),
+    ];
+    let failing = status(&Inputs {
         held: Some((super::STATE_INCOMPATIBLE, message)),
-        errors: &errors,
-        revision: None,
+        ..inputs(&crashing, None)
+    });
+    let (status_, reason, text) = condition(&failing, DEGRADED);
+    assert_eq!((status_, reason), ("True", "WorkersFailing"));
+    assert!(
+        text.contains("CrashLoopBackOff") && text.ends_with(&format!("; and {message}")),
+        "{text}"
+    );
+    assert_eq!(condition(&failing, STALLED).1, "WorkersFailing");
+    // (The crash-looping pod is not ready: the workers are still starting.)
+    assert_eq!(condition(&failing, PROGRESSING).0, "True");
+    // A rescale rolling while the change is held stays Progressing=True.
+    let rescale = Classified {
+        change: Change::Rescale { from: 2, to: 3 },
+        ignored: vec![],
+    };
+    let rolling = [pod("c-0", "r1", true), pod("c-1", "r2", false)];
+    let rescaling = status(&Inputs {
+        held: Some((super::STATE_INCOMPATIBLE, message)),
+        change: &rescale,
+        ..inputs(&rolling, None)
+    });
+    let (status_, reason, _) = condition(&rescaling, PROGRESSING);
+    assert_eq!((status_, reason), ("True", "Rescaling"));
+    assert_eq!(condition(&rescaling, DEGRADED).1, "StateIncompatible");
+    // A suspended job stays Suspended; the change it will hold at resume is Degraded.
+    let suspended = status(&Inputs {
+        held: Some((super::STATE_INCOMPATIBLE, message)),
+        suspend: true,
         ..inputs(&[], None)
     });
+    assert_eq!(suspended.phase, Some(Phase::Suspended));
     assert_eq!(
-        condition(&invalid, DEGRADED).1,
-        "ParallelismAbovePartitions"
+        condition(&suspended, DEGRADED),
+        ("True", "StateIncompatible", message)
     );
 }
 
