@@ -17,7 +17,10 @@
 //! Not in it, and so kept across an edit: the aggregations' `expr` (the accumulators have the
 //! same shape; results mix old and new expressions from the change on, as in Flink), dedupe's
 //! `ttl`, an aggregate's `allowedLateness` and `lateRecords` (each applies to entries written
-//! after the change; entries already stored keep the expiry they were given), and everything
+//! after the change; entries already stored keep the expiry they were given, and windows kept
+//! from before are purged at the lateness of now), `spec.eventTime` (which field or Kafka
+//! timestamp gives event time, and the out-of-orderness: as in Flink, a new watermark strategy
+//! keeps the state; windows already open close on the new clock), and everything
 //! outside the stateful steps: filter and map steps (adding, editing, reordering), the input
 //! format, the sink, properties, the dead-letter topic, resources. A `map` that changes the key
 //! before a stateful step changes what that step's new entries are keyed by, not its
