@@ -415,6 +415,36 @@ impl Workers {
         std::fs::read_to_string(self.dir.join(format!("worker-{ordinal}.log"))).unwrap_or_default()
     }
 
+    /// Starts worker `ordinal` and waits (up to a minute) until its task refuses its
+    /// checkpoint ("would lose state") once more than the log said before, then a few seconds
+    /// more, long enough for a retry to show; returns the log, which the caller checks.
+    pub fn start_until_refused(&mut self, ordinal: u32) -> String {
+        let refusals = |log: String| log.matches("would lose state").count();
+        let earlier = refusals(self.log(ordinal));
+        self.start(ordinal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while refusals(self.log(ordinal)) == earlier {
+            assert!(
+                Instant::now() < deadline,
+                "no refusal:\n{}",
+                self.log_tail(ordinal)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let log = self.log(ordinal);
+        assert_eq!(
+            refusals(log.clone()),
+            earlier + 1,
+            "refused once, not retried in a loop:\n{log}"
+        );
+        assert!(
+            log.contains("stays stopped until the job is changed"),
+            "not stopped for good: {log}"
+        );
+        log
+    }
+
     /// The last 30 lines of worker `ordinal`'s log, for failure messages.
     pub fn log_tail(&self, ordinal: u32) -> String {
         let log = self.log(ordinal);

@@ -218,20 +218,7 @@ async fn an_edit_on_mains_checkpoint_is_refused_under_refuse_and_starts_over_und
     let checkpoints = Checkpoints::of(&env, &job);
     let mut workers = Workers::new(env!("CARGO_BIN_EXE_sluice-worker").as_ref(), &job, &dir, 1);
     for attempt in 0..2 {
-        let refusals = |log: String| log.matches("would lose state").count();
-        let earlier = refusals(workers.log(0));
-        workers.start(0);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while refusals(workers.log(0)) == earlier {
-            assert!(
-                Instant::now() < deadline,
-                "no refusal:\n{}",
-                workers.log_tail(0)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        let log = workers.log(0);
+        let log = workers.start_until_refused(0);
         assert!(
             log.contains("written before per-step state signatures"),
             "{log}"
