@@ -39,3 +39,16 @@ pub fn topic_name(_: &mut schemars::SchemaGenerator) -> Schema {
         "pattern": TOPIC_PATTERN,
     })
 }
+
+/// A savepoint id, `<namespace>/<job>/<n>`.
+pub const SAVEPOINT_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?/[0-9]+$";
+
+/// A savepoint id (see `status.savepoints`).
+pub fn savepoint_id(_: &mut schemars::SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 160,
+        "pattern": SAVEPOINT_PATTERN,
+    })
+}

@@ -15,7 +15,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{duration, nonzero_duration, topic_name};
+use crate::schema::{duration, nonzero_duration, savepoint_id, topic_name};
 pub use kube::core::Duration;
 
 /// Client properties that Sluice sets itself; `properties` may not override them.
@@ -135,6 +135,45 @@ pub struct StreamJobSpec {
     /// What an edit of the job may do to its state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<Upgrade>,
+
+    /// Savepoints: checkpoints taken on request that checkpoint retention never deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<SavepointSpec>,
+
+    /// A savepoint to start every task from, by the id `status.savepoints` lists
+    /// (`<namespace>/<job>/<n>`, of this job or another in the same checkpoint storage). A
+    /// task whose state does not come from it yet restores it (its offsets and state; the
+    /// compatibility check of `spec.upgrade` applies) and checkpoints on from there; later
+    /// restarts restore the task's own checkpoints. Setting it on a running job rewinds
+    /// every task to the savepoint (its output from the savepoint's offsets on is written
+    /// again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "savepoint_id")]
+    pub restore_from: Option<String>,
+}
+
+/// Savepoints of a job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavepointSpec {
+    /// Any string: each new value takes a savepoint. Every task's first checkpoint committed
+    /// after the operator saw the value (at most a checkpoint interval later; a suspended
+    /// job's final checkpoints at once) is copied, files and descriptor, to
+    /// `<storage>/<namespace>/<job>/savepoints/<n>/`, where checkpoint retention never
+    /// deletes it; `status.savepoints` lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+
+    /// How many of the job's savepoints are kept, newest first (default 10, as the Flink
+    /// operator's savepoint history); older ones are deleted, each with an Event, except the
+    /// one `spec.restoreFrom` names. Deleting the job deletes none.
+    #[serde(default = "default_savepoints_retained")]
+    #[schemars(range(min = 1))]
+    pub retain: i32,
+}
+
+fn default_savepoints_retained() -> i32 {
+    10
 }
 
 /// What an edit of the job may do to its state. Each stateful step's state belongs to its
@@ -152,7 +191,7 @@ pub struct Upgrade {
     pub state_changes: StateChanges,
 
     /// `automatic` (default): every change is rolled out when applied. `manual`: an upgrade
-    /// (a change of `steps`, `source` or `image`) is rolled out only once the annotation
+    /// (a change of `steps`, `source`, `image` or `restoreFrom`) is rolled out only once the annotation
     /// `sluice.dev/approve` names its generation (`kubectl annotate streamjob/<name>
     /// sluice.dev/approve=<generation>`); until then the job shows reason `AwaitingApproval`
     /// and `status.plan` says what the roll would do. Scaling through `/scale` is never held.
@@ -837,6 +876,62 @@ pub struct StreamJobStatus {
     /// moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<RolloutPlan>,
+
+    /// The savepoint of the latest `spec.savepoint.trigger`: requested, taken or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<SavepointProgress>,
+
+    /// The job's savepoints in its checkpoint storage, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoints: Vec<SavepointInfo>,
+}
+
+/// The savepoint of the latest trigger.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointProgress {
+    /// The `spec.savepoint.trigger` it is for.
+    pub trigger: String,
+    /// When the operator saw the trigger: every task's first checkpoint after it is saved.
+    pub requested_at: Time,
+    /// `Pending` (waiting for every task's checkpoint), `Taken` or `Failed`.
+    pub state: String,
+    /// What it waits for, what it took, or why it failed.
+    pub message: String,
+    /// The savepoint's id, once taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A savepoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointInfo {
+    /// What `spec.restoreFrom` takes: `<namespace>/<job>/<n>`.
+    pub id: String,
+    /// The trigger it was taken for.
+    pub trigger: String,
+    /// When it was taken.
+    pub time: Time,
+    /// Its tasks.
+    pub tasks: i64,
+    /// Its state bytes, in all.
+    pub bytes: i64,
+    /// Each task's checkpoint it holds, the first 64 in task order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<SavepointTask>,
+}
+
+/// One task's checkpoint in a savepoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointTask {
+    /// The task (input partition).
+    pub task: i64,
+    /// The id of the checkpoint it is a copy of.
+    pub checkpoint: i64,
+    /// Per source topic, the next offset the task reads in its partition.
+    pub source_offsets: BTreeMap<String, i64>,
 }
 
 /// What rolling a change out does: to each step's state, and to where each task runs.
@@ -845,7 +940,7 @@ pub struct StreamJobStatus {
 pub struct RolloutPlan {
     /// The generation it is for.
     pub generation: i64,
-    /// `create`, `restart`, `upgrade` (steps, source or image change), `rescale`, `suspend`,
+    /// `create`, `restart`, `upgrade` (steps, source, image or restoreFrom change), `rescale`, `suspend`,
     /// `resume`.
     pub action: String,
     /// Whether it waits: `AwaitingApproval`, `StateIncompatible`, or unset when it rolls.

@@ -24,6 +24,9 @@ pub enum Effect {
     /// Nothing changes for running workers: volume claims are fixed when the StatefulSet is
     /// created. Resize the PersistentVolumeClaims themselves, or create a new job.
     Ignored,
+    /// The operator acts on it alone; the workers go on (`savepoint`: the operator copies the
+    /// checkpoints the workers commit anyway).
+    Operator,
 }
 
 /// Each top-level spec field and what changing it requires.
@@ -41,6 +44,8 @@ pub const FIELDS: &[(&str, Effect)] = &[
     ("resources", Effect::Restart),
     ("podTemplate", Effect::Restart),
     ("upgrade", Effect::Restart),
+    ("savepoint", Effect::Operator),
+    ("restoreFrom", Effect::Restart),
 ];
 
 /// What the change from the applied spec to the new one requires, most disruptive first.
@@ -170,7 +175,7 @@ pub fn hold(plan: &Plan, new: &StreamJobSpec, generation: i64) -> Option<String>
 pub const APPROVE_ANNOTATION: &str = "sluice.dev/approve";
 
 /// Whether rolling `new` (of `generation`) out over `applied` waits for a person:
-/// `approval: manual`, an upgrade (a change of steps, source or image, see
+/// `approval: manual`, an upgrade (a change of steps, source, image or restoreFrom, see
 /// [`crate::plan::is_upgrade`]), and `approved` (the annotation's value) does not name the
 /// generation. A new job and scaling never wait.
 pub fn awaits_approval(
@@ -188,7 +193,7 @@ pub fn awaits_approval(
         // A rescale applied together with an upgrade: the upgrade's fields decide.
         Change::Rescale { .. } => applied.is_some_and(|applied| {
             let (old, new) = (as_object(applied), as_object(new));
-            ["steps", "source", "image"]
+            ["steps", "source", "image", "restoreFrom"]
                 .iter()
                 .any(|f| old.get(*f) != new.get(*f))
         }),

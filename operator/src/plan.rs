@@ -44,7 +44,7 @@ pub struct Inputs<'a> {
 pub fn is_upgrade(fields: &[&str]) -> bool {
     fields
         .iter()
-        .any(|f| matches!(*f, "steps" | "source" | "image"))
+        .any(|f| matches!(*f, "steps" | "source" | "image" | "restoreFrom"))
 }
 
 /// The plan; None when the change rolls nothing.

@@ -386,6 +386,9 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         last_checkpoint: inputs.last_checkpoint.clone().or(previous.last_checkpoint),
         lag: inputs.lag.or(previous.lag),
         plan: inputs.plan.cloned(),
+        // Written by the reconcile from the store (see `crate::savepoint`).
+        savepoint: previous.savepoint,
+        savepoints: previous.savepoints,
     }
 }
 

@@ -57,6 +57,7 @@ impl TaskError {
             self,
             Self::Kafka(KafkaClientError::OffsetOutOfRange { .. })
                 | Self::Checkpoint(CheckpointError::StateIncompatible { .. })
+                | Self::Checkpoint(CheckpointError::SavepointUnusable { .. })
         )
     }
 

@@ -185,6 +185,11 @@ pub struct Descriptor {
     /// descriptor was written and before HEAD named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transactional_id: Option<String>,
+    /// The savepoint (`spec.restoreFrom`) the task's state was started from, carried by every
+    /// checkpoint after it: a task whose HEAD does not carry the job's `restoreFrom` has not
+    /// restored it yet. None for state that never came from a savepoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 /// The descriptor format this build writes and reads.

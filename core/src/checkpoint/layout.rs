@@ -7,6 +7,8 @@
 //! <storage>/<namespace>/<job>/tasks/<p>/sst/<content-hash>.sst      immutable SST, shared by checkpoints
 //! <storage>/<namespace>/<job>/tasks/<p>/sst/<content-hash>.meta     immutable RocksDB metadata file (MANIFEST, CURRENT, OPTIONS)
 //! <storage>/<namespace>/<job>/probes/<owner>                          written and deleted at worker start (checks If-Match)
+//! <storage>/<namespace>/<job>/savepoints/<n>/savepoint.json           a savepoint's manifest, written last
+//! <storage>/<namespace>/<job>/savepoints/<n>/tasks/<p>/…              its copies of each task's descriptor and files
 //! ```
 //! Checkpoint ids are zero-padded to 20 digits so a listing sorts them numerically.
 
@@ -32,6 +34,30 @@ impl JobLayout {
     /// writes (one per owner: workers start at the same time).
     pub fn probe(&self, owner: &str) -> Path {
         self.root.clone().join("probes").join(owner)
+    }
+
+    /// The directory of the job's savepoints, for listing.
+    pub fn savepoints(&self) -> Path {
+        self.root.clone().join("savepoints")
+    }
+
+    /// Savepoint `n` of the job: laid out as a job of its own (`tasks/<p>/…`), with its
+    /// manifest at [`Self::manifest`].
+    pub fn savepoint(&self, n: u64) -> JobLayout {
+        JobLayout {
+            root: self.savepoints().join(n.to_string()),
+        }
+    }
+
+    /// A savepoint's manifest (of a layout from [`Self::savepoint`]): written last, so a
+    /// savepoint without one is incomplete.
+    pub fn manifest(&self) -> Path {
+        self.root.clone().join("savepoint.json")
+    }
+
+    /// Everything under this layout, for deleting a savepoint.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Paths of task `task`.

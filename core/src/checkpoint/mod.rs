@@ -4,4 +4,5 @@
 
 pub mod descriptor;
 pub mod layout;
+pub mod savepoint;
 pub mod store;

@@ -15,7 +15,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use crate::checkpoint::descriptor::{Descriptor, Head};
-use crate::checkpoint::layout::TaskLayout;
+use crate::checkpoint::layout::{JobLayout, TaskLayout};
+use crate::checkpoint::savepoint::Savepoint;
 
 /// Failures talking to the checkpoint store.
 #[derive(Debug, thiserror::Error)]
@@ -443,6 +444,92 @@ impl CheckpointStore {
             path: path.to_string(),
             source,
         })
+    }
+
+    /// Copies the object `from` to `to` (server-side where the store can), overwriting.
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+        self.objects.copy(from, to).await?;
+        Ok(())
+    }
+
+    /// Writes a descriptor, overwriting: for a savepoint's copy of one, which only the
+    /// savepoint's taker writes.
+    pub async fn put_descriptor(
+        &self,
+        task: &TaskLayout,
+        descriptor: &Descriptor,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(descriptor).expect("a descriptor serializes");
+        self.objects
+            .put(&task.descriptor(descriptor.id), PutPayload::from(body))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a savepoint's manifest; fails with [`StoreError::DescriptorExists`] rather
+    /// than overwrite one (a savepoint, once complete, never changes).
+    pub async fn write_savepoint(
+        &self,
+        savepoint: &JobLayout,
+        manifest: &Savepoint,
+    ) -> Result<(), StoreError> {
+        let path = savepoint.manifest();
+        let body = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
+        match self
+            .objects
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(StoreError::DescriptorExists {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a savepoint's manifest; `None` when there is none (an incomplete savepoint).
+    pub async fn read_savepoint(
+        &self,
+        savepoint: &JobLayout,
+    ) -> Result<Option<Savepoint>, StoreError> {
+        let path = savepoint.manifest();
+        let bytes = match self.objects.get(&path).await {
+            Ok(result) => result.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: path.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The names of the directories right under `dir`.
+    pub async fn list_dirs(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
+        let listed = self.objects.list_with_delimiter(Some(dir)).await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Deletes every object under `dir`.
+    pub async fn delete_all(&self, dir: &Path) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self.objects.list(Some(dir)).try_collect().await?;
+        let paths: Vec<Path> = listed.into_iter().map(|meta| meta.location).collect();
+        self.delete(&paths).await
     }
 
     /// Deletes objects; ones already gone are fine.

@@ -73,6 +73,11 @@ fn one_change_per_field() -> Vec<(&'static str, Value)> {
             json!({"podTemplate": {"nodeSelector": {"pool": "fast"}}}),
         ),
         ("upgrade", json!({"upgrade": {"stateChanges": "reset"}})),
+        (
+            "savepoint",
+            json!({"savepoint": {"trigger": "before-the-upgrade"}}),
+        ),
+        ("restoreFrom", json!({"restoreFrom": "shop/customers/3"})),
     ]
 }
 
@@ -114,7 +119,7 @@ fn each_field_change_is_classified_as_declared() {
             },
             Effect::Rescale => Change::Rescale { from: 3, to: 6 },
             Effect::Suspend => Change::Suspend,
-            Effect::Ignored => Change::None,
+            Effect::Ignored | Effect::Operator => Change::None,
         };
         assert_eq!(got.change, expected, "{field}");
         assert_eq!(
@@ -252,6 +257,7 @@ fn head(spec: &StreamJobSpec, tasks: u32, signed: bool) -> Option<Descriptor> {
         records_in: 0,
         previous: None,
         transactional_id: None,
+        restored_from: None,
     })
 }
 

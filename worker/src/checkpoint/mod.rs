@@ -17,7 +17,7 @@
 //! `sluice_checkpoint_fallbacks` metric. Records after that checkpoint are read again.
 
 pub mod plan;
-pub use sluice_core::checkpoint::{descriptor, layout, store};
+pub use sluice_core::checkpoint::{descriptor, layout, savepoint, store};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ use descriptor::{
 };
 use layout::{FileKind, TaskLayout};
 use plan::RestorePlan;
+use savepoint::SavepointId;
 use sluice_core::upgrade::{self, Plan, StepState};
 use sluice_crds::v1alpha1::StateChanges;
 use store::{CheckpointStore, HeadVersion, StoreError};
@@ -61,6 +62,14 @@ pub enum CheckpointError {
         task: TaskId,
         id: CheckpointId,
         message: String,
+    },
+    /// `spec.restoreFrom` names a savepoint this task cannot start from (missing, incomplete,
+    /// without this task, or unreadable). Permanent: the job must name another.
+    #[error("task {task}: spec.restoreFrom {id}: {reason}")]
+    SavepointUnusable {
+        task: TaskId,
+        id: String,
+        reason: String,
     },
     /// A checkpoint cannot be restored: its descriptor is unreadable or its files do not match
     /// it. The task falls back to an older one.
@@ -166,6 +175,8 @@ pub struct Writer {
     pub signatures: Vec<StepState>,
     /// What the job allows an edit to do to state.
     pub policy: StateChanges,
+    /// The savepoint the job starts from (`spec.restoreFrom`).
+    pub restore_from: Option<String>,
 }
 
 impl Writer {
@@ -180,6 +191,7 @@ impl Writer {
                 .as_ref()
                 .map(|u| u.state_changes)
                 .unwrap_or_default(),
+            restore_from: job.spec.restore_from.clone(),
         }
     }
 
@@ -220,6 +232,8 @@ pub struct TaskCheckpoints {
     local: PathBuf,
     /// Hashes of SSTs already hashed: SSTs are immutable, so name → hash holds.
     sst_hashes: HashMap<String, (ContentHash, u64)>,
+    /// The savepoint the state was started from, recorded in every descriptor.
+    restored_from: Option<String>,
 }
 
 impl TaskCheckpoints {
@@ -315,6 +329,7 @@ impl TaskCheckpoints {
             retain: retain.max(1),
             local,
             sst_hashes: HashMap::new(),
+            restored_from: None,
         })
     }
 
@@ -346,6 +361,20 @@ impl TaskCheckpoints {
         live: &Path,
         writer: &Writer,
     ) -> Result<Restored, CheckpointError> {
+        if let Some(savepoint) = &writer.restore_from {
+            // HEAD's state came from the savepoint (or it is gone: the fallback below reads
+            // older ones, which came from it too, or the savepoint once more).
+            let from = match self.head.checkpoint {
+                Some(id) => match self.store.read_descriptor(&self.layout, id).await {
+                    Ok(d) => d.restored_from,
+                    Err(_) => Some(savepoint.clone()),
+                },
+                None => None,
+            };
+            if from.as_ref() != Some(savepoint) {
+                return self.restore_savepoint(savepoint, live, writer).await;
+            }
+        }
         let Some(head) = self.head.checkpoint else {
             self.remove_local_checkpoints_except(None)?;
             if live.exists() {
@@ -370,6 +399,7 @@ impl TaskCheckpoints {
                         warn!(task = self.task, checkpoint = id.0, head = head.0, skipped = ?skipped, "fell back to an older checkpoint: newer ones cannot be restored; records after it are read again");
                     }
                     info!(task = self.task, plan = ?plan, state = %upgrade.summary(), "restored task state");
+                    self.restored_from = descriptor.restored_from.clone();
                     self.committed = Some(descriptor.clone());
                     return Ok(Restored {
                         plan,
@@ -389,6 +419,101 @@ impl TaskCheckpoints {
             task: self.task,
             head,
             tried: skipped,
+        })
+    }
+
+    /// Restores this task's checkpoint in savepoint `id` into `live`, downloaded from the
+    /// savepoint's own copy. The next checkpoint is the first of a new chain: it uploads every
+    /// file to the task's own layout (nothing is shared with the savepoint) and, as every one
+    /// after it, records the savepoint it came from.
+    async fn restore_savepoint(
+        &mut self,
+        id: &str,
+        live: &Path,
+        writer: &Writer,
+    ) -> Result<Restored, CheckpointError> {
+        let unusable = |reason: String| CheckpointError::SavepointUnusable {
+            task: self.task,
+            id: id.to_string(),
+            reason,
+        };
+        let parsed: SavepointId = id.parse().map_err(unusable)?;
+        let layout = parsed.layout(self.store.prefix());
+        let manifest = match self.store.read_savepoint(&layout).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return Err(unusable(format!(
+                    "there is no complete savepoint at {} (it was deleted, never completed, or                      is in another checkpoint storage); name one that status.savepoints lists,                      or remove spec.restoreFrom",
+                    layout.manifest()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(entry) = manifest.task(self.task) else {
+            return Err(unusable(format!(
+                "it holds {} tasks and not task {}: the savepoint's job read an input with                  fewer partitions",
+                manifest.tasks.len(),
+                self.task
+            )));
+        };
+        let task_layout = layout.task(self.task);
+        let descriptor = match self
+            .store
+            .read_descriptor(&task_layout, entry.checkpoint)
+            .await
+        {
+            Ok(d) => d,
+            Err(StoreError::Store(object_store::Error::NotFound { .. })) => {
+                return Err(unusable(format!(
+                    "its descriptor {} is missing",
+                    task_layout.descriptor(entry.checkpoint)
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let upgrade = writer.plan(&descriptor);
+        if !upgrade.allowed(writer.policy) {
+            return Err(CheckpointError::StateIncompatible {
+                task: self.task,
+                id: descriptor.id,
+                message: upgrade.refusal(&format!("task {}: restoring savepoint {id}", self.task)),
+            });
+        }
+        // Nothing on the volume belongs to the new chain.
+        self.remove_local_checkpoints_except(None)?;
+        let partial = self.local.join("savepoint.download");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+        for file in &descriptor.files {
+            let path = task_layout.file(&file.hash, FileKind::of(&file.name));
+            match self
+                .store
+                .get_file(&path, &partial.join(&file.name), file.size, &file.hash)
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Store(object_store::Error::NotFound { .. })) => {
+                    return Err(unusable(format!("its file {path} is missing")));
+                }
+                Err(StoreError::Corrupt { path, message }) => {
+                    return Err(unusable(format!("{path}: {message}")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        crate::state::live_dir_from_checkpoint(&partial, live)?;
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+        self.sst_hashes.clear();
+        self.committed = None;
+        self.restored_from = Some(id.to_string());
+        info!(task = self.task, savepoint = id, checkpoint = descriptor.id.0, offsets = ?descriptor.source_offsets, state = %upgrade.summary(), "restored task state from a savepoint");
+        Ok(Restored {
+            plan: RestorePlan::Savepoint(descriptor.id),
+            descriptor: Some(descriptor),
+            skipped: Vec::new(),
+            upgrade: Some(upgrade),
         })
     }
 
@@ -623,6 +748,7 @@ impl TaskCheckpoints {
             records_in,
             previous: self.committed.as_ref().map(|d| d.id),
             transactional_id,
+            restored_from: self.restored_from.clone(),
         };
         for file in plan::files_to_upload(&descriptor.files, self.committed.as_ref()) {
             let path = self.layout.file(&file.hash, FileKind::of(&file.name));
@@ -903,6 +1029,7 @@ mod tests {
             fingerprint: "fp".into(),
             signatures: Vec::new(),
             policy: StateChanges::Refuse,
+            restore_from: None,
         }
     }
 
@@ -1000,6 +1127,123 @@ mod tests {
         // A new process (nothing held) takes over unconditionally, as after a pod restart.
         let (a_new, _) = take("a", Held::default()).await;
         assert!(a_new.unwrap().epoch() > b.epoch());
+    }
+
+    /// A savepoint of one job starts a task of another job: its state and offsets, once. The
+    /// restored task's first checkpoint is a chain of its own (every file in its own layout,
+    /// the savepoint recorded), so its restarts restore its own HEAD; retention of the old
+    /// job's checkpoints leaves the savepoint whole.
+    #[tokio::test]
+    async fn a_savepoint_starts_a_task_of_another_job_once_and_outlives_retention() {
+        use crate::state::StateBackend;
+        use crate::state::rocks::RocksState;
+        use sluice_core::checkpoint::savepoint;
+
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let old_job = JobLayout::new(store.prefix(), "ns", "old");
+        let new_job = JobLayout::new(store.prefix(), "ns", "new");
+        let taken = |id, offset: i64| Taken {
+            id,
+            source_offsets: BTreeMap::from([("in".to_string(), offset)]),
+            watermark_ms: Some(offset),
+            records_in: offset as u64,
+            transactional_id: None,
+        };
+        let take = |job: &JobLayout, owner: &str| {
+            let (store, layout, local) = (
+                store.clone(),
+                job.task(0),
+                dir.path().join(owner).join("checkpoints"),
+            );
+            let owner = owner.to_string();
+            async move {
+                TaskCheckpoints::take_over(
+                    store,
+                    layout,
+                    0,
+                    claim(&owner),
+                    1,
+                    local,
+                    &mut Held::default(),
+                )
+                .await
+            }
+        };
+        // The old job checkpoints key 1 at offset 100; the savepoint copies that.
+        let mut old = take(&old_job, "old").await.unwrap();
+        old.restore(&dir.path().join("old/live"), &writer())
+            .await
+            .unwrap();
+        let mut state = RocksState::open(&dir.path().join("old/live")).unwrap();
+        state.put(b"k1", b"at-100").unwrap();
+        let id = old.next_id();
+        state.checkpoint(&old.local_dir(id)).unwrap();
+        let head = old.commit(taken(id, 100), &writer()).await.unwrap();
+        let sp: SavepointId = "ns/old/1".parse().unwrap();
+        let manifest = savepoint::take(&store, &old_job, &sp, "t1", &[head], 5)
+            .await
+            .unwrap();
+        assert_eq!(manifest.tasks[0].source_offsets["in"], 100);
+        // The old job goes on; retain 1 deletes checkpoint 1 and its files from its layout.
+        state.put(b"k1", b"at-200").unwrap();
+        state.put(b"k2", b"at-200").unwrap();
+        for offset in [200, 300] {
+            let id = old.next_id();
+            state.checkpoint(&old.local_dir(id)).unwrap();
+            old.commit(taken(id, offset), &writer()).await.unwrap();
+        }
+        assert_eq!(
+            store.list_checkpoints(&old_job.task(0)).await.unwrap(),
+            vec![CheckpointId(3)]
+        );
+        drop(state);
+
+        // The new job starts from the savepoint.
+        let from = Writer {
+            restore_from: Some(sp.to_string()),
+            ..writer()
+        };
+        let mut new = take(&new_job, "new").await.unwrap();
+        let live = dir.path().join("new/live");
+        let restored = new.restore(&live, &from).await.unwrap();
+        assert_eq!(restored.plan, RestorePlan::Savepoint(CheckpointId(1)));
+        let offsets = restored.descriptor.as_ref().unwrap().source_offsets.clone();
+        assert_eq!(offsets["in"], 100);
+        let mut state = RocksState::open(&live).unwrap();
+        assert_eq!(state.get(b"k1").unwrap().as_deref(), Some(&b"at-100"[..]));
+        assert_eq!(state.get(b"k2").unwrap(), None);
+        state.put(b"k3", b"new").unwrap();
+        let id = new.next_id();
+        state.checkpoint(&new.local_dir(id)).unwrap();
+        let first = new.commit(taken(id, 150), &from).await.unwrap();
+        assert_eq!(first.restored_from.as_deref(), Some("ns/old/1"));
+        assert_eq!(first.previous, None, "a chain of its own");
+        assert_complete(&store, &new_job.task(0), first.id).await;
+        drop(state);
+        // Restarted, it restores its own HEAD, not the savepoint again.
+        let mut again = take(&new_job, "new").await.unwrap();
+        let restored = again.restore(&live, &from).await.unwrap();
+        assert_eq!(restored.descriptor.map(|d| d.id), Some(first.id));
+        assert!(!matches!(restored.plan, RestorePlan::Savepoint(_)));
+        // A savepoint that is not there is a clear, permanent refusal.
+        let missing = Writer {
+            restore_from: Some("ns/old/9".into()),
+            ..writer()
+        };
+        let mut other = take(&JobLayout::new(store.prefix(), "ns", "other"), "other")
+            .await
+            .unwrap();
+        let err = other
+            .restore(&dir.path().join("other/live"), &missing)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("there is no complete savepoint"),
+            "{err}"
+        );
     }
 
     /// Every state file a descriptor names is in the store.

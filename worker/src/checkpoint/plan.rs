@@ -78,6 +78,8 @@ pub enum RestorePlan {
     Local(CheckpointId),
     /// Download this checkpoint's files from object storage.
     Download(CheckpointId),
+    /// Download this checkpoint of a savepoint (`spec.restoreFrom`).
+    Savepoint(CheckpointId),
 }
 
 /// Restores HEAD's checkpoint, from the volume when the volume has exactly that one. Never
@@ -201,6 +203,7 @@ mod tests {
             records_in: 0,
             previous: None,
             transactional_id: None,
+            restored_from: None,
         }
     }
 
