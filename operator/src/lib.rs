@@ -15,5 +15,6 @@ pub mod observe;
 pub mod plan;
 pub mod rbac;
 pub mod reconcile;
+pub mod savepoint;
 pub mod status;
 pub mod validate;

@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport};
 use sluice_core::checkpoint::layout::JobLayout;
+use sluice_core::checkpoint::savepoint::{self, Savepoint, SavepointId};
 use sluice_core::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
 
@@ -57,6 +58,25 @@ pub trait Outside: Send + Sync {
         job: &StreamJob,
         partitions: u32,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>>;
+
+    /// The job's complete savepoints, by number, ascending; why not when the store cannot be
+    /// read.
+    fn savepoints(
+        &self,
+        job: &StreamJob,
+    ) -> BoxFuture<'static, Result<Vec<(u64, Savepoint)>, String>>;
+
+    /// Takes the job's next savepoint for `trigger` from `heads` (one committed descriptor
+    /// per task): see `sluice_core::checkpoint::savepoint::take`.
+    fn take_savepoint(
+        &self,
+        job: &StreamJob,
+        trigger: String,
+        heads: Vec<Descriptor>,
+    ) -> BoxFuture<'static, Result<Savepoint, String>>;
+
+    /// Deletes the job's savepoint `n`.
+    fn delete_savepoint(&self, job: &StreamJob, n: u64) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
@@ -190,6 +210,54 @@ impl Outside for RealOutside {
                 });
             }
             Some(heads)
+        })
+    }
+
+    fn savepoints(
+        &self,
+        job: &StreamJob,
+    ) -> BoxFuture<'static, Result<Vec<(u64, Savepoint)>, String>> {
+        let opened = job_store(job);
+        Box::pin(async move {
+            let (store, layout) = opened.ok_or("the checkpoint storage cannot be opened")?;
+            savepoint::list(&store, &layout)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn take_savepoint(
+        &self,
+        job: &StreamJob,
+        trigger: String,
+        heads: Vec<Descriptor>,
+    ) -> BoxFuture<'static, Result<Savepoint, String>> {
+        let opened = job_store(job);
+        let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
+        Box::pin(async move {
+            let (store, layout) = opened.ok_or("the checkpoint storage cannot be opened")?;
+            let n = savepoint::next_number(&store, &layout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = SavepointId {
+                namespace,
+                job: name,
+                n,
+            };
+            let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+            savepoint::take(&store, &layout, &id, &trigger, &heads, now)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn delete_savepoint(&self, job: &StreamJob, n: u64) -> BoxFuture<'static, Result<(), String>> {
+        let opened = job_store(job);
+        Box::pin(async move {
+            let (store, layout) = opened.ok_or("the checkpoint storage cannot be opened")?;
+            savepoint::delete(&store, &layout, n)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 

@@ -16,7 +16,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use sluice_crds::v1alpha1::StreamJob;
+use sluice_core::checkpoint::savepoint::SavepointId;
+use sluice_crds::v1alpha1::{SavepointInfo, SavepointProgress, StreamJob, StreamJobStatus};
 use tracing::{info, instrument, warn};
 
 use crate::build::{
@@ -26,6 +27,7 @@ use crate::change::{self, Change, Current, classify};
 use crate::metrics::Metrics;
 use crate::observe::{ObserveError, Observed, Outside, observe};
 use crate::plan;
+use crate::savepoint;
 use crate::status::{self, Inputs, SPEC_VALID};
 use crate::validate::{ValidJob, validate};
 use sluice_core::checkpoint::descriptor::{Decision, Descriptor, TaskReport};
@@ -182,8 +184,14 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     // worker will check it on restore (so a change to a suspended job, or partitions added
     // to the input, are seen too); against the spec rolled out last when the store cannot be
     // read. Read only for a job already rolled out, with its partitions known.
-    let heads = match (&validated, &facts.applied) {
-        (Ok(valid), Some(_)) => match valid.partitions {
+    // Also read for a savepoint's trigger.
+    let triggered = job
+        .spec
+        .savepoint
+        .as_ref()
+        .is_some_and(|s| s.trigger.is_some());
+    let heads = match &validated {
+        Ok(valid) if facts.applied.is_some() || triggered => match valid.partitions {
             Some(n) => ctx.outside.heads(job, n).await,
             None => None,
         },
@@ -418,6 +426,15 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
             publish(type_, reason, "Apply", message.clone()).await;
         }
     }
+    let (savepoint, savepoints, saving) = savepoints(
+        job,
+        ctx,
+        previous,
+        validated.is_ok().then_some(heads.as_deref()),
+        job.spec.suspend && pods.is_empty(),
+        &publish,
+    )
+    .await;
     let inputs = Inputs {
         generation,
         held: held
@@ -438,7 +455,9 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         selector: build::selector_string(&name),
         now: k8s_openapi::jiff::Timestamp::now(),
     };
-    let new = status::status(&inputs);
+    let mut new = status::status(&inputs);
+    new.savepoint = savepoint;
+    new.savepoints = savepoints;
     let was_valid = previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == SPEC_VALID))
         .map(|c| c.status.clone());
@@ -479,8 +498,137 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         .map_err(ReconcileError::Status)?;
     }
     // Pod and StatefulSet changes trigger a reconcile through the watches; the requeue only
-    // refreshes what is read from outside (lag, checkpoint age).
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // refreshes what is read from outside (lag, checkpoint age), and looks for the
+    // checkpoints a pending savepoint waits for.
+    Ok(Action::requeue(Duration::from_secs(if saving {
+        2
+    } else {
+        30
+    })))
+}
+
+/// The savepoint of the latest trigger and the job's savepoints, after this reconcile's part
+/// in them (see [`crate::savepoint`]): takes a savepoint once every task checkpointed after
+/// its trigger, applies savepoint retention, and lists what the store holds. `heads` is None
+/// for an invalid job (nothing is done), `Some(None)` when the store cannot be read. The
+/// third value is true while a savepoint is pending.
+async fn savepoints<F, Fut>(
+    job: &StreamJob,
+    ctx: &Context,
+    previous: Option<&StreamJobStatus>,
+    heads: Option<Option<&[Option<Descriptor>]>>,
+    stopped: bool,
+    publish: &F,
+) -> (Option<SavepointProgress>, Vec<SavepointInfo>, bool)
+where
+    F: Fn(EventType, &str, &str, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut progress = previous.and_then(|s| s.savepoint.clone());
+    let mut listed = previous.map(|s| s.savepoints.clone()).unwrap_or_default();
+    let Some(heads) = heads else {
+        return (progress, listed, false);
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut pending = false;
+    match savepoint::next(&job.spec, progress.as_ref(), heads, stopped, now) {
+        savepoint::Next::Idle => {}
+        savepoint::Next::Request(requested) => {
+            publish(
+                EventType::Normal,
+                "SavepointRequested",
+                "Savepoint",
+                format!(
+                    "savepoint for trigger {:?}: waiting for every task's next checkpoint",
+                    requested.trigger
+                ),
+            )
+            .await;
+            progress = Some(requested);
+            pending = true;
+        }
+        savepoint::Next::Wait(waiting) => {
+            progress = Some(waiting);
+            pending = true;
+        }
+        savepoint::Next::Take(descriptors) => {
+            let current = progress.clone().expect("a savepoint to take was requested");
+            match ctx
+                .outside
+                .take_savepoint(job, current.trigger.clone(), descriptors)
+                .await
+            {
+                Ok(taken) => {
+                    let done = savepoint::taken(&current, &taken);
+                    info!(savepoint = %taken.id, trigger = %current.trigger, "took a savepoint");
+                    publish(
+                        EventType::Normal,
+                        "SavepointTaken",
+                        "Savepoint",
+                        done.message.clone(),
+                    )
+                    .await;
+                    progress = Some(done);
+                }
+                Err(e) => {
+                    // Retention may have deleted a checkpoint being copied: the next try
+                    // copies the newer HEADs.
+                    warn!(error = %e, "taking a savepoint failed; trying again");
+                    progress = Some(SavepointProgress {
+                        message: format!(
+                            "copying the tasks' checkpoints failed, trying again: {e}"
+                        ),
+                        ..current
+                    });
+                    pending = true;
+                }
+            }
+        }
+    }
+    if job.spec.savepoint.is_some() || !listed.is_empty() {
+        match ctx.outside.savepoints(job).await {
+            Ok(found) => {
+                let retain = job.spec.savepoint.as_ref().map_or(10, |s| s.retain);
+                let this = (job.namespace().unwrap_or_default(), job.name_any());
+                let protected = job
+                    .spec
+                    .restore_from
+                    .as_deref()
+                    .and_then(|id| id.parse::<SavepointId>().ok())
+                    .filter(|id| (id.namespace.clone(), id.job.clone()) == this)
+                    .map(|id| id.n);
+                let numbers: Vec<u64> = found.iter().map(|(n, _)| *n).collect();
+                let mut deleted = Vec::new();
+                for n in
+                    savepoint::expired(&numbers, usize::try_from(retain).unwrap_or(1), protected)
+                {
+                    match ctx.outside.delete_savepoint(job, n).await {
+                        Ok(()) => {
+                            publish(
+                                EventType::Normal,
+                                "SavepointDeleted",
+                                "Savepoint",
+                                format!(
+                                    "deleted savepoint {}/{}/{n}: spec.savepoint.retain: {retain} keeps the newest {retain}",
+                                    this.0, this.1
+                                ),
+                            )
+                            .await;
+                            deleted.push(n);
+                        }
+                        Err(e) => warn!(savepoint = n, error = %e, "cannot delete a savepoint"),
+                    }
+                }
+                listed = found
+                    .iter()
+                    .filter(|(n, _)| !deleted.contains(n))
+                    .map(|(_, s)| savepoint::info(s))
+                    .collect();
+            }
+            Err(e) => warn!(error = %e, "cannot list the job's savepoints"),
+        }
+    }
+    (progress, listed, pending)
 }
 
 /// Applies the children in a fixed order: config first, the StatefulSet that uses it last.

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport};
+use sluice_core::checkpoint::savepoint::Savepoint;
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob};
 use sluice_operator::build::Settings;
 use sluice_operator::metrics::Metrics;
@@ -47,6 +48,23 @@ impl Outside for Brokers {
         partitions: u32,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
         Box::pin(async move { Some(vec![None; partitions as usize]) })
+    }
+    fn savepoints(
+        &self,
+        _: &StreamJob,
+    ) -> BoxFuture<'static, Result<Vec<(u64, Savepoint)>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn take_savepoint(
+        &self,
+        _: &StreamJob,
+        _: String,
+        _: Vec<Descriptor>,
+    ) -> BoxFuture<'static, Result<Savepoint, String>> {
+        Box::pin(async { Err("no checkpoints in these tests".into()) })
+    }
+    fn delete_savepoint(&self, _: &StreamJob, _: u64) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
