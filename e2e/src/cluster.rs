@@ -2,7 +2,7 @@
 //! processes, reads topics back, and reads tasks' committed state from the checkpoint store
 //! without taking the tasks over. Process, Kafka and object-store I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1162,6 +1162,45 @@ impl Received {
             .get(name)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
+}
+
+/// The distinct (key, JSON value) pairs of `records`, values in canonical JSON.
+pub fn distinct(records: &[Received]) -> BTreeSet<(String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let value: serde_json::Value =
+                serde_json::from_slice(r.value.as_deref().unwrap_or(b"null")).expect("JSON result");
+            (key, value.to_string())
+        })
+        .collect()
+}
+
+/// Reads `topic` (of `partitions`) until its distinct results hold `want` (within 3 minutes),
+/// then asserts they hold nothing else.
+pub fn expect_output(
+    env: &TestEnv,
+    topic: &str,
+    partitions: u32,
+    want: &BTreeSet<(String, String)>,
+    alive: impl FnMut(),
+) {
+    let got = read_until(
+        env,
+        topic,
+        partitions,
+        Duration::from_secs(180),
+        |records| want.is_subset(&distinct(records)),
+        alive,
+    );
+    let got = distinct(&got);
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "output differs from the reference: missing {missing:?}, unexpected {extra:?}"
+    );
 }
 
 /// Reads `topic` from the beginning (`read_committed`) until `done` says the records read so far

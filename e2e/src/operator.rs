@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::apiserver::Store;
+use std::sync::Arc;
+
+use crate::apiserver::{FakeApiServer, Store};
 use crate::statefulset::Simulator;
 
 /// The namespace the operator tests' jobs live in.
@@ -29,6 +31,62 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What an operator e2e test runs on: the fake API server holding the Secret `sluice-s3`
+/// (the checkpoint credentials of this environment, which jobs name), the StatefulSet
+/// simulator running real worker processes for its pods, and the real operator, started.
+pub struct Cluster {
+    /// The API server (serving until dropped).
+    pub server: FakeApiServer,
+    /// Its objects.
+    pub store: Arc<Store>,
+    /// A kubeconfig for it, for `kubectl` and the operator.
+    pub kubeconfig: PathBuf,
+    /// The pods' worker processes.
+    pub sim: Simulator,
+    /// The operator process.
+    pub operator: Operator,
+}
+
+impl Cluster {
+    /// Starts it all in `dir`, with the `sluice-worker` and `sluice-operator` binaries given.
+    pub async fn start(dir: &Path, worker: &Path, operator: &Path) -> Self {
+        let server = FakeApiServer::start().await;
+        let kubeconfig = server.kubeconfig(dir);
+        let store = server.store.clone();
+        let mut data = serde_json::Map::new();
+        for key in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_ALLOW_HTTP",
+        ] {
+            data.insert(key.into(), std::env::var(key).unwrap_or_default().into());
+        }
+        store.write(
+            "",
+            "secrets",
+            NAMESPACE,
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sluice-s3"}, "stringData": data}),
+            false,
+        );
+        let sim = Simulator::start(
+            store.clone(),
+            worker.to_path_buf(),
+            dir.join("cluster"),
+            vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+        );
+        let mut operator = Operator::new(operator, &kubeconfig, &dir.join("operator.log"));
+        operator.start();
+        Self {
+            server,
+            store,
+            kubeconfig,
+            sim,
+            operator,
+        }
+    }
 }
 
 /// A real `sluice-operator run` process against the fake API server; restartable.

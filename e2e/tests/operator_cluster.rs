@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_e2e::TestEnv;
-use sluice_e2e::apiserver::FakeApiServer;
 use sluice_e2e::cluster::{Checkpoints, JobFiles, scratch_dir, start_input};
-use sluice_e2e::operator::{NAMESPACE, Operator, job, kubectl, wait_ready};
-use sluice_e2e::statefulset::Simulator;
+use sluice_e2e::operator::{Cluster, NAMESPACE, job, kubectl, wait_ready};
 
 const PARTITIONS: u32 = 6;
 /// Not all keys complete their create → update → delete cycle, so the final table is not empty.
@@ -59,43 +57,18 @@ async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete()
     let dir = scratch_dir("k8s");
     let name = sluice_e2e::unique_name("k8s");
     let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-    let server = FakeApiServer::start().await;
-    let kubeconfig = server.kubeconfig(&dir);
-    let store = server.store.clone();
-
-    // The checkpoint credentials, as a Secret the job names: workers get them only from it.
-    let mut data = serde_json::Map::new();
-    for key in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ALLOW_HTTP",
-    ] {
-        data.insert(key.into(), std::env::var(key).unwrap_or_default().into());
-    }
-    store.write(
-        "",
-        "secrets",
-        NAMESPACE,
-        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sluice-s3"}, "stringData": data}),
-        false,
-    );
-    let base_env = vec![(
-        "PATH".to_string(),
-        std::env::var("PATH").unwrap_or_default(),
-    )];
-    let sim = Simulator::start(
-        store.clone(),
-        env!("CARGO_BIN_EXE_sluice-worker").into(),
-        dir.join("cluster"),
-        base_env,
-    );
-    let mut operator = Operator::new(
+    let Cluster {
+        server: _server,
+        store,
+        kubeconfig,
+        sim,
+        mut operator,
+    } = Cluster::start(
+        &dir,
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
         env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
-        &kubeconfig,
-        &dir.join("operator.log"),
-    );
-    operator.start();
+    )
+    .await;
 
     let mut generator = start_input(
         env!("CARGO_BIN_EXE_sluice-cdc-gen"),

@@ -26,12 +26,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
-use sluice_e2e::apiserver::{FakeApiServer, Store};
+use sluice_e2e::apiserver::Store;
 use sluice_e2e::cluster::{
-    Checkpoints, JobFiles, Received, Workers, create_topic, read_until, scratch_dir,
+    Checkpoints, JobFiles, Workers, create_topic, expect_output, scratch_dir,
 };
-use sluice_e2e::operator::{NAMESPACE, Operator, job, kubectl, tail, wait_ready};
-use sluice_e2e::statefulset::Simulator;
+use sluice_e2e::operator::{Cluster, NAMESPACE, job, kubectl, tail, wait_ready};
 use sluice_e2e::{TestEnv, unique_name};
 
 /// Event time of record 0: 5 s into a 10 s (and a 20 s) window, so windows span batches.
@@ -167,42 +166,6 @@ fn write(env: &TestEnv, topic: &str, records: std::ops::Range<u64>) {
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
-fn distinct(records: &[Received]) -> BTreeSet<(String, String)> {
-    records
-        .iter()
-        .map(|r| {
-            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
-            let value: Value =
-                serde_json::from_slice(r.value.as_deref().unwrap_or(b"null")).expect("JSON");
-            (key, value.to_string())
-        })
-        .collect()
-}
-
-/// Reads the output until it holds `want`, then asserts it holds nothing else.
-fn expect_output(
-    env: &TestEnv,
-    topic: &str,
-    want: &BTreeSet<(String, String)>,
-    alive: impl FnMut(),
-) {
-    let got = read_until(
-        env,
-        topic,
-        1,
-        Duration::from_secs(180),
-        |records| want.is_subset(&distinct(records)),
-        alive,
-    );
-    let got = distinct(&got);
-    let missing: Vec<_> = want.difference(&got).collect();
-    let extra: Vec<_> = got.difference(want).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "output differs from the reference: missing {missing:?}, unexpected {extra:?}"
-    );
-}
-
 async fn wait_for_offset(
     checkpoints: &Checkpoints,
     input: &str,
@@ -274,37 +237,18 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     let input = format!("{name}.in");
     let output = format!("{name}.out");
     create_topic(&env, &input, 1);
-    let server = FakeApiServer::start().await;
-    let kubeconfig = server.kubeconfig(&dir);
-    let store = server.store.clone();
-    let mut data = serde_json::Map::new();
-    for key in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ALLOW_HTTP",
-    ] {
-        data.insert(key.into(), std::env::var(key).unwrap_or_default().into());
-    }
-    store.write(
-        "",
-        "secrets",
-        NAMESPACE,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sluice-s3"}, "stringData": data}),
-        false,
-    );
-    let sim = Simulator::start(
-        store.clone(),
-        env!("CARGO_BIN_EXE_sluice-worker").into(),
-        dir.join("cluster"),
-        vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
-    );
-    let mut operator = Operator::new(
+    let Cluster {
+        server: _server,
+        store,
+        kubeconfig,
+        sim,
+        mut operator,
+    } = Cluster::start(
+        &dir,
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
         env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
-        &kubeconfig,
-        &dir.join("operator.log"),
-    );
-    operator.start();
+    )
+    .await;
     let files = JobFiles {
         manifest: dir.join("job.yaml"),
         namespace: NAMESPACE.into(),
@@ -354,7 +298,7 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     write(&env, &input, 0..BATCH);
     (0..BATCH).for_each(|g| reference.feed(g, shapes[0]));
     wait_for_offset(&checkpoints, &input, BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
 
     // 1. The filter changes: rolled out, the dedupe and the open windows kept.
     apply(&kubeconfig, &dir, &manifest(&env, &name, &input, shapes[1]));
@@ -367,7 +311,7 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     write(&env, &input, BATCH..2 * BATCH);
     (BATCH..2 * BATCH).for_each(|g| reference.feed(g, shapes[1]));
     wait_for_offset(&checkpoints, &input, 2 * BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
     let head = checkpoints.head(0).await.expect("HEAD");
     let signed: Vec<String> = (head.state_signatures.clone().expect("signatures").iter())
         .map(|s| s.name.clone())
@@ -432,7 +376,7 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     write(&env, &input, 2 * BATCH..3 * BATCH);
     (2 * BATCH..3 * BATCH).for_each(|g| reference.feed(g, shapes[1]));
     wait_for_offset(&checkpoints, &input, 3 * BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
     assert_eq!(
         pod_uids(&store),
         pods,
@@ -452,7 +396,7 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     write(&env, &input, 3 * BATCH..4 * BATCH);
     (3 * BATCH..4 * BATCH).for_each(|g| reference.feed(g, shapes[3]));
     wait_for_offset(&checkpoints, &input, 4 * BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
     let c = conditions(&store, &name);
     assert_eq!(c["Degraded"].0, "False", "{c:?}");
     assert!(!c.contains_key("Stalled"), "{c:?}");
@@ -519,7 +463,7 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     write(&env, &input, 4 * BATCH..5 * BATCH);
     (4 * BATCH..5 * BATCH).for_each(|g| reference.feed(g, shapes[3]));
     wait_for_offset(&checkpoints, &input, 5 * BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
     assert_eq!(
         pod_uids(&store),
         pods,
@@ -553,7 +497,7 @@ async fn edits_keep_state_a_state_change_is_held_under_refuse_and_reset_only_whe
     write(&env, &input, 5 * BATCH..6 * BATCH);
     (5 * BATCH..6 * BATCH).for_each(|g| reference.feed(g, shapes[4]));
     wait_for_offset(&checkpoints, &input, 6 * BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
     eprintln!(
         "output equals the reference over 5 generations: {} window results",
         reference.results.len()
@@ -646,7 +590,7 @@ async fn a_worker_never_resets_state_under_refuse_even_restarted_and_does_under_
     reference.generation(shapes[2]);
     (BATCH..2 * BATCH).for_each(|g| reference.feed(g, shapes[2]));
     wait_for_offset(&checkpoints, &input, 2 * BATCH as i64, &mut alive).await;
-    expect_output(&env, &output, &reference.results, || {});
+    expect_output(&env, &output, 1, &reference.results, || {});
     assert!(workers.log(0).contains("resets aggregate `per-window`"));
     workers.stop_all();
 }

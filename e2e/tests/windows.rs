@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 use sluice_e2e::cluster::{
-    Checkpoints, ExampleRun, Received, Workers, create_topic, read_until, scratch_dir,
+    Checkpoints, ExampleRun, Workers, create_topic, distinct, read_until, scratch_dir,
     write_example_job,
 };
 use sluice_e2e::{TestEnv, unique_name};
@@ -182,18 +182,6 @@ impl Golden {
             .collect();
         assert_eq!(got, want);
     }
-}
-
-fn distinct(records: &[Received]) -> BTreeSet<(String, String)> {
-    records
-        .iter()
-        .map(|r| {
-            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
-            let value: Value =
-                serde_json::from_slice(r.value.as_deref().unwrap_or(b"null")).expect("JSON result");
-            (key, value.to_string())
-        })
-        .collect()
 }
 
 fn order(customer: &str, status: &str, amount: i64, seconds: i64) -> Value {
