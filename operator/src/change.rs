@@ -135,6 +135,24 @@ pub enum Current<'a> {
     Applied(&'a StreamJobSpec),
 }
 
+/// Whether a task's HEAD holds state restored from savepoint `id` (its descriptor says so).
+pub fn restored_from(head: &Option<Descriptor>, id: &str) -> bool {
+    head.as_ref()
+        .and_then(|d| d.restored_from.as_deref())
+        .is_some_and(|from| from == id)
+}
+
+/// The state each task will restore under `spec.restoreFrom: id`: its own HEAD where that
+/// came from the savepoint already, else the savepoint's descriptor of it (`saved`, in task
+/// order), as its worker will.
+pub fn restoring(heads: &mut [Option<Descriptor>], saved: Vec<Option<Descriptor>>, id: &str) {
+    for (head, saved) in heads.iter_mut().zip(saved) {
+        if !restored_from(head, id) {
+            *head = saved;
+        }
+    }
+}
+
 /// What rolling `new` out does to the steps' state, for a job of `tasks` tasks (the input's
 /// partitions now): the compatibility check of `sluice_core::upgrade` against each task's
 /// HEAD (as each worker will run it on restore), or against the spec rolled out last when the

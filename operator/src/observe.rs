@@ -59,6 +59,15 @@ pub trait Outside: Send + Sync {
         partitions: u32,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>>;
 
+    /// The descriptors savepoint `id` holds for tasks `0..partitions` (None for a task it
+    /// lacks); None when it cannot be read or is not there.
+    fn savepoint_heads(
+        &self,
+        job: &StreamJob,
+        id: &SavepointId,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>>;
+
     /// The job's complete savepoints, by number, ascending; why not when the store cannot be
     /// read.
     fn savepoints(
@@ -206,6 +215,34 @@ impl Outside for RealOutside {
                 let head = store.read_head(&task).await.ok()?;
                 heads.push(match head.and_then(|(h, _)| h.checkpoint) {
                     Some(id) => Some(store.read_descriptor(&task, id).await.ok()?),
+                    None => None,
+                });
+            }
+            Some(heads)
+        })
+    }
+
+    fn savepoint_heads(
+        &self,
+        job: &StreamJob,
+        id: &SavepointId,
+        partitions: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
+        let opened = job_store(job);
+        let id = id.clone();
+        Box::pin(async move {
+            let (store, _) = opened?;
+            let layout = id.layout(store.prefix());
+            let manifest = store.read_savepoint(&layout).await.ok()??;
+            let mut heads = Vec::with_capacity(partitions as usize);
+            for task in 0..partitions {
+                heads.push(match manifest.task(task) {
+                    Some(entry) => Some(
+                        store
+                            .read_descriptor(&layout.task(task), entry.checkpoint)
+                            .await
+                            .ok()?,
+                    ),
                     None => None,
                 });
             }

@@ -190,13 +190,25 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         .savepoint
         .as_ref()
         .is_some_and(|s| s.trigger.is_some());
-    let heads = match &validated {
+    let mut heads = match &validated {
         Ok(valid) if facts.applied.is_some() || triggered => match valid.partitions {
             Some(n) => ctx.outside.heads(job, n).await,
             None => None,
         },
         _ => None,
     };
+    // Tasks whose state does not come from `spec.restoreFrom` yet will restore the
+    // savepoint: the check reads its descriptors for them, as their workers will.
+    if let (Some(own), Some(id), Ok(valid)) = (&mut heads, &job.spec.restore_from, &validated)
+        && let Ok(parsed) = id.parse::<SavepointId>()
+        && !own.iter().all(|h| change::restored_from(h, id))
+        && let Some(saved) = ctx
+            .outside
+            .savepoint_heads(job, &parsed, valid.partitions.unwrap_or(0))
+            .await
+    {
+        change::restoring(own, saved, id);
+    }
     let state = match (&validated, &facts.applied) {
         (Ok(valid), Some(applied)) => Some(change::state_plan(
             heads

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport};
-use sluice_core::checkpoint::savepoint::Savepoint;
+use sluice_core::checkpoint::savepoint::{Savepoint, SavepointId};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob};
 use sluice_operator::build::Settings;
 use sluice_operator::metrics::Metrics;
@@ -48,6 +48,14 @@ impl Outside for Brokers {
         partitions: u32,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
         Box::pin(async move { Some(vec![None; partitions as usize]) })
+    }
+    fn savepoint_heads(
+        &self,
+        _: &StreamJob,
+        _: &SavepointId,
+        _: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
+        Box::pin(async { None })
     }
     fn savepoints(
         &self,

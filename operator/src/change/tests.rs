@@ -6,7 +6,7 @@ use sluice_core::checkpoint::descriptor::{CheckpointId, DESCRIPTOR_FORMAT, Descr
 use sluice_core::job::pipeline_fingerprint;
 use sluice_core::upgrade;
 
-use super::{Change, Current, Effect, FIELDS, classify, hold, state_plan};
+use super::{Change, Current, Effect, FIELDS, classify, hold, restoring, state_plan};
 use crate::build::{Settings, revision};
 use crate::validate::{Facts, validate};
 
@@ -319,4 +319,22 @@ fn partitions_added_to_the_input_are_held_with_their_own_message() {
     let consented = job(&json!({"upgrade": {"stateChanges": "reset"}})).spec;
     let plan = state_plan(Current::Heads(&heads), &consented, 12);
     assert_eq!(hold(&plan, &consented, 4), None);
+}
+
+#[test]
+fn under_restore_from_the_check_reads_the_savepoint_for_tasks_that_did_not_restore_it_yet() {
+    let spec = job(&json!({})).spec;
+    let rekeyed =
+        job(&json!({"steps": [{"name": "table", "materialize": {"key": "value.id"}}]})).spec;
+    // Task 0 restored the savepoint already (and checkpointed with the new key since); task 1
+    // has not: it will restore the savepoint, written with the old key.
+    let mut moved_on = head(&rekeyed, 12, true);
+    moved_on.as_mut().expect("head").restored_from = Some("shop/old/1".into());
+    let mut heads = vec![moved_on.clone(), head(&rekeyed, 12, true)];
+    let saved = vec![head(&spec, 12, true), head(&spec, 12, true)];
+    restoring(&mut heads, saved, "shop/old/1");
+    assert_eq!(heads, [moved_on, head(&spec, 12, true)]);
+    let plan = state_plan(Current::Heads(&heads), &rekeyed, 12);
+    let message = hold(&plan, &rekeyed, 5).expect("held: task 1 would reset the table");
+    assert!(message.contains("resets materialize `table`"), "{message}");
 }
