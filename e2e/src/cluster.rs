@@ -1164,6 +1164,23 @@ impl Received {
     }
 }
 
+/// Produces `values` as JSON to partition 0 of `topic`, and waits until they are written.
+pub fn produce_json(
+    env: &TestEnv,
+    topic: &str,
+    values: impl IntoIterator<Item = serde_json::Value>,
+) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = env.kafka_config().create().expect("producer");
+    for value in values {
+        let payload = value.to_string();
+        let record: BaseRecord<'_, str, str> =
+            BaseRecord::to(topic).partition(0).payload(payload.as_str());
+        producer.send(record).expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
 /// The distinct (key, JSON value) pairs of `records`, values in canonical JSON.
 pub fn distinct(records: &[Received]) -> BTreeSet<(String, String)> {
     records

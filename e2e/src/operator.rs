@@ -89,6 +89,27 @@ impl Cluster {
     }
 }
 
+/// A StreamJob named `name` in [`NAMESPACE`] with `spec`.
+pub fn streamjob(name: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    })
+}
+
+/// `kubectl apply` of `manifest`, written to `<dir>/job.yaml`; echoes kubectl's answer.
+pub fn apply(kubeconfig: &Path, dir: &Path, manifest: &Value) {
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, serde_norway::to_string(manifest).expect("yaml")).expect("write");
+    let path = path.to_str().expect("path");
+    eprint!(
+        "{}",
+        kubectl(kubeconfig, &["apply", "--validate=false", "-f", path])
+    );
+}
+
 /// A real `sluice-operator run` process against the fake API server; restartable.
 pub struct Operator {
     binary: PathBuf,

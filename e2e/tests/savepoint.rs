@@ -7,13 +7,13 @@
 //! which the test computes from the input, and its tasks' checkpoints say where they came from.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
-use sluice_e2e::cluster::{Checkpoints, JobFiles, create_topic, expect_output, scratch_dir};
-use sluice_e2e::operator::{Cluster, NAMESPACE, job, kubectl, tail, wait_ready};
+use sluice_e2e::cluster::{
+    Checkpoints, JobFiles, create_topic, expect_output, produce_json, scratch_dir,
+};
+use sluice_e2e::operator::{Cluster, NAMESPACE, apply, job, kubectl, streamjob, tail, wait_ready};
 use sluice_e2e::{TestEnv, unique_name};
 use sluice_worker::checkpoint::descriptor::CheckpointId;
 use sluice_worker::checkpoint::layout::FileKind;
@@ -62,33 +62,11 @@ fn manifest(env: &TestEnv, storage: &str, name: &str, input: &str, extra: Value)
     for (k, v) in extra.as_object().into_iter().flatten() {
         spec[k] = v.clone();
     }
-    json!({
-        "apiVersion": "sluice.dev/v1alpha1",
-        "kind": "StreamJob",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    })
+    streamjob(name, spec)
 }
 
 fn write(env: &TestEnv, topic: &str, records: std::ops::Range<u64>) {
-    let producer: BaseProducer = env.kafka_config().create().expect("producer");
-    for g in records {
-        let payload = order(g).to_string();
-        let record: BaseRecord<'_, str, str> =
-            BaseRecord::to(topic).partition(0).payload(payload.as_str());
-        producer.send(record).expect("enqueue");
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
-}
-
-fn apply(kubeconfig: &Path, dir: &Path, manifest: &Value) {
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, serde_norway::to_string(manifest).expect("yaml")).expect("write");
-    let path = path.to_str().expect("path");
-    eprint!(
-        "{}",
-        kubectl(kubeconfig, &["apply", "--validate=false", "-f", path])
-    );
+    produce_json(env, topic, records.map(order));
 }
 
 /// Waits until task 0's HEAD checkpoint covers input offset `next`; returns its id.
@@ -117,18 +95,13 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
     let input = format!("{base}.in");
     create_topic(&env, &input, 1);
     let storage = format!("s3://{}/{base}", env.s3_bucket);
-    let Cluster {
-        server: _server,
-        store,
-        kubeconfig,
-        sim,
-        mut operator,
-    } = Cluster::start(
+    let mut cluster = Cluster::start(
         &dir,
         env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
         env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
     )
     .await;
+    let (store, kubeconfig) = (cluster.store.clone(), cluster.kubeconfig.clone());
     let files = |name: &str| JobFiles {
         manifest: dir.join("job.yaml"),
         namespace: NAMESPACE.into(),
@@ -143,7 +116,7 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
         &dir,
         &manifest(&env, &storage, &first, &input, json!({})),
     );
-    wait_ready(&store, &sim, &first, 1, &mut operator);
+    wait_ready(&store, &cluster.sim, &first, 1, &mut cluster.operator);
     write(&env, &input, 0..BEFORE);
     wait_for_offset(&checkpoints, &input, BEFORE as i64).await;
 
@@ -164,7 +137,7 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
             triggered.elapsed() < Duration::from_secs(90),
             "no savepoint: {}\n{}",
             j["status"],
-            tail(&operator.log)
+            tail(&cluster.operator.log)
         );
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -240,7 +213,7 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
     // The first job is deleted; its workers stop.
     kubectl(&kubeconfig, &["delete", "sj", &first, "-n", NAMESPACE]);
     let deleted = Instant::now();
-    while sim.processes() > 0 || !store.list("", "pods", Some(NAMESPACE)).is_empty() {
+    while cluster.sim.processes() > 0 || !store.list("", "pods", Some(NAMESPACE)).is_empty() {
         assert!(
             deleted.elapsed() < Duration::from_secs(60),
             "workers still run"
@@ -256,7 +229,7 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
         &dir,
         &manifest(&env, &storage, &second, &input, restore),
     );
-    wait_ready(&store, &sim, &second, 1, &mut operator);
+    wait_ready(&store, &cluster.sim, &second, 1, &mut cluster.operator);
     let resumed = Checkpoints::of(&env, &files(&second));
     wait_for_offset(&resumed, &input, ALL as i64).await;
     all = running_counts(BEFORE, ALL);
@@ -264,5 +237,5 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
     let head = resumed.head(0).await.expect("HEAD");
     assert_eq!(head.restored_from.as_deref(), Some(id.as_str()));
     assert_eq!(head.source_offsets[&input], ALL as i64);
-    operator.assert_alive();
+    cluster.operator.assert_alive();
 }

@@ -21,16 +21,14 @@
 //! alone; under `reset` it starts the step over.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 use sluice_e2e::apiserver::Store;
 use sluice_e2e::cluster::{
-    Checkpoints, JobFiles, Workers, create_topic, expect_output, scratch_dir,
+    Checkpoints, JobFiles, Workers, create_topic, expect_output, produce_json, scratch_dir,
 };
-use sluice_e2e::operator::{Cluster, NAMESPACE, job, kubectl, tail, wait_ready};
+use sluice_e2e::operator::{Cluster, NAMESPACE, apply, job, kubectl, streamjob, tail, wait_ready};
 use sluice_e2e::{TestEnv, unique_name};
 
 /// Event time of record 0: 5 s into a 10 s (and a 20 s) window, so windows span batches.
@@ -147,23 +145,11 @@ fn manifest(env: &TestEnv, name: &str, input: &str, shape: Shape) -> Value {
     if shape.manual {
         spec["upgrade"]["approval"] = "manual".into();
     }
-    json!({
-        "apiVersion": "sluice.dev/v1alpha1",
-        "kind": "StreamJob",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    })
+    streamjob(name, spec)
 }
 
 fn write(env: &TestEnv, topic: &str, records: std::ops::Range<u64>) {
-    let producer: BaseProducer = env.kafka_config().create().expect("producer");
-    for g in records {
-        let payload = order(g).to_string();
-        let record: BaseRecord<'_, str, str> =
-            BaseRecord::to(topic).partition(0).payload(payload.as_str());
-        producer.send(record).expect("enqueue");
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    produce_json(env, topic, records.map(order));
 }
 
 async fn wait_for_offset(
@@ -212,21 +198,6 @@ fn pod_uids(store: &Store) -> Vec<String> {
         .iter()
         .map(|p| p["metadata"]["uid"].to_string())
         .collect()
-}
-
-fn apply(kubeconfig: &Path, dir: &Path, manifest: &Value) {
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, serde_norway::to_string(manifest).expect("yaml")).expect("write");
-    let out = kubectl(
-        kubeconfig,
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            path.to_str().expect("path"),
-        ],
-    );
-    eprint!("{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,6 +192,28 @@ pub struct Descriptor {
     pub restored_from: Option<String>,
 }
 
+/// Checkpoint `id` of `task` with nothing in it, for tests (here and in the worker's and
+/// operator's) to fill in.
+#[doc(hidden)]
+pub fn test_descriptor(task: TaskId, id: u64) -> Descriptor {
+    Descriptor {
+        format: DESCRIPTOR_FORMAT,
+        id: CheckpointId(id),
+        task,
+        epoch: Epoch(1),
+        created_at_ms: 0,
+        source_offsets: BTreeMap::new(),
+        files: Vec::new(),
+        watermark_ms: None,
+        pipeline_fingerprint: String::new(),
+        state_signatures: None,
+        records_in: 0,
+        previous: None,
+        transactional_id: None,
+        restored_from: None,
+    }
+}
+
 /// The descriptor format this build writes and reads.
 pub const DESCRIPTOR_FORMAT: u32 = 1;
 

@@ -167,15 +167,18 @@ pub async fn list(
     Ok(found)
 }
 
-/// The number the next savepoint of `job` takes: one above every savepoint directory there
-/// is, complete or not.
+/// The number the next savepoint of `job` takes: one above the highest savepoint directory
+/// there is, or that one itself when it is incomplete (an attempt that failed part way: the
+/// next one writes the same objects over it and completes it).
 pub async fn next_number(store: &CheckpointStore, job: &JobLayout) -> Result<u64, StoreError> {
     let dirs = store.list_dirs(&job.savepoints()).await?;
-    Ok(dirs
-        .iter()
-        .filter_map(|n| n.parse::<u64>().ok())
-        .max()
-        .map_or(1, |n| n + 1))
+    let Some(highest) = dirs.iter().filter_map(|n| n.parse::<u64>().ok()).max() else {
+        return Ok(1);
+    };
+    Ok(match store.read_savepoint(&job.savepoint(highest)).await? {
+        Some(_) => highest + 1,
+        None => highest,
+    })
 }
 
 /// Deletes savepoint `n` of `job`: its manifest first (so it is no longer complete), then
@@ -189,6 +192,106 @@ pub async fn delete(store: &CheckpointStore, job: &JobLayout, n: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::descriptor::{ContentHash, StateFile, test_descriptor};
+    use crate::checkpoint::store::StoreOptions;
+
+    /// Two tasks' checkpoints, copied; an attempt that failed part way is completed by the
+    /// next; a deleted savepoint is gone entirely; retention of the job's own files leaves
+    /// the copies whole.
+    #[tokio::test]
+    async fn a_savepoint_is_a_whole_copy_listed_once_complete_and_deleted_entirely() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let job = JobLayout::new(store.prefix(), "shop", "orders");
+        let mut heads = Vec::new();
+        for task in 0..2u32 {
+            let local = dir.path().join(format!("file-{task}"));
+            std::fs::write(&local, format!("state of task {task}")).unwrap();
+            let hash = ContentHash(
+                blake3::hash(format!("state of task {task}").as_bytes())
+                    .to_hex()
+                    .to_string(),
+            );
+            let path = job.task(task).file(&hash, FileKind::Sst);
+            store.put_file(&path, &local).await.unwrap();
+            heads.push(Descriptor {
+                files: vec![StateFile {
+                    name: "000009.sst".into(),
+                    hash,
+                    size: 15,
+                }],
+                ..test_descriptor(task, 7 + u64::from(task))
+            });
+        }
+        assert_eq!(next_number(&store, &job).await.unwrap(), 1);
+        let id = |n| SavepointId {
+            namespace: "shop".into(),
+            job: "orders".into(),
+            n,
+        };
+        take(&store, &job, &id(1), "a", &heads, 10).await.unwrap();
+        assert_eq!(next_number(&store, &job).await.unwrap(), 2);
+        // An attempt that copied a file and stopped: not listed, and numbered again.
+        let partial = id(2).layout(store.prefix()).task(0);
+        let file = &heads[0].files[0];
+        store
+            .copy(
+                &job.task(0).file(&file.hash, FileKind::Sst),
+                &partial.file(&file.hash, FileKind::Sst),
+            )
+            .await
+            .unwrap();
+        assert_eq!(list(&store, &job).await.unwrap().len(), 1);
+        assert_eq!(next_number(&store, &job).await.unwrap(), 2);
+        take(&store, &job, &id(2), "b", &heads, 20).await.unwrap();
+        // The job's own files go (as retention deletes them): the copies stay.
+        store.delete_all(&job.task(0).files()).await.unwrap();
+        store.delete_all(&job.task(1).files()).await.unwrap();
+        let found = list(&store, &job).await.unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|(n, s)| (*n, s.trigger.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "a"), (2, "b")]
+        );
+        let (_, second) = &found[1];
+        assert_eq!(second.id, "shop/orders/2");
+        assert_eq!(second.bytes(), 30);
+        for entry in &second.tasks {
+            let layout = id(2).layout(store.prefix()).task(entry.task);
+            let copy = store
+                .read_descriptor(&layout, entry.checkpoint)
+                .await
+                .unwrap();
+            let file = &copy.files[0];
+            let local = dir.path().join("restored");
+            store
+                .get_file(
+                    &layout.file(&file.hash, FileKind::Sst),
+                    &local,
+                    file.size,
+                    &file.hash,
+                )
+                .await
+                .unwrap();
+        }
+        delete(&store, &job, 1).await.unwrap();
+        assert_eq!(list(&store, &job).await.unwrap().len(), 1);
+        let gone = id(1).layout(store.prefix());
+        assert_eq!(store.read_savepoint(&gone).await.unwrap(), None);
+        for task in 0..2 {
+            assert!(store.list_files(&gone.task(task)).await.unwrap().is_empty());
+            assert!(
+                store
+                    .list_checkpoints(&gone.task(task))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
 
     #[test]
     fn ids_read_and_print_as_namespace_job_number() {

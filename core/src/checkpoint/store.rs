@@ -308,10 +308,16 @@ impl CheckpointStore {
             path: path.to_string(),
             message: e.to_string(),
         })?;
+        self.create(&path, body).await
+    }
+
+    /// Writes `body` to `path` unless an object is there: [`StoreError::DescriptorExists`]
+    /// then (descriptors and savepoint manifests are written once, never overwritten).
+    async fn create(&self, path: &Path, body: Vec<u8>) -> Result<(), StoreError> {
         match self
             .objects
             .put_opts(
-                &path,
+                path,
                 PutPayload::from(body),
                 PutOptions::from(PutMode::Create),
             )
@@ -344,8 +350,15 @@ impl CheckpointStore {
         &self,
         task: &TaskLayout,
     ) -> Result<Option<crate::checkpoint::descriptor::TaskReport>, StoreError> {
-        let path = task.report();
-        let bytes = match self.objects.get(&path).await {
+        self.read_json(&task.report()).await
+    }
+
+    /// The JSON object at `path`; `None` when there is none.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, StoreError> {
+        let bytes = match self.objects.get(path).await {
             Ok(result) => result.bytes().await?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -473,26 +486,8 @@ impl CheckpointStore {
         savepoint: &JobLayout,
         manifest: &Savepoint,
     ) -> Result<(), StoreError> {
-        let path = savepoint.manifest();
         let body = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
-        match self
-            .objects
-            .put_opts(
-                &path,
-                PutPayload::from(body),
-                PutOptions::from(PutMode::Create),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Err(StoreError::DescriptorExists {
-                path: path.to_string(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        self.create(&savepoint.manifest(), body).await
     }
 
     /// Reads a savepoint's manifest; `None` when there is none (an incomplete savepoint).
@@ -500,18 +495,7 @@ impl CheckpointStore {
         &self,
         savepoint: &JobLayout,
     ) -> Result<Option<Savepoint>, StoreError> {
-        let path = savepoint.manifest();
-        let bytes = match self.objects.get(&path).await {
-            Ok(result) => result.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                path: path.to_string(),
-                message: e.to_string(),
-            })
+        self.read_json(&savepoint.manifest()).await
     }
 
     /// The names of the directories right under `dir`.

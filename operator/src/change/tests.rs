@@ -2,7 +2,7 @@ use serde_json::{Value, json};
 use sluice_crds::admission::merge_patch;
 use sluice_crds::v1alpha1::{StreamJob, StreamJobSpec};
 
-use sluice_core::checkpoint::descriptor::{CheckpointId, DESCRIPTOR_FORMAT, Descriptor, Epoch};
+use sluice_core::checkpoint::descriptor::{Descriptor, test_descriptor};
 use sluice_core::job::pipeline_fingerprint;
 use sluice_core::upgrade;
 
@@ -244,20 +244,9 @@ fn held(
 /// main's build wrote them (a fingerprint only).
 fn head(spec: &StreamJobSpec, tasks: u32, signed: bool) -> Option<Descriptor> {
     Some(Descriptor {
-        format: DESCRIPTOR_FORMAT,
-        id: CheckpointId(3),
-        task: 0,
-        epoch: Epoch(1),
-        created_at_ms: 0,
-        source_offsets: Default::default(),
-        files: vec![],
-        watermark_ms: None,
         pipeline_fingerprint: pipeline_fingerprint(spec),
         state_signatures: signed.then(|| upgrade::signatures(spec, tasks)),
-        records_in: 0,
-        previous: None,
-        transactional_id: None,
-        restored_from: None,
+        ..test_descriptor(0, 3)
     })
 }
 

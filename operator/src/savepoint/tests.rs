@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
-use sluice_core::checkpoint::descriptor::{CheckpointId, DESCRIPTOR_FORMAT, Descriptor, Epoch};
+use sluice_core::checkpoint::descriptor::{CheckpointId, Descriptor, test_descriptor};
 use sluice_core::checkpoint::savepoint::{SAVEPOINT_FORMAT, Savepoint, SavepointEntry};
 use sluice_crds::v1alpha1::StreamJobSpec;
 
@@ -24,20 +24,9 @@ fn spec(trigger: Option<&str>) -> StreamJobSpec {
 
 fn head(task: u32, created_at_ms: i64) -> Option<Descriptor> {
     Some(Descriptor {
-        format: DESCRIPTOR_FORMAT,
-        id: CheckpointId(u64::from(task) + 10),
-        task,
-        epoch: Epoch(1),
         created_at_ms,
         source_offsets: BTreeMap::from([("in".to_string(), 40)]),
-        files: vec![],
-        watermark_ms: None,
-        pipeline_fingerprint: String::new(),
-        state_signatures: None,
-        records_in: 0,
-        previous: None,
-        transactional_id: None,
-        restored_from: None,
+        ..test_descriptor(task, u64::from(task) + 10)
     })
 }
 

@@ -174,7 +174,7 @@ pub fn pending_named(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::descriptor::{DESCRIPTOR_FORMAT, Epoch};
+    use crate::checkpoint::descriptor::Epoch;
 
     fn ids(v: &[u64]) -> Vec<CheckpointId> {
         v.iter().copied().map(CheckpointId).collect()
@@ -190,20 +190,8 @@ mod tests {
 
     fn descriptor(id: u64, files: Vec<StateFile>) -> Descriptor {
         Descriptor {
-            format: DESCRIPTOR_FORMAT,
-            id: CheckpointId(id),
-            task: 0,
-            epoch: Epoch(1),
-            created_at_ms: 0,
-            source_offsets: BTreeMap::new(),
             files,
-            watermark_ms: None,
-            pipeline_fingerprint: String::new(),
-            state_signatures: None,
-            records_in: 0,
-            previous: None,
-            transactional_id: None,
-            restored_from: None,
+            ..sluice_core::checkpoint::descriptor::test_descriptor(0, id)
         }
     }
 
