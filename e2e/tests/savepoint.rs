@@ -7,9 +7,11 @@
 //! which the test computes from the input, and its tasks' checkpoints say where they came from.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sluice_e2e::apiserver::Store;
 use sluice_e2e::cluster::{
     Checkpoints, JobFiles, create_topic, expect_output, produce_json, scratch_dir,
 };
@@ -128,19 +130,12 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
         &dir,
         &manifest(&env, &storage, &first, &input, trigger.clone()),
     );
-    let listed = loop {
-        let j = job(&store, &first).expect("job");
-        if j["status"]["savepoint"]["state"] == "Taken" {
-            break j["status"].clone();
-        }
-        assert!(
-            triggered.elapsed() < Duration::from_secs(90),
-            "no savepoint: {}\n{}",
-            j["status"],
-            tail(&cluster.operator.log)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let listed = wait_taken(
+        &store,
+        &first,
+        "before-the-migration",
+        &cluster.operator.log,
+    );
     eprintln!(
         "savepoint taken {:.1} s after the trigger was applied",
         triggered.elapsed().as_secs_f64()
@@ -237,5 +232,60 @@ async fn a_savepoint_outlives_retention_and_its_job_and_a_new_job_resumes_from_i
     let head = resumed.head(0).await.expect("HEAD");
     assert_eq!(head.restored_from.as_deref(), Some(id.as_str()));
     assert_eq!(head.source_offsets[&input], ALL as i64);
+
+    // Savepoint retention: keeping one, the new job's second savepoint deletes its first (and
+    // leaves the first job's, which it restored from, alone).
+    for (trigger, n) in [("b1", 1), ("b2", 2)] {
+        let spec = json!({"restoreFrom": id, "savepoint": {"trigger": trigger, "retain": 1}});
+        apply(
+            &kubeconfig,
+            &dir,
+            &manifest(&env, &storage, &second, &input, spec),
+        );
+        let listed = wait_taken(&store, &second, trigger, &cluster.operator.log);
+        let ids: Vec<&str> = (listed["savepoints"].as_array().expect("listed").iter())
+            .map(|s| s["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, [format!("{NAMESPACE}/{second}/{n}")], "{listed}");
+    }
+    let events = store.list("events.k8s.io", "events", Some(NAMESPACE));
+    assert!(
+        events.iter().any(|e| e["reason"] == "SavepointDeleted"
+            && e["note"]
+                .as_str()
+                .is_some_and(|n| n.contains(&format!("{NAMESPACE}/{second}/1")))),
+        "an Event says the first was deleted: {events:?}"
+    );
+    let kept = savepoint::list(resumed.store(), resumed.layout())
+        .await
+        .expect("list");
+    assert_eq!(kept.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2]);
+    let original = savepoint::list(checkpoints.store(), checkpoints.layout())
+        .await
+        .expect("list");
+    assert_eq!(
+        original.len(),
+        1,
+        "the first job's savepoint is still there"
+    );
     cluster.operator.assert_alive();
+}
+
+/// Waits until job `name`'s savepoint for `trigger` is taken; returns the job's status.
+fn wait_taken(store: &Store, name: &str, trigger: &str, log: &Path) -> Value {
+    let started = Instant::now();
+    loop {
+        let j = job(store, name).expect("job");
+        let progress = &j["status"]["savepoint"];
+        if progress["trigger"] == trigger && progress["state"] == "Taken" {
+            return j["status"].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no savepoint for {trigger}: {}\n{}",
+            j["status"],
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
