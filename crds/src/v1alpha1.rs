@@ -165,8 +165,9 @@ pub struct SavepointSpec {
     pub trigger: Option<String>,
 
     /// How many of the job's savepoints are kept, newest first (default 10, as the Flink
-    /// operator's savepoint history); older ones are deleted, each with an Event, except the
-    /// one `spec.restoreFrom` names. Deleting the job deletes none.
+    /// operator's savepoint history); older ones are deleted, each with an Event, except
+    /// those the `spec.restoreFrom` of a job in the same namespace names. Deleting the job
+    /// deletes none.
     #[serde(default = "default_savepoints_retained")]
     #[schemars(range(min = 1))]
     pub retain: i32,

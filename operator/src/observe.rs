@@ -212,11 +212,22 @@ impl Outside for RealOutside {
             let mut heads = Vec::with_capacity(partitions as usize);
             for task in 0..partitions {
                 let task = layout.task(task);
-                let head = store.read_head(&task).await.ok()?;
-                heads.push(match head.and_then(|(h, _)| h.checkpoint) {
-                    Some(id) => Some(store.read_descriptor(&task, id).await.ok()?),
-                    None => None,
-                });
+                // A descriptor gone between reading HEAD and it: retention, after the task
+                // committed a newer one. Read HEAD again.
+                let mut attempts = 0;
+                let head = loop {
+                    attempts += 1;
+                    let head = store.read_head(&task).await.ok()?;
+                    let Some(id) = head.and_then(|(h, _)| h.checkpoint) else {
+                        break None;
+                    };
+                    match store.read_descriptor(&task, id).await {
+                        Ok(d) => break Some(d),
+                        Err(e) if e.is_not_found() && attempts < 3 => {}
+                        Err(_) => return None,
+                    }
+                };
+                heads.push(head);
             }
             Some(heads)
         })

@@ -199,6 +199,8 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     };
     // Tasks whose state does not come from `spec.restoreFrom` yet will restore the
     // savepoint: the check reads its descriptors for them, as their workers will.
+    // A savepoint copies the tasks' own checkpoints.
+    let own_heads = heads.clone();
     if let (Some(own), Some(id), Ok(valid)) = (&mut heads, &job.spec.restore_from, &validated)
         && let Ok(parsed) = id.parse::<SavepointId>()
         && !own.iter().all(|h| change::restored_from(h, id))
@@ -442,7 +444,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         job,
         ctx,
         previous,
-        validated.is_ok().then_some(heads.as_deref()),
+        validated.is_ok().then_some(own_heads.as_deref()),
         job.spec.suspend && pods.is_empty(),
         &publish,
     )
@@ -512,11 +514,14 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     // Pod and StatefulSet changes trigger a reconcile through the watches; the requeue only
     // refreshes what is read from outside (lag, checkpoint age), and looks for the
     // checkpoints a pending savepoint waits for.
-    Ok(Action::requeue(Duration::from_secs(if saving {
-        2
+    let again = if saving {
+        // About when the next checkpoints land.
+        Duration::from(job.spec.checkpoint.interval)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10))
     } else {
-        30
-    })))
+        Duration::from_secs(30)
+    };
+    Ok(Action::requeue(again))
 }
 
 /// The savepoint of the latest trigger and the job's savepoints, after this reconcile's part
@@ -563,13 +568,32 @@ where
             progress = Some(waiting);
             pending = true;
         }
+        savepoint::Next::Fail(failed) => {
+            publish(
+                EventType::Warning,
+                "SavepointFailed",
+                "Savepoint",
+                failed.message.clone(),
+            )
+            .await;
+            progress = Some(failed);
+        }
         savepoint::Next::Take(descriptors) => {
             let current = progress.clone().expect("a savepoint to take was requested");
-            match ctx
-                .outside
-                .take_savepoint(job, current.trigger.clone(), descriptors)
-                .await
-            {
+            // An earlier attempt may have completed it without recording it in status.
+            let found = ctx.outside.savepoints(job).await;
+            let taken = match found {
+                Err(e) => Err(e),
+                Ok(found) => match savepoint::already_taken(&current, &found) {
+                    Some(earlier) => Ok(earlier.clone()),
+                    None => {
+                        ctx.outside
+                            .take_savepoint(job, current.trigger.clone(), descriptors)
+                            .await
+                    }
+                },
+            };
+            match taken {
                 Ok(taken) => {
                     let done = savepoint::taken(&current, &taken);
                     info!(savepoint = %taken.id, trigger = %current.trigger, "took a savepoint");
@@ -602,18 +626,32 @@ where
             Ok(found) => {
                 let retain = job.spec.savepoint.as_ref().map_or(10, |s| s.retain);
                 let this = (job.namespace().unwrap_or_default(), job.name_any());
-                let protected = job
-                    .spec
-                    .restore_from
-                    .as_deref()
-                    .and_then(|id| id.parse::<SavepointId>().ok())
-                    .filter(|id| (id.namespace.clone(), id.job.clone()) == this)
-                    .map(|id| id.n);
                 let numbers: Vec<u64> = found.iter().map(|(n, _)| *n).collect();
+                let keep = usize::try_from(retain).unwrap_or(1);
+                let mut expired = savepoint::expired(&numbers, keep, &[]);
+                if !expired.is_empty() {
+                    // Spared: the savepoints that jobs of this namespace restore from (this
+                    // one included); when they cannot be listed, nothing is deleted.
+                    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &this.0);
+                    match api.list(&ListParams::default()).await {
+                        Ok(jobs) => {
+                            let protected: Vec<u64> = (jobs.items.iter())
+                                .filter_map(|j| j.spec.restore_from.as_deref()?.parse().ok())
+                                .filter(|id: &SavepointId| {
+                                    (&id.namespace, &id.job) == (&this.0, &this.1)
+                                })
+                                .map(|id| id.n)
+                                .collect();
+                            expired = savepoint::expired(&numbers, keep, &protected);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot list the jobs that may restore from a savepoint; deleting none");
+                            expired.clear();
+                        }
+                    }
+                }
                 let mut deleted = Vec::new();
-                for n in
-                    savepoint::expired(&numbers, usize::try_from(retain).unwrap_or(1), protected)
-                {
+                for n in expired {
                     match ctx.outside.delete_savepoint(job, n).await {
                         Ok(()) => {
                             publish(

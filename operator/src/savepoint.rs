@@ -8,7 +8,9 @@
 //! operator's; skew between them only shifts which checkpoint is taken.
 //!
 //! Retention: the newest `spec.savepoint.retain` savepoints of the job are kept; older ones
-//! are deleted, except the one `spec.restoreFrom` names. Deleting the job deletes none.
+//! are deleted, except those the `spec.restoreFrom` of a job in the same namespace names.
+//! Deleting the job deletes none. A suspended job with a task that never checkpointed cannot
+//! be saved: its savepoint fails, saying so; a running job's waits for every task.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -29,6 +31,8 @@ pub enum Next {
     Wait(SavepointProgress),
     /// Copy these checkpoints, one per task in task order.
     Take(Vec<Descriptor>),
+    /// It cannot be taken; the progress says why.
+    Fail(SavepointProgress),
 }
 
 /// What the latest trigger calls for. `progress` is the status' savepoint, `heads` each
@@ -71,6 +75,21 @@ pub fn next(
         );
     };
     let since = progress.requested_at.0.as_millisecond();
+    if stopped && heads.iter().any(Option::is_none) {
+        let never: Vec<String> = (heads.iter().enumerate())
+            .filter(|(_, h)| h.is_none())
+            .map(|(task, _)| task.to_string())
+            .collect();
+        return Next::Fail(SavepointProgress {
+            state: "Failed".into(),
+            message: format!(
+                "the job is suspended and tasks {} never checkpointed: there is nothing to save \
+                 for them; resume the job, then set a new trigger",
+                never.join(", ")
+            ),
+            ..progress.clone()
+        });
+    }
     let ready: Vec<&Descriptor> = heads
         .iter()
         .flatten()
@@ -104,14 +123,27 @@ pub fn taken(progress: &SavepointProgress, savepoint: &Savepoint) -> SavepointPr
 }
 
 /// The savepoints retention deletes, by number, from the job's savepoints (ascending): all
-/// but the newest `retain`, sparing the one `spec.restoreFrom` names (`protected`).
-pub fn expired(numbers: &[u64], retain: usize, protected: Option<u64>) -> Vec<u64> {
+/// but the newest `retain`, sparing those a job's `spec.restoreFrom` names (`protected`).
+pub fn expired(numbers: &[u64], retain: usize, protected: &[u64]) -> Vec<u64> {
     let keep_from = numbers.len().saturating_sub(retain.max(1));
     numbers[..keep_from]
         .iter()
         .copied()
-        .filter(|n| Some(*n) != protected)
+        .filter(|n| !protected.contains(n))
         .collect()
+}
+
+/// A savepoint already taken for `progress` (its trigger, completed after the request): one
+/// whose manifest was written by an attempt that did not get to record it in status.
+pub fn already_taken<'a>(
+    progress: &SavepointProgress,
+    found: &'a [(u64, Savepoint)],
+) -> Option<&'a Savepoint> {
+    let since = progress.requested_at.0.as_millisecond();
+    found
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.trigger == progress.trigger && s.created_at_ms >= since)
 }
 
 /// A savepoint as `status.savepoints` lists it (its per-task list capped at [`LISTED`]).

@@ -61,6 +61,16 @@ pub enum HeadVersion {
     Bytes(Vec<u8>),
 }
 
+impl StoreError {
+    /// True when the object asked for is not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Store(object_store::Error::NotFound { .. })
+        )
+    }
+}
+
 /// Object-store settings beyond the URI, from the StreamJob spec.
 #[derive(Clone, Debug, Default)]
 pub struct StoreOptions {

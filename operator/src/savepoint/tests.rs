@@ -6,7 +6,7 @@ use sluice_core::checkpoint::descriptor::{CheckpointId, Descriptor, test_descrip
 use sluice_core::checkpoint::savepoint::{SAVEPOINT_FORMAT, Savepoint, SavepointEntry};
 use sluice_crds::v1alpha1::StreamJobSpec;
 
-use super::{Next, expired, info, next, taken};
+use super::{Next, already_taken, expired, info, next, taken};
 
 fn spec(trigger: Option<&str>) -> StreamJobSpec {
     let mut spec = json!({
@@ -121,27 +121,37 @@ fn a_stopped_job_is_saved_from_its_final_checkpoints_at_once() {
         next(&spec(Some("a")), Some(&requested), Some(&heads), true, at(5_000)),
         Next::Take(d) if d.len() == 2
     ));
-    // A task that never checkpointed has nothing to save: wait.
+    // A task that never checkpointed has nothing to save: it fails, saying so.
     let heads = [head(0, 1_000), None];
-    assert!(matches!(
-        next(
-            &spec(Some("a")),
-            Some(&requested),
-            Some(&heads),
-            true,
-            at(5_000)
-        ),
-        Next::Wait(_)
-    ));
+    let failed = next(
+        &spec(Some("a")),
+        Some(&requested),
+        Some(&heads),
+        true,
+        at(5_000),
+    );
+    assert!(
+        matches!(&failed, Next::Fail(p) if p.state == "Failed" && p.message.contains("tasks 1 never checkpointed")),
+        "{failed:?}"
+    );
+    // Running, it waits for it.
+    let waiting = next(
+        &spec(Some("a")),
+        Some(&requested),
+        Some(&heads),
+        false,
+        at(5_000),
+    );
+    assert!(matches!(waiting, Next::Wait(_)), "{waiting:?}");
 }
 
 #[test]
 fn retention_keeps_the_newest_and_the_one_restored_from() {
-    assert_eq!(expired(&[1, 2, 3, 4, 5], 2, None), [1, 2, 3]);
-    assert_eq!(expired(&[1, 2, 3, 4, 5], 2, Some(2)), [1, 3]);
-    assert_eq!(expired(&[1, 2], 10, None), Vec::<u64>::new());
+    assert_eq!(expired(&[1, 2, 3, 4, 5], 2, &[]), [1, 2, 3]);
+    assert_eq!(expired(&[1, 2, 3, 4, 5], 2, &[2, 5]), [1, 3]);
+    assert_eq!(expired(&[1, 2], 10, &[]), Vec::<u64>::new());
     assert_eq!(
-        expired(&[4], 0, None),
+        expired(&[4], 0, &[]),
         Vec::<u64>::new(),
         "retain 0 reads as 1"
     );
@@ -171,4 +181,26 @@ fn status_lists_a_savepoint_with_its_tasks_capped() {
     assert_eq!(listed.checkpoints.len(), crate::plan::LISTED);
     assert_eq!(listed.checkpoints[5].source_offsets["in"], 5);
     assert_eq!(listed.time.0, at(1_000));
+}
+
+#[test]
+fn a_savepoint_written_but_not_recorded_is_found_again_not_taken_twice() {
+    let Next::Request(requested) = next(&spec(Some("a")), None, None, false, at(500)) else {
+        panic!("requested");
+    };
+    let mut older = manifest(1);
+    older.created_at_ms = 100;
+    let found = vec![(2, older.clone()), (3, manifest(1))];
+    assert_eq!(
+        already_taken(&requested, &found).map(|s| s.created_at_ms),
+        Some(1_000)
+    );
+    assert_eq!(
+        already_taken(&requested, &found[..1]),
+        None,
+        "taken before the request"
+    );
+    let mut other = requested.clone();
+    other.trigger = "b".into();
+    assert_eq!(already_taken(&other, &found), None);
 }

@@ -30,7 +30,7 @@ use descriptor::{
 };
 use layout::{FileKind, TaskLayout};
 use plan::RestorePlan;
-use savepoint::SavepointId;
+use savepoint::{SAVEPOINT_FORMAT, SavepointId};
 use sluice_core::upgrade::{self, Plan, StepState};
 use sluice_crds::v1alpha1::StateChanges;
 use store::{CheckpointStore, HeadVersion, StoreError};
@@ -362,16 +362,21 @@ impl TaskCheckpoints {
         writer: &Writer,
     ) -> Result<Restored, CheckpointError> {
         if let Some(savepoint) = &writer.restore_from {
-            // HEAD's state came from the savepoint (or it is gone: the fallback below reads
-            // older ones, which came from it too, or the savepoint once more).
-            let from = match self.head.checkpoint {
+            // Whether HEAD's state came from the savepoint. An unreadable or missing HEAD
+            // descriptor goes to the fallback below, which takes only checkpoints that came
+            // from it, else the savepoint; any other error is the store's, tried again.
+            let restored = match self.head.checkpoint {
                 Some(id) => match self.store.read_descriptor(&self.layout, id).await {
-                    Ok(d) => d.restored_from,
-                    Err(_) => Some(savepoint.clone()),
+                    Ok(d) => d.restored_from.as_ref() == Some(savepoint),
+                    Err(
+                        StoreError::Corrupt { .. }
+                        | StoreError::Store(object_store::Error::NotFound { .. }),
+                    ) => true,
+                    Err(e) => return Err(e.into()),
                 },
-                None => None,
+                None => false,
             };
-            if from.as_ref() != Some(savepoint) {
+            if !restored {
                 return self.restore_savepoint(savepoint, live, writer).await;
             }
         }
@@ -415,6 +420,10 @@ impl TaskCheckpoints {
                 Err(e) => return Err(e),
             }
         }
+        if let Some(savepoint) = &writer.restore_from {
+            warn!(task = self.task, head = head.0, skipped = ?skipped, savepoint = %savepoint, "no checkpoint restored from spec.restoreFrom can be restored; restoring the savepoint again");
+            return self.restore_savepoint(savepoint, live, writer).await;
+        }
         Err(CheckpointError::NothingRestorable {
             task: self.task,
             head,
@@ -449,6 +458,12 @@ impl TaskCheckpoints {
             }
             Err(e) => return Err(e.into()),
         };
+        if manifest.format != SAVEPOINT_FORMAT {
+            return Err(unusable(format!(
+                "its manifest has format {}, this build reads {SAVEPOINT_FORMAT}",
+                manifest.format
+            )));
+        }
         let Some(entry) = manifest.task(self.task) else {
             return Err(unusable(format!(
                 "it holds {} tasks and not task {}: the savepoint's job read an input with                  fewer partitions",
@@ -469,8 +484,17 @@ impl TaskCheckpoints {
                     task_layout.descriptor(entry.checkpoint)
                 )));
             }
+            Err(StoreError::Corrupt { path, message }) => {
+                return Err(unusable(format!("{path}: {message}")));
+            }
             Err(e) => return Err(e.into()),
         };
+        if descriptor.task != self.task || descriptor.id != entry.checkpoint {
+            return Err(unusable(format!(
+                "its descriptor for task {} is of checkpoint {} of task {}",
+                self.task, descriptor.id, descriptor.task
+            )));
+        }
         let upgrade = writer.plan(&descriptor);
         if !upgrade.allowed(writer.policy) {
             return Err(CheckpointError::StateIncompatible {
@@ -549,6 +573,14 @@ impl TaskCheckpoints {
             return Err(unrestorable(format!(
                 "its descriptor is of checkpoint {} of task {}",
                 descriptor.id, descriptor.task
+            )));
+        }
+        if let Some(savepoint) = &writer.restore_from
+            && descriptor.restored_from.as_ref() != Some(savepoint)
+        {
+            // Older than the job's savepoint: restoring it would undo the rewind.
+            return Err(unrestorable(format!(
+                "its state does not come from spec.restoreFrom {savepoint}"
             )));
         }
         let upgrade = writer.plan(&descriptor);
@@ -1134,7 +1166,7 @@ mod tests {
     /// the savepoint recorded), so its restarts restore its own HEAD; retention of the old
     /// job's checkpoints leaves the savepoint whole.
     #[tokio::test]
-    async fn a_savepoint_starts_a_task_of_another_job_once_and_outlives_retention() {
+    async fn a_savepoint_starts_a_task_once_outlives_retention_and_is_never_undone_by_a_fallback() {
         use crate::state::StateBackend;
         use crate::state::rocks::RocksState;
         use sluice_core::checkpoint::savepoint;
@@ -1151,7 +1183,7 @@ mod tests {
             records_in: offset as u64,
             transactional_id: None,
         };
-        let take = |job: &JobLayout, owner: &str| {
+        let take_keeping = |job: &JobLayout, owner: &str, retain: usize| {
             let (store, layout, local) = (
                 store.clone(),
                 job.task(0),
@@ -1164,13 +1196,14 @@ mod tests {
                     layout,
                     0,
                     claim(&owner),
-                    1,
+                    retain,
                     local,
                     &mut Held::default(),
                 )
                 .await
             }
         };
+        let take = |job: &JobLayout, owner: &str| take_keeping(job, owner, 1);
         // The old job checkpoints key 1 at offset 100; the savepoint copies that.
         let mut old = take(&old_job, "old").await.unwrap();
         old.restore(&dir.path().join("old/live"), &writer())
@@ -1244,6 +1277,34 @@ mod tests {
             err.to_string().contains("there is no complete savepoint"),
             "{err}"
         );
+
+        // The old job is rewound to its own savepoint (keeping two checkpoints now): its
+        // HEAD (offset 300) predates the savepoint's restore, so the savepoint is restored.
+        let mut rewound = take_keeping(&old_job, "old", 2).await.unwrap();
+        let live = dir.path().join("old/live");
+        let restored = rewound.restore(&live, &from).await.unwrap();
+        assert_eq!(restored.plan, RestorePlan::Savepoint(CheckpointId(1)));
+        let mut state = RocksState::open(&live).unwrap();
+        state.put(b"k4", b"after the rewind").unwrap();
+        let id = rewound.next_id();
+        state.checkpoint(&rewound.local_dir(id)).unwrap();
+        let after = rewound.commit(taken(id, 120), &from).await.unwrap();
+        drop(state);
+        assert_eq!(
+            store.list_checkpoints(&old_job.task(0)).await.unwrap(),
+            vec![CheckpointId(3), after.id],
+            "the checkpoint before the rewind is still kept"
+        );
+        // HEAD's descriptor is lost: the fallback must not restore the one before the rewind
+        // (offset 300), but the savepoint again.
+        store
+            .delete(&[old_job.task(0).descriptor(after.id)])
+            .await
+            .unwrap();
+        let mut again = take_keeping(&old_job, "old", 2).await.unwrap();
+        let restored = again.restore(&live, &from).await.unwrap();
+        assert_eq!(restored.plan, RestorePlan::Savepoint(CheckpointId(1)));
+        assert_eq!(restored.descriptor.unwrap().source_offsets["in"], 100);
     }
 
     /// Every state file a descriptor names is in the store.
