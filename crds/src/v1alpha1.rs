@@ -65,6 +65,18 @@ pub const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
         json_path = ".status.lastCheckpoint.time"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Worst-Lag",
+        type_ = "integer",
+        json_path = ".status.taskTotals.worstLag",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Worst-Task",
+        type_ = "integer",
+        json_path = ".status.taskTotals.worstTask",
+        priority = "1"
+    ),
     validation = Rule::new("size(self.metadata.name) <= 52").message(
         "metadata.name must be at most 52 characters: it names the StatefulSet, whose pods add a suffix"
     ),
@@ -885,6 +897,67 @@ pub struct StreamJobStatus {
     /// The job's savepoints in its checkpoint storage, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub savepoints: Vec<SavepointInfo>,
+
+    /// Each task (input partition), the 64 with the most lag first: who runs it, how far it
+    /// is, its watermark, state and last checkpoint. `taskTotals` counts all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskInfo>,
+
+    /// Totals over every task, listed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_totals: Option<TaskTotals>,
+}
+
+/// One task, as the operator last read it (its HEAD checkpoint, its report, the brokers).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskInfo {
+    /// The task (input partition).
+    pub task: i64,
+    /// The pod that runs it, as its last report says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// `Starting`, `Running`, `Restarting` or `Failed`, as its last report says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Per source topic, the next offset its last checkpoint reads from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offsets: BTreeMap<String, i64>,
+    /// Records in its partitions not yet committed, summed over topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Its event-time watermark at its last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<Time>,
+    /// Its state bytes at its last checkpoint.
+    pub state_bytes: i64,
+    /// Its last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointRef>,
+    /// Where its state came from at its last start: `volume`, `store`, `savepoint <id>`, or
+    /// `empty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+}
+
+/// Totals over a job's tasks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskTotals {
+    /// Tasks in all.
+    pub tasks: i64,
+    /// Tasks listed in `tasks`.
+    pub listed: i64,
+    /// The most lag of any task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_lag: Option<i64>,
+    /// The task with that lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_task: Option<i64>,
+    /// State bytes, in all.
+    pub state_bytes: i64,
+    /// Tasks whose last report says `Failed`.
+    pub failed: i64,
 }
 
 /// The savepoint of the latest trigger.

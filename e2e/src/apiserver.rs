@@ -144,7 +144,7 @@ struct Inner {
 pub struct Store {
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Change>,
-    columns: Vec<(String, String, String)>,
+    columns: Vec<(String, String, String, i64)>,
 }
 
 fn now() -> String {
@@ -163,7 +163,12 @@ impl Store {
             .flatten()
             .map(|c| {
                 let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-                (s("name"), s("type"), s("jsonPath"))
+                (
+                    s("name"),
+                    s("type"),
+                    s("jsonPath"),
+                    c["priority"].as_i64().unwrap_or(0),
+                )
             })
             .collect();
         Self {
@@ -657,25 +662,27 @@ fn table(store: &Store, t: &ResourceType, objects: &[Value], rv: u64) -> Value {
     let mut columns = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
     ];
-    let custom: Vec<(String, String, String)> = if t.custom {
+    let custom: Vec<(String, String, String, i64)> = if t.custom {
         store.columns.clone()
     } else {
         vec![(
             "Age".into(),
             "date".into(),
             ".metadata.creationTimestamp".into(),
+            0,
         )]
     };
-    for (name, type_, _) in &custom {
+    // A priority above 0 is shown by `kubectl get -o wide` only (kubectl filters).
+    for (name, type_, _, priority) in &custom {
         columns.push(
-            json!({"name": name, "type": type_, "format": "", "description": name, "priority": 0}),
+            json!({"name": name, "type": type_, "format": "", "description": name, "priority": priority}),
         );
     }
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
             let mut cells = vec![o["metadata"]["name"].clone()];
-            for (_, type_, path) in &custom {
+            for (_, type_, path, _) in &custom {
                 let value = path
                     .trim_start_matches('.')
                     .split('.')

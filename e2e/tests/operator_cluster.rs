@@ -223,6 +223,50 @@ async fn kubectl_drives_real_workers_through_the_operator_from_apply_to_delete()
     );
     eprint!("{}", kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]));
 
+    // status.tasks: each task, on one of the job's pods, at the end of its partition.
+    let started = Instant::now();
+    let pods: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
+    let tasks = loop {
+        let j = job(&store, &name).expect("job");
+        let tasks = j["status"]["tasks"].as_array().cloned().unwrap_or_default();
+        let done = tasks.len() == PARTITIONS as usize
+            && tasks.iter().all(|t| {
+                let task = t["task"].as_u64().unwrap_or(u64::MAX) as usize;
+                t["offsets"][&input].as_u64() == ends.get(task).map(|e| *e as u64)
+                    && t["lag"] == 0
+                    && t["owner"]
+                        .as_str()
+                        .is_some_and(|o| pods.iter().any(|p| p == o))
+                    && t["restoredFrom"].is_string()
+                    && t["lastCheckpoint"]["id"].is_u64()
+            });
+        if done {
+            break j["status"].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "status.tasks does not show every task at its end {ends:?}: {}",
+            j["status"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "status.tasks showed every task at its partition's end {:.1} s after the checkpoints did",
+        started.elapsed().as_secs_f64()
+    );
+    let totals = &tasks["taskTotals"];
+    assert_eq!(totals["tasks"], PARTITIONS, "{totals}");
+    assert_eq!(totals["worstLag"], 0, "{totals}");
+    assert_eq!(totals["failed"], 0, "{totals}");
+    let wide = kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE, "-o", "wide"]);
+    eprint!("{wide}");
+    assert!(
+        wide.contains("WORST-LAG") && wide.contains("WORST-TASK"),
+        "{wide}"
+    );
+    let narrow = kubectl(&kubeconfig, &["get", "sj", "-n", NAMESPACE]);
+    assert!(!narrow.contains("WORST-LAG"), "only -o wide: {narrow}");
+
     // Deleting the job removes its children (garbage collection) and keeps its checkpoints.
     kubectl(&kubeconfig, &["delete", "sj", &name, "-n", NAMESPACE]);
     let started = Instant::now();

@@ -34,20 +34,24 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
         .await
         .expect("the broker answers");
     assert_eq!(partitions.get(&s.input).copied(), Some(PARTITIONS));
-    let lag = outside
+    let lags = outside
         .lag(&job, PARTITIONS)
         .await
         .expect("the broker answers");
-    // Nothing is committed yet, so the lag is everything below the high watermarks.
+    let lag: i64 = lags.iter().sum();
+    // Nothing is committed yet, so each task's lag is everything below its partition's high
+    // watermark.
     let consumer: BaseConsumer = s.env.kafka_config().create().expect("consumer");
-    let below_high: i64 = (0..PARTITIONS as i32)
+    let below_high: Vec<i64> = (0..PARTITIONS as i32)
         .map(|p| {
             let (low, high) = consumer
                 .fetch_watermarks(&s.input, p, Duration::from_secs(10))
                 .expect("watermarks");
             high - low
         })
-        .sum();
+        .collect();
+    assert_eq!(lags, below_high, "nothing processed yet, per task");
+    let below_high: i64 = below_high.iter().sum();
     eprintln!(
         "lag before any processing: {lag}; the {EVENTS} records written less what Tansu's high \
          watermarks leave out (up to a producer batch per partition, see `read_table`)"
@@ -77,13 +81,13 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
     // observer (as after that interval) reads them afresh.
     assert_eq!(
         outside.lag(&job, PARTITIONS).await,
-        Some(lag),
+        Some(lags),
         "the first answer is reused"
     );
     let outside = RealOutside::default();
     assert_eq!(
         outside.lag(&job, PARTITIONS).await,
-        Some(0),
+        Some(vec![0; PARTITIONS as usize]),
         "all committed"
     );
     let last = outside

@@ -17,4 +17,5 @@ pub mod rbac;
 pub mod reconcile;
 pub mod savepoint;
 pub mod status;
+pub mod tasks;
 pub mod validate;

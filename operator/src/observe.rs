@@ -45,9 +45,9 @@ pub trait Outside: Send + Sync {
     fn task_reports(&self, job: &StreamJob, partitions: u32)
     -> BoxFuture<'static, Vec<TaskReport>>;
 
-    /// Records in the source not yet committed by the job's workers, summed over partitions;
-    /// `None` when the brokers cannot be asked.
-    fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>>;
+    /// Records in the source not yet committed by the job's workers, per task (its partition
+    /// of every topic, summed); `None` when the brokers cannot be asked.
+    fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<Vec<i64>>>;
 
     /// Each task's HEAD checkpoint descriptor (None for a task without one), in task order:
     /// what the compatibility check of a change and the plan of a rollout read (the state's
@@ -95,7 +95,7 @@ pub trait Outside: Send + Sync {
 #[derive(Default)]
 pub struct RealOutside {
     clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
-    lags: Cache<Option<i64>>,
+    lags: Cache<Option<Vec<i64>>>,
     checkpoints: Cache<Option<CheckpointRef>>,
     reports: Cache<Vec<TaskReport>>,
 }
@@ -106,7 +106,7 @@ impl RealOutside {
     /// How long a job's lag and last checkpoint are reused.
     pub const REFRESH: Duration = Duration::from_secs(15);
 
-    fn lags_handle(&self) -> Cache<Option<i64>> {
+    fn lags_handle(&self) -> Cache<Option<Vec<i64>>> {
         self.lags.clone()
     }
 
@@ -378,7 +378,7 @@ impl Outside for RealOutside {
         })
     }
 
-    fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
+    fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<Vec<i64>>> {
         let kafka = job.spec.source.kafka.clone();
         // The workers' group (`group_id` of the worker's `kafka` module), where they commit offsets.
         let group = format!(
@@ -402,7 +402,7 @@ impl Outside for RealOutside {
             .await
             .ok()
             .flatten();
-            remember(&cache, key, lag);
+            remember(&cache, key, lag.clone());
             lag
         })
     }
@@ -414,7 +414,7 @@ impl RealOutside {
         group: &str,
         partitions: u32,
         metadata: &BaseConsumer,
-    ) -> Option<i64> {
+    ) -> Option<Vec<i64>> {
         use rdkafka::{Offset, TopicPartitionList};
         let timeout = std::time::Duration::from_secs(5);
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -430,7 +430,7 @@ impl RealOutside {
             }
         }
         let committed = consumer.committed_offsets(list, timeout).ok()?;
-        let mut lag = 0;
+        let mut lag = vec![0; partitions as usize];
         for element in committed.elements() {
             let (low, high) = metadata
                 .fetch_watermarks(element.topic(), element.partition(), timeout)
@@ -439,7 +439,7 @@ impl RealOutside {
                 Offset::Offset(o) => o,
                 _ => low,
             };
-            lag += (high - at).max(0);
+            *lag.get_mut(usize::try_from(element.partition()).ok()?)? += (high - at).max(0);
         }
         Some(lag)
     }

@@ -183,15 +183,10 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     // What the change does to state is checked against each task's HEAD checkpoint, as each
     // worker will check it on restore (so a change to a suspended job, or partitions added
     // to the input, are seen too); against the spec rolled out last when the store cannot be
-    // read. Read only for a job already rolled out, with its partitions known.
-    // Also read for a savepoint's trigger.
-    let triggered = job
-        .spec
-        .savepoint
-        .as_ref()
-        .is_some_and(|s| s.trigger.is_some());
+    // read. Read for every valid job whose partitions are known: `status.tasks` and
+    // savepoints read them too.
     let mut heads = match &validated {
-        Ok(valid) if facts.applied.is_some() || triggered => match valid.partitions {
+        Ok(valid) => match valid.partitions {
             Some(n) => ctx.outside.heads(job, n).await,
             None => None,
         },
@@ -417,6 +412,16 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         }
         Err(errors) => (errors.clone(), None, None, None, Vec::new()),
     };
+    let listed = match &validated {
+        Ok(valid) if valid.partitions.is_some() => Some(crate::tasks::tasks(
+            valid.partitions.unwrap_or(0),
+            own_heads.as_deref(),
+            &tasks,
+            lag.as_deref(),
+        )),
+        _ => None,
+    };
+    let lag = lag.map(|l| l.iter().sum());
     for decision in ctx.announcements.new_decisions(&namespace, &name, &tasks) {
         publish(
             EventType::Warning,
@@ -472,6 +477,10 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     let mut new = status::status(&inputs);
     new.savepoint = savepoint;
     new.savepoints = savepoints;
+    if let Some((tasks, totals)) = listed {
+        new.tasks = tasks;
+        new.task_totals = totals;
+    }
     let was_valid = previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == SPEC_VALID))
         .map(|c| c.status.clone());

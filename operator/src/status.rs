@@ -389,6 +389,8 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         // Written by the reconcile from the store (see `crate::savepoint`).
         savepoint: previous.savepoint,
         savepoints: previous.savepoints,
+        tasks: previous.tasks,
+        task_totals: previous.task_totals,
     }
 }
 

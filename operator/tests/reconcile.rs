@@ -39,8 +39,8 @@ impl Outside for Brokers {
     fn task_reports(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Vec<TaskReport>> {
         Box::pin(async { Vec::new() })
     }
-    fn lag(&self, _: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<i64>> {
-        Box::pin(async move { Some(1000 * i64::from(partitions)) })
+    fn lag(&self, _: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<Vec<i64>>> {
+        Box::pin(async move { Some(vec![1000; partitions as usize]) })
     }
     fn heads(
         &self,
@@ -220,6 +220,14 @@ async fn a_new_job_has_its_children_applied_in_order_then_its_status_written() {
     assert_eq!(status["phase"], "Pending");
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["lag"], 6000, "lag over all 6 partitions");
+    assert_eq!(
+        status["tasks"].as_array().map(Vec::len),
+        Some(6),
+        "{status}"
+    );
+    assert_eq!(status["tasks"][0]["lag"], 1000, "each task's own lag");
+    assert_eq!(status["taskTotals"]["worstLag"], 1000);
+    assert_eq!(status["taskTotals"]["tasks"], 6);
     assert_eq!(
         requests[13].body["apiVersion"], "sluice.dev/v1alpha1",
         "status is applied as a StreamJob"

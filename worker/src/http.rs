@@ -74,6 +74,8 @@ pub struct TaskStatus {
     decisions: Mutex<VecDeque<Decision>>,
     /// Decisions made so far, for their ids.
     decided: AtomicU64,
+    /// Where its state came from at its last start.
+    restored: Mutex<Option<String>>,
 }
 
 /// The states of a [`TaskStatus`].
@@ -106,6 +108,7 @@ impl TaskStatus {
             version: AtomicU64::new(1),
             decisions: Mutex::new(VecDeque::new()),
             decided: AtomicU64::new(0),
+            restored: Mutex::new(None),
         }
     }
 
@@ -160,6 +163,14 @@ impl TaskStatus {
         self.version.fetch_add(1, Ordering::Release);
     }
 
+    /// The task restored its state: from where (`volume`, `store`, `savepoint <id>`, `empty`).
+    pub fn restored(&self, from: String) {
+        if let Ok(mut r) = self.restored.lock() {
+            *r = Some(from);
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
     /// The version of what the task would report; it changes with every state and decision.
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
@@ -188,6 +199,7 @@ impl TaskStatus {
                 .lock()
                 .map(|d| d.iter().cloned().collect())
                 .unwrap_or_default(),
+            restored: self.restored.lock().ok().and_then(|r| r.clone()),
         })
     }
 

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::assignment::TaskId;
 use crate::checkpoint::descriptor::{CheckpointId, Descriptor, TransactionLabel};
 use crate::checkpoint::layout::JobLayout;
+use crate::checkpoint::plan::RestorePlan;
 use crate::checkpoint::store::{CheckpointStore, StoreError, StoreOptions};
 use crate::checkpoint::{self, CheckpointError, Held, Taken, TaskCheckpoints, Writer};
 use crate::io::{Connector, DeadLetter, TaskInput, TaskOutput};
@@ -259,6 +260,15 @@ pub fn run<S: StateBackend, C: Connector>(
             .block_on(checkpoints.adopt_pending(&committed))?;
     }
     let restored = env.runtime.block_on(checkpoints.restore(&live, &writer))?;
+    status.restored(match restored.plan {
+        RestorePlan::Fresh => "empty".to_string(),
+        RestorePlan::Local(_) => "volume".to_string(),
+        RestorePlan::Download(_) => "store".to_string(),
+        RestorePlan::Savepoint(_) => format!(
+            "savepoint {}",
+            writer.restore_from.as_deref().unwrap_or_default()
+        ),
+    });
     if !restored.skipped.is_empty() {
         env.metrics
             .checkpoint_fallbacks

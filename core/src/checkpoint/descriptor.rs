@@ -97,6 +97,10 @@ pub struct TaskReport {
     /// [`TaskReport::DECISIONS`]), so that each reaches an Event once.
     #[serde(default)]
     pub decisions: Vec<Decision>,
+    /// Where its state came from at its last start: `volume`, `store`, `savepoint <id>` or
+    /// `empty`; none until it restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<String>,
 }
 
 impl TaskReport {

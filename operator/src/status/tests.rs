@@ -223,6 +223,7 @@ fn report(task: u32, state: ReportedState, message: &str) -> TaskReport {
         message: message.into(),
         at_ms: 0,
         decisions: vec![],
+        restored: None,
     }
 }
 
