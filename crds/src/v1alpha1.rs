@@ -148,6 +148,15 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<Upgrade>,
 
+    /// How long a rollout (start, restart, rescale, resume) may take before the job reports
+    /// it stuck: `Progressing=False`, `Degraded=True` and `Stalled=True` with reason
+    /// `ProgressDeadlineExceeded` (as a Deployment's `progressDeadlineSeconds`), which Flux
+    /// reads as Failed and Argo CD as Degraded. The rollout goes on; the condition clears once
+    /// every worker is ready. Default 10m.
+    #[serde(default = "StreamJobSpec::default_progress_deadline")]
+    #[schemars(schema_with = "nonzero_duration")]
+    pub progress_deadline: Duration,
+
     /// Savepoints: checkpoints taken on request that checkpoint retention never deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint: Option<SavepointSpec>,
@@ -183,6 +192,13 @@ pub struct SavepointSpec {
     #[serde(default = "default_savepoints_retained")]
     #[schemars(range(min = 1))]
     pub retain: i32,
+}
+
+impl StreamJobSpec {
+    /// `progressDeadline` when unset: 10 minutes.
+    pub fn default_progress_deadline() -> Duration {
+        std::time::Duration::from_secs(600).into()
+    }
 }
 
 fn default_savepoints_retained() -> i32 {

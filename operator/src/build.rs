@@ -100,12 +100,14 @@ pub fn config_map_name(job: &str) -> String {
 }
 
 /// The job file the workers read: the StreamJob with its spec and nothing the server added.
-/// `suspend` is left out: it decides whether pods run, not what they do; so is `savepoint`,
-/// which the operator takes from the checkpoints the workers commit anyway.
+/// `suspend` is left out: it decides whether pods run, not what they do; so are `savepoint`,
+/// which the operator takes from the checkpoints the workers commit anyway, and
+/// `progressDeadline`, which only the operator reads.
 pub fn job_file(job: &ValidJob) -> Result<String, BuildError> {
     let mut spec = job.spec.clone();
     spec.suspend = false;
     spec.savepoint = None;
+    spec.progress_deadline = sluice_crds::StreamJobSpec::default_progress_deadline();
     let manifest = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "StreamJob",

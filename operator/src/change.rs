@@ -25,7 +25,7 @@ pub enum Effect {
     /// created. Resize the PersistentVolumeClaims themselves, or create a new job.
     Ignored,
     /// The operator acts on it alone; the workers go on (`savepoint`: the operator copies the
-    /// checkpoints the workers commit anyway).
+    /// checkpoints the workers commit anyway; `progressDeadline`: only the status reads it).
     Operator,
 }
 
@@ -45,6 +45,7 @@ pub const FIELDS: &[(&str, Effect)] = &[
     ("podTemplate", Effect::Restart),
     ("upgrade", Effect::Restart),
     ("savepoint", Effect::Operator),
+    ("progressDeadline", Effect::Operator),
     ("restoreFrom", Effect::Restart),
 ];
 

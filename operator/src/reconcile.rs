@@ -463,6 +463,7 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         parallelism: rendered.parallelism,
         suspend: rendered.suspend,
         checkpoint_interval: job.spec.checkpoint.interval.into(),
+        progress_deadline: job.spec.progress_deadline.into(),
         previous,
         errors: &errors,
         change: &classified,

@@ -36,6 +36,10 @@ pub const STATE_INCOMPATIBLE: &str = "StateIncompatible";
 /// `sluice.dev/approve` annotation under `upgrade.approval: manual`.
 pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
 
+/// The reason of `Progressing=False`, `Degraded` and `Stalled` when a rollout has not
+/// completed within `spec.progressDeadline`.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
 /// Waiting reasons of a container that will not get better by waiting.
 const FAILING: &[&str] = &[
     "CrashLoopBackOff",
@@ -63,6 +67,8 @@ pub struct Inputs<'a> {
     pub suspend: bool,
     /// `spec.checkpoint.interval`.
     pub checkpoint_interval: std::time::Duration,
+    /// `spec.progressDeadline`.
+    pub progress_deadline: std::time::Duration,
     /// The status as it was.
     pub previous: Option<&'a StreamJobStatus>,
     /// Validation errors; empty when the spec is valid.
@@ -210,7 +216,33 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
                     })
             }
         };
-        if rolling {
+        // A rollout past its deadline (counted from when Progressing became True) is
+        // reported as such for the rest of this generation's rollout, until it completes.
+        let deadline =
+            SignedDuration::try_from(inputs.progress_deadline).unwrap_or(SignedDuration::MAX);
+        let overdue = rolling
+            && was
+                .filter(|c| c.observed_generation == Some(inputs.generation))
+                .is_some_and(|c| {
+                    c.reason == PROGRESS_DEADLINE_EXCEEDED
+                        || (c.status == "True"
+                            && c.reason != AWAITING_APPROVAL
+                            && inputs.now.duration_since(c.last_transition_time.0) > deadline)
+                });
+        if overdue {
+            set(
+                PROGRESSING,
+                false,
+                PROGRESS_DEADLINE_EXCEEDED,
+                format!(
+                    "the rollout has not completed within spec.progressDeadline ({} s): {ready} \
+                     of {desired} workers ready on revision {revision}; it goes on. See the \
+                     pods (kubectl describe pod -l {}) and their logs",
+                    inputs.progress_deadline.as_secs(),
+                    inputs.selector,
+                ),
+            );
+        } else if rolling {
             set(
                 PROGRESSING,
                 true,
@@ -296,6 +328,18 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
                 ),
             );
             phase = Phase::Degraded;
+        } else if overdue {
+            set(
+                DEGRADED,
+                true,
+                PROGRESS_DEADLINE_EXCEEDED,
+                format!(
+                    "{ready} of {desired} workers ready after spec.progressDeadline ({} s); see \
+                     Progressing",
+                    inputs.progress_deadline.as_secs()
+                ),
+            );
+            phase = Phase::Degraded;
         } else {
             set(
                 DEGRADED,
@@ -366,7 +410,10 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
                     && c.status == "True"
                     && matches!(
                         c.reason.as_str(),
-                        "WorkersFailing" | "TaskFailed" | STATE_INCOMPATIBLE
+                        "WorkersFailing"
+                            | "TaskFailed"
+                            | STATE_INCOMPATIBLE
+                            | PROGRESS_DEADLINE_EXCEEDED
                     ))
         })
         .cloned();

@@ -78,6 +78,7 @@ fn one_change_per_field() -> Vec<(&'static str, Value)> {
             json!({"savepoint": {"trigger": "before-the-upgrade"}}),
         ),
         ("restoreFrom", json!({"restoreFrom": "shop/customers/3"})),
+        ("progressDeadline", json!({"progressDeadline": "20m"})),
     ]
 }
 

@@ -52,6 +52,7 @@ fn inputs<'a>(pods: &'a [Pod], previous: Option<&'a StreamJobStatus>) -> Inputs<
         parallelism: 3,
         suspend: false,
         checkpoint_interval: Duration::from_secs(10),
+        progress_deadline: Duration::from_secs(600),
         previous,
         errors: &[],
         change: &NONE,
@@ -511,4 +512,85 @@ fn an_upgrade_awaiting_approval_is_progressing_and_reconciling_never_current() {
     assert_eq!(condition(&s, DEGRADED).0, "False");
     assert!(!s.conditions.iter().any(|c| c.type_ == STALLED));
     assert_eq!(kstatus(7, &s), "InProgress", "waiting is not done");
+}
+
+#[test]
+fn a_rollout_past_its_progress_deadline_is_stalled_until_it_completes() {
+    let restart = Classified {
+        change: Change::Restart {
+            fields: vec!["image"],
+        },
+        ignored: vec![],
+    };
+    let starting = [
+        pod("c-0", "r2", false),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let began = status(&Inputs {
+        change: &restart,
+        now: now() - SignedDuration::from_secs(660),
+        ..inputs(&starting, None)
+    });
+    assert_eq!(condition(&began, PROGRESSING).1, "Restarting");
+    // Within the deadline: still progressing.
+    let within = status(&Inputs {
+        now: now() - SignedDuration::from_secs(100),
+        ..inputs(&starting, Some(&began))
+    });
+    assert_eq!(condition(&within, PROGRESSING).0, "True");
+    assert_eq!(kstatus(7, &within), "InProgress");
+    // 11 minutes in, a pod still not ready: past the 10-minute deadline.
+    let late = status(&inputs(&starting, Some(&within)));
+    let (status_, reason, message) = condition(&late, PROGRESSING);
+    assert_eq!((status_, reason), ("False", "ProgressDeadlineExceeded"));
+    assert!(
+        message.contains("2 of 3 workers ready on revision r2"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.progressDeadline (600 s)"),
+        "{message}"
+    );
+    assert_eq!(condition(&late, DEGRADED).1, "ProgressDeadlineExceeded");
+    assert_eq!(condition(&late, STALLED).1, "ProgressDeadlineExceeded");
+    assert_eq!(late.phase, Some(Phase::Degraded));
+    assert_eq!(kstatus(7, &late), "Failed", "Flux reads it as Failed");
+    // It stays so while the rollout goes on, without a new transition each time...
+    let still = status(&Inputs {
+        now: now() + SignedDuration::from_secs(30),
+        ..inputs(&starting, Some(&late))
+    });
+    assert_eq!(condition(&still, PROGRESSING).1, "ProgressDeadlineExceeded");
+    assert_eq!(
+        still
+            .conditions
+            .iter()
+            .find(|c| c.type_ == PROGRESSING)
+            .map(|c| &c.last_transition_time),
+        late.conditions
+            .iter()
+            .find(|c| c.type_ == PROGRESSING)
+            .map(|c| &c.last_transition_time),
+    );
+    // ...and clears once every worker is ready.
+    let ready = [
+        pod("c-0", "r2", true),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    let done = status(&inputs(&ready, Some(&still)));
+    assert_eq!(condition(&done, PROGRESSING).1, "RolloutComplete");
+    assert_eq!(condition(&done, DEGRADED).0, "False");
+    assert!(!done.conditions.iter().any(|c| c.type_ == STALLED));
+    // A new generation starts a new clock.
+    let next = status(&Inputs {
+        generation: 8,
+        change: &restart,
+        ..inputs(&starting, Some(&late))
+    });
+    assert_eq!(
+        condition(&next, PROGRESSING),
+        ("True", "Restarting", "2 of 3 workers ready on revision r2")
+    );
 }

@@ -1,0 +1,80 @@
+//! Honest health, through the fake API server with the real operator and real workers: a
+//! rollout whose workers can never become ready (the sink topic has fewer partitions than the
+//! source, which the worker refuses at start) is reported stuck once `spec.progressDeadline`
+//! has passed: `Progressing=False` with reason `ProgressDeadlineExceeded`, and `Stalled=True`
+//! (Flux: Failed; Argo CD: Degraded), instead of `Progressing` for ever.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_e2e::cluster::{create_topic, scratch_dir};
+use sluice_e2e::operator::{Cluster, apply, job, streamjob, tail};
+use sluice_e2e::{TestEnv, unique_name};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_cannot_complete_is_stalled_after_its_progress_deadline() {
+    let env = TestEnv::from_env();
+    let dir = scratch_dir("health");
+    let name = unique_name("health");
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    create_topic(&env, &input, 2);
+    create_topic(&env, &output, 1);
+    let cluster = Cluster::start(
+        &dir,
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
+    )
+    .await;
+    let spec = json!({
+        "parallelism": 1,
+        "source": {"kafka": {"bootstrapServers": env.kafka_bootstrap, "topics": [input], "format": "json"}},
+        "steps": [{"name": "table", "materialize": {}}],
+        "sink": {"kafka": {"topic": output}},
+        "checkpoint": {
+            "storage": format!("s3://{}/{name}", env.s3_bucket),
+            "endpoint": env.s3_endpoint,
+            "credentialsSecret": {"name": "sluice-s3"},
+            "interval": "1s",
+        },
+        "state": {"size": "1Gi"},
+        "progressDeadline": "5s",
+    });
+    let applied = Instant::now();
+    apply(&cluster.kubeconfig, &dir, &streamjob(&name, spec));
+    let conditions = loop {
+        let j = job(&cluster.store, &name).expect("job");
+        let conditions = j["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let find = |t: &str| conditions.iter().find(|c| c["type"] == t).cloned();
+        if find("Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded")
+            && find("Stalled").is_some_and(|c| c["status"] == "True")
+        {
+            break conditions;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(90),
+            "not stalled: {}\n{}",
+            j["status"],
+            tail(&cluster.operator.log)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "stalled {:.1} s after kubectl apply (deadline 5 s): {conditions:#?}",
+        applied.elapsed().as_secs_f64()
+    );
+    let find = |t: &str| conditions.iter().find(|c| c["type"] == t).expect(t);
+    let progressing = find("Progressing");
+    assert_eq!(progressing["status"], "False");
+    let message = progressing["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.progressDeadline (5 s)"), "{message}");
+    assert!(message.contains("0 of 1 workers ready"), "{message}");
+    assert_eq!(find("Degraded")["status"], "True");
+    assert_eq!(find("Ready")["status"], "False");
+    assert!(
+        !conditions.iter().any(|c| c["type"] == "Reconciling"),
+        "not reconciling for ever: {conditions:?}"
+    );
+}
