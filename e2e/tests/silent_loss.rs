@@ -430,8 +430,8 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
     assert_eq!(workers.crashed(), vec![], "the worker stays up to say why");
     // The operator reads the task's report from the store and degrades the job with it.
     let reports = wait_for_reports(&files, |r| r.state == ReportedState::Failed).await;
-    let (reason, message) =
-        sluice_operator::status::tasks_condition(&reports).expect("a condition for the task");
+    let (reason, message) = sluice_operator::status::tasks_condition(&reports, now_ms())
+        .expect("a condition for the task");
     assert_eq!(reason, "TaskFailed");
     assert!(
         message.contains(&format!(
@@ -495,7 +495,10 @@ async fn a_resume_offset_past_the_end_of_a_recreated_topic_fails_or_resumes_at_t
         r.state == ReportedState::Running && !r.decisions.is_empty()
     })
     .await;
-    assert_eq!(sluice_operator::status::tasks_condition(&reports), None);
+    assert_eq!(
+        sluice_operator::status::tasks_condition(&reports, now_ms()),
+        None
+    );
     let announcements = sluice_operator::reconcile::Announcements::default();
     let events = announcements.new_decisions("e2e", &name, &reports);
     let events: Vec<(&str, &str)> = events
@@ -790,4 +793,11 @@ async fn a_worker_of_an_older_rollout_leaves_the_tasks_of_a_newer_one_alone() {
     assert_eq!(heads().await, before, "nobody took a task over");
     old.stop_all();
     new.stop_all();
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

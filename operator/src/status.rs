@@ -308,7 +308,7 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
                 !rolling
                     && *age > SignedDuration::try_from(stalled_after).unwrap_or(SignedDuration::MAX)
             });
-        let tasks = tasks_condition(inputs.tasks);
+        let tasks = tasks_condition(inputs.tasks, inputs.now.as_millisecond());
         if !failing.is_empty() {
             set(DEGRADED, true, "WorkersFailing", failing.join("; "));
             phase = Phase::Degraded;
@@ -441,23 +441,44 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
     }
 }
 
+/// How long a task may fail and restart without running again before the job is
+/// `Degraded` (`TaskFailing`): a restart or two after a broker blip is not a fault.
+pub const FAILING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The `Degraded` reason and message the tasks' reports call for: `TaskFailed` when a task
-/// stopped until the job is changed (also `Stalled`), else `TaskRestarting` when one keeps
-/// failing and restarting; each task's own message, which names what to do.
-pub fn tasks_condition(reports: &[TaskReport]) -> Option<(&'static str, String)> {
-    let tasks_in = |state| {
-        reports
-            .iter()
-            .filter(|r| r.state == state)
-            .map(|r| format!("task {} on {}: {}", r.task, r.owner, r.message))
-            .collect::<Vec<_>>()
-    };
-    let failed = tasks_in(ReportedState::Failed);
+/// stopped until the job is changed (also `Stalled`), else `TaskFailing` when one has been
+/// failing and restarting, without running again, for [`FAILING_AFTER`] or longer; each
+/// task's own message (its last error), which names what to do.
+pub fn tasks_condition(reports: &[TaskReport], now_ms: i64) -> Option<(&'static str, String)> {
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r.state == ReportedState::Failed)
+        .map(|r| format!("task {} on {}: {}", r.task, r.owner, r.message))
+        .collect();
     if !failed.is_empty() {
         return Some(("TaskFailed", failed.join("; ")));
     }
-    let restarting = tasks_in(ReportedState::Restarting);
-    (!restarting.is_empty()).then(|| ("TaskRestarting", restarting.join("; ")))
+    let bound = FAILING_AFTER.as_millis() as i64;
+    let failing: Vec<String> = reports
+        .iter()
+        .filter(|r| r.state != ReportedState::Running)
+        .filter_map(|r| {
+            let since = r
+                .failing_since_ms
+                .or((r.state == ReportedState::Restarting).then_some(r.at_ms))?;
+            let for_ms = now_ms - since;
+            (for_ms >= bound).then(|| {
+                format!(
+                    "task {} on {} has been failing and restarting for {} s: {}",
+                    r.task,
+                    r.owner,
+                    for_ms / 1000,
+                    r.message
+                )
+            })
+        })
+        .collect();
+    (!failing.is_empty()).then(|| ("TaskFailing", failing.join("; ")))
 }
 
 /// A rollout that just completed.

@@ -4,7 +4,7 @@
 //! Network I/O.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -76,6 +76,8 @@ pub struct TaskStatus {
     decided: AtomicU64,
     /// Where its state came from at its last start.
     restored: Mutex<Option<String>>,
+    /// Since when (Unix ms) it has been failing without running again; 0 while it runs.
+    failing_since: AtomicI64,
 }
 
 /// The states of a [`TaskStatus`].
@@ -109,6 +111,7 @@ impl TaskStatus {
             decisions: Mutex::new(VecDeque::new()),
             decided: AtomicU64::new(0),
             restored: Mutex::new(None),
+            failing_since: AtomicI64::new(0),
         }
     }
 
@@ -128,6 +131,21 @@ impl TaskStatus {
     pub fn set(&self, state: TaskState, reason: impl Into<String>) {
         if let Ok(mut r) = self.reason.lock() {
             *r = reason.into();
+        }
+        match state {
+            TaskState::Running => self.failing_since.store(0, Ordering::Relaxed),
+            TaskState::Restarting => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_millis() as i64);
+                let _ = self.failing_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {}
         }
         self.state.store(state as u8, Ordering::Relaxed);
         self.version.fetch_add(1, Ordering::Release);
@@ -200,6 +218,7 @@ impl TaskStatus {
                 .map(|d| d.iter().cloned().collect())
                 .unwrap_or_default(),
             restored: self.restored.lock().ok().and_then(|r| r.clone()),
+            failing_since_ms: Some(self.failing_since.load(Ordering::Relaxed)).filter(|t| *t > 0),
         })
     }
 
@@ -225,6 +244,28 @@ impl TaskStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_says_since_when_a_task_fails_until_it_runs_again() {
+        let status = TaskStatus::new(1);
+        let report = |s: &TaskStatus| s.report("orders-0", 0).expect("report");
+        assert_eq!(report(&status).failing_since_ms, None);
+        status.set(TaskState::Restarting, "broker down");
+        let since = report(&status).failing_since_ms.expect("failing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        status.set(TaskState::Restarting, "broker still down");
+        let again = report(&status);
+        assert_eq!(
+            again.failing_since_ms,
+            Some(since),
+            "the first failure counts"
+        );
+        assert_eq!(again.message, "broker still down", "the last error is said");
+        status.running();
+        assert_eq!(report(&status).failing_since_ms, None);
+        status.restored("store".into());
+        assert_eq!(report(&status).restored.as_deref(), Some("store"));
+    }
 
     #[test]
     fn a_task_that_is_not_running_says_why() {

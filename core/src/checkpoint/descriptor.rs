@@ -101,6 +101,10 @@ pub struct TaskReport {
     /// `empty`; none until it restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<String>,
+    /// Since when (Unix ms) the task has been failing and restarting without running again;
+    /// none while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<i64>,
 }
 
 impl TaskReport {

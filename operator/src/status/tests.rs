@@ -225,6 +225,7 @@ fn report(task: u32, state: ReportedState, message: &str) -> TaskReport {
         at_ms: 0,
         decisions: vec![],
         restored: None,
+        failing_since_ms: None,
     }
 }
 
@@ -251,11 +252,12 @@ fn a_failed_task_degrades_and_stalls_the_job_with_its_message_and_a_restarting_o
     assert_eq!(condition(&s, STALLED).1, "TaskFailed");
     assert_eq!(s.phase, Some(Phase::Degraded));
 
-    let tasks = [report(
-        5,
-        ReportedState::Restarting,
-        "topic orders does not exist",
-    )];
+    // Failing and restarting for a while: Degraded, naming the task, its pod and last error.
+    let failing = |for_s: i64| TaskReport {
+        failing_since_ms: Some(now().as_millisecond() - for_s * 1000),
+        ..report(5, ReportedState::Restarting, "topic orders does not exist")
+    };
+    let tasks = [failing(75)];
     let s = status(&Inputs {
         tasks: &tasks,
         ..inputs(&pods, None)
@@ -264,11 +266,18 @@ fn a_failed_task_degrades_and_stalls_the_job_with_its_message_and_a_restarting_o
         condition(&s, DEGRADED),
         (
             "True",
-            "TaskRestarting",
-            "task 5 on c-2: topic orders does not exist"
+            "TaskFailing",
+            "task 5 on c-2 has been failing and restarting for 75 s: topic orders does not exist"
         )
     );
     assert!(s.conditions.iter().all(|c| c.type_ != STALLED));
+    // A restart or two just now is not a fault yet.
+    let tasks = [failing(10)];
+    let s = status(&Inputs {
+        tasks: &tasks,
+        ..inputs(&pods, None)
+    });
+    assert_eq!(condition(&s, DEGRADED).0, "False");
 
     let tasks = [report(3, ReportedState::Running, "")];
     let s = status(&Inputs {

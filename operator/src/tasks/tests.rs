@@ -31,6 +31,7 @@ fn report(task: u32, state: ReportedState) -> TaskReport {
         at_ms: 0,
         decisions: vec![],
         restored: Some("store".into()),
+        failing_since_ms: None,
     }
 }
 
