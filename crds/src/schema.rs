@@ -52,3 +52,21 @@ pub fn savepoint_id(_: &mut schemars::SchemaGenerator) -> Schema {
         "pattern": SAVEPOINT_PATTERN,
     })
 }
+
+/// Per topic (at most 16, as `topics`), per partition (`"0"`, `"1"`, …, at most 1024), an
+/// offset of 0 or more.
+pub fn partition_offsets(_: &mut schemars::SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {
+            "type": "object",
+            "maxProperties": 1024,
+            "additionalProperties": {"type": "integer", "format": "int64", "minimum": 0},
+            "x-kubernetes-validations": [{
+                "rule": "self.all(p, p.matches('^[0-9]{1,6}$'))",
+                "message": "partitions are given by number, as in \"0\" or \"12\"",
+            }],
+        },
+    })
+}

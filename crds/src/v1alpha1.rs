@@ -15,7 +15,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{duration, nonzero_duration, savepoint_id, topic_name};
+use crate::schema::{duration, nonzero_duration, partition_offsets, savepoint_id, topic_name};
 pub use kube::core::Duration;
 
 /// Client properties that Sluice sets itself; `properties` may not override them.
@@ -269,6 +269,9 @@ pub struct Source {
     validation = Rule::new("!has(self.startingTimestamp) || self.startingOffsets == 'timestamp'").message(
         "startingTimestamp is only used when startingOffsets is timestamp"
     ),
+    validation = Rule::new("!has(self.startingPartitionOffsets) || self.startingPartitionOffsets.all(t, t in self.topics)").message(
+        "startingPartitionOffsets names a topic that is not in topics"
+    ),
 )]
 pub struct KafkaSource {
     /// Comma-separated `host:port` list of brokers, e.g. `kafka-0.kafka:9092,kafka-1.kafka:9092`.
@@ -292,6 +295,15 @@ pub struct KafkaSource {
     /// (RFC 3339, e.g. `2026-01-01T00:00:00Z`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting_timestamp: Option<Time>,
+
+    /// For a first start (no checkpoint yet), per topic and partition (`"0"`, `"1"`, …), the
+    /// offset to start at, as Flink's `OffsetsInitializer.offsets`; partitions not listed
+    /// start where `startingOffsets` says. An offset outside the partition (below its log
+    /// start or past its end) stops the task with a message naming it. Ignored once a
+    /// checkpoint exists.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "partition_offsets")]
+    pub starting_partition_offsets: BTreeMap<String, BTreeMap<String, i64>>,
 
     /// What a task does when the offset it must resume from is no longer in the partition:
     /// below the log start (retention or a deletion removed records the job had not read,

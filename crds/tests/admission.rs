@@ -71,6 +71,24 @@ fn invalid_streamjobs_are_rejected_with_their_intended_message() {
             "startingTimestamp is required when startingOffsets is timestamp",
         ),
         (
+            "starting offsets for a topic the job does not read",
+            json!({"spec": {"source": {"kafka": {"startingPartitionOffsets": {"payments": {"0": 5}}}}}}),
+            "spec.source.kafka",
+            "startingPartitionOffsets names a topic that is not in topics",
+        ),
+        (
+            "starting offsets for a partition by name",
+            json!({"spec": {"source": {"kafka": {"startingPartitionOffsets": {"orders": {"first": 5}}}}}}),
+            "spec.source.kafka.startingPartitionOffsets.orders",
+            "partitions are given by number",
+        ),
+        (
+            "a negative starting offset",
+            json!({"spec": {"source": {"kafka": {"startingPartitionOffsets": {"orders": {"0": -1}}}}}}),
+            "spec.source.kafka.startingPartitionOffsets.orders.0",
+            "should be greater than or equal to 0",
+        ),
+        (
             "a step with two kinds",
             json!({"spec": {"steps": [{"name": "x", "filter": {"expr": "true"}, "map": {"value": "value"}}]}}),
             "spec.steps[0]",

@@ -51,6 +51,19 @@ pub enum KafkaClientError {
     /// Credentials the spec asks for are missing from the environment.
     #[error("{0}")]
     Credentials(String),
+    /// `startingPartitionOffsets` gives a first start an offset outside the partition.
+    #[error(
+        "spec.source.kafka.startingPartitionOffsets starts {topic} partition {task} at offset \
+         {offset}, but the partition holds offsets {log_start} to {log_end}: give an offset in \
+         that range, or remove the partition to start where startingOffsets says"
+    )]
+    StartingOffsetOutside {
+        topic: String,
+        task: TaskId,
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     /// The offset a task must resume from is not in the partition, and the job says
     /// `onOffsetOutOfRange: fail`.
     #[error(
@@ -480,6 +493,53 @@ impl TaskInput for KafkaInput {
     }
 }
 
+/// The offset of the first record at or after `ms` (its Kafka timestamp) in `partition` of
+/// `topic`, reading from `from` (what the broker's timestamp lookup answered) up to `high`;
+/// `high` when there is none. Kafka answers the lookup exactly, and this reads one record;
+/// a broker that answers by batch, or not at all (Tansu answers the first offset for any
+/// time), gets the records before the time read and passed over here, so a first start from
+/// a timestamp never processes them.
+fn first_at_or_after(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    (from, high): (i64, i64),
+    ms: i64,
+) -> Result<i64, KafkaClientError> {
+    if from >= high {
+        return Ok(high);
+    }
+    let mut probe = TopicPartitionList::new();
+    probe
+        .add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(client("building the starting-timestamp scan"))?;
+    consumer
+        .assign(&probe)
+        .map_err(client("assigning the starting-timestamp scan"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut at = from;
+    while at < high {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) if message.topic() == topic && message.partition() == partition => {
+                if message.timestamp().to_millis().is_some_and(|t| t >= ms) {
+                    return Ok(message.offset());
+                }
+                at = message.offset() + 1;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(client("scanning for the starting timestamp")(e)),
+            None if std::time::Instant::now() > deadline => {
+                return Err(KafkaClientError::Topology(format!(
+                    "scanning {topic} partition {partition} for the starting timestamp: no \
+                     record after offset {at} within 60 s, though the partition ends at {high}"
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(high)
+}
+
 impl crate::io::RecordHeaders for rdkafka::message::BorrowedHeaders {
     fn each<'s>(&'s self, visit: &mut dyn FnMut(&'s str, Option<&'s [u8]>)) {
         use rdkafka::message::Headers;
@@ -536,29 +596,48 @@ fn task_consumer(
                 }
             },
             None => {
-                let start = match kafka.starting_offsets {
-                    StartingOffsets::Earliest => low,
-                    StartingOffsets::Latest => high,
-                    StartingOffsets::Timestamp => {
-                        let ms = kafka
-                            .starting_timestamp
-                            .as_ref()
-                            .map_or(0, |t| t.0.as_millisecond());
-                        let mut query = TopicPartitionList::new();
-                        query
-                            .add_partition_offset(topic, partition, Offset::Offset(ms))
-                            .map_err(client("building timestamp query"))?;
-                        let found = consumer
-                            .offsets_for_times(query, Duration::from_secs(30))
-                            .map_err(client("looking up starting timestamp"))?;
-                        // No record at or after the timestamp: start at the end.
-                        match found.find_partition(topic, partition).map(|e| e.offset()) {
-                            Some(Offset::Offset(at)) if at >= 0 => at,
-                            _ => high,
-                        }
+                let given = kafka
+                    .starting_partition_offsets
+                    .get(topic)
+                    .and_then(|p| p.get(&partition.to_string()))
+                    .copied();
+                let start = match (given, kafka.starting_offsets) {
+                    (Some(offset), _) if (low..=high).contains(&offset) => offset,
+                    (Some(offset), _) => {
+                        return Err(KafkaClientError::StartingOffsetOutside {
+                            topic: topic.clone(),
+                            task,
+                            offset,
+                            log_start: low,
+                            log_end: high,
+                        });
                     }
+                    (None, starting) => match starting {
+                        StartingOffsets::Earliest => low,
+                        StartingOffsets::Latest => high,
+                        StartingOffsets::Timestamp => {
+                            let ms = kafka
+                                .starting_timestamp
+                                .as_ref()
+                                .map_or(0, |t| t.0.as_millisecond());
+                            let mut query = TopicPartitionList::new();
+                            query
+                                .add_partition_offset(topic, partition, Offset::Offset(ms))
+                                .map_err(client("building timestamp query"))?;
+                            let found = consumer
+                                .offsets_for_times(query, Duration::from_secs(30))
+                                .map_err(client("looking up starting timestamp"))?;
+                            // No record at or after the timestamp: start at the end.
+                            match found.find_partition(topic, partition).map(|e| e.offset()) {
+                                Some(Offset::Offset(at)) if at >= 0 => {
+                                    first_at_or_after(&consumer, topic, partition, (at, high), ms)?
+                                }
+                                _ => high,
+                            }
+                        }
+                    },
                 };
-                tracing::info!(task, topic, start, low, high, starting_offsets = ?kafka.starting_offsets, "no checkpointed offset: starting where startingOffsets says");
+                tracing::info!(task, topic, start, low, high, starting_offsets = ?kafka.starting_offsets, given = ?given, "no checkpointed offset: starting where startingPartitionOffsets or startingOffsets says");
                 offsets.insert(topic.clone(), start);
                 start
             }

@@ -56,8 +56,10 @@ impl TaskError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::Kafka(KafkaClientError::OffsetOutOfRange { .. })
-                | Self::Checkpoint(CheckpointError::StateIncompatible { .. })
+            Self::Kafka(
+                KafkaClientError::OffsetOutOfRange { .. }
+                    | KafkaClientError::StartingOffsetOutside { .. }
+            ) | Self::Checkpoint(CheckpointError::StateIncompatible { .. })
                 | Self::Checkpoint(CheckpointError::SavepointUnusable { .. })
         )
     }
