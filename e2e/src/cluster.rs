@@ -732,6 +732,7 @@ impl Checkpoints {
         let options = StoreOptions {
             endpoint: Some(env.s3_endpoint.clone()),
             region: None,
+            ..Default::default()
         };
         let store = CheckpointStore::open(&job.storage, &options).expect("checkpoint store");
         let layout = JobLayout::new(store.prefix(), &job.namespace, &job.name);

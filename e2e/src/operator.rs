@@ -148,6 +148,11 @@ impl Operator {
             .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
+            // The operator reads checkpoints with each job's credentialsSecret, as a
+            // production operator has no object-store credentials of its own.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1,5 +1,6 @@
 //! Observation: everything reconcile reads before it decides anything. I/O only, no decisions.
-//! Reads the referenced Secrets' key names (never their values), the StatefulSet, the worker
+//! Reads the referenced Secrets' key names (and the values of the checkpoint credentials
+//! Secret only, for its own checkpoint reads, never written anywhere), the StatefulSet, the worker
 //! pods, the job file the workers run with, and — through [`Outside`] — the source topics'
 //! partition counts and the tasks' checkpoint HEADs.
 
@@ -48,6 +49,10 @@ pub trait Outside: Send + Sync {
     /// Records in the source not yet committed by the job's workers, per task (its partition
     /// of every topic, summed); `None` when the brokers cannot be asked.
     fn lag(&self, job: &StreamJob, partitions: u32) -> BoxFuture<'static, Option<Vec<i64>>>;
+
+    /// The job's checkpoint credentials, as its `credentialsSecret` holds them (the same keys
+    /// the workers get as environment), for the reads below; empty when it names none.
+    fn credentials(&self, _job: &StreamJob, _values: BTreeMap<String, String>) {}
 
     /// Each task's HEAD checkpoint descriptor (None for a task without one), in task order:
     /// what the compatibility check of a change and the plan of a rollout read (the state's
@@ -98,6 +103,8 @@ pub struct RealOutside {
     lags: Cache<Option<Vec<i64>>>,
     checkpoints: Cache<Option<CheckpointRef>>,
     reports: Cache<Vec<TaskReport>>,
+    /// Per job (`namespace/name`), the checkpoint credentials its Secret holds.
+    credentials: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 type Cache<T> = Arc<Mutex<HashMap<String, (Instant, T)>>>;
@@ -133,12 +140,23 @@ impl RealOutside {
     }
 }
 
-/// The job's checkpoint store and paths.
-fn job_store(job: &StreamJob) -> Option<(CheckpointStore, JobLayout)> {
+/// The job's checkpoint store and paths, with the credentials its Secret holds (`known`),
+/// else the operator's own environment's.
+fn job_store(
+    job: &StreamJob,
+    known: &Mutex<HashMap<String, BTreeMap<String, String>>>,
+) -> Option<(CheckpointStore, JobLayout)> {
     let spec = &job.spec.checkpoint;
+    let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
     let options = StoreOptions {
         endpoint: spec.endpoint.clone(),
         region: spec.region.clone(),
+        credentials: known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+            .unwrap_or_default(),
     };
     let store = CheckpointStore::open(&spec.storage, &options).ok()?;
     let layout = JobLayout::new(
@@ -166,6 +184,14 @@ fn remember<T>(cache: &Mutex<HashMap<String, (Instant, T)>>, key: String, value:
 }
 
 impl Outside for RealOutside {
+    fn credentials(&self, job: &StreamJob, values: BTreeMap<String, String>) {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, values);
+    }
+
     fn source_partitions(
         &self,
         job: &StreamJob,
@@ -206,7 +232,7 @@ impl Outside for RealOutside {
         job: &StreamJob,
         partitions: u32,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         Box::pin(async move {
             let (store, layout) = opened?;
             let mut heads = Vec::with_capacity(partitions as usize);
@@ -239,7 +265,7 @@ impl Outside for RealOutside {
         id: &SavepointId,
         partitions: u32,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         let id = id.clone();
         Box::pin(async move {
             let (store, _) = opened?;
@@ -265,7 +291,7 @@ impl Outside for RealOutside {
         &self,
         job: &StreamJob,
     ) -> BoxFuture<'static, Result<Vec<(u64, Savepoint)>, String>> {
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         Box::pin(async move {
             let (store, layout) = opened.ok_or("the checkpoint storage cannot be opened")?;
             savepoint::list(&store, &layout)
@@ -280,7 +306,7 @@ impl Outside for RealOutside {
         trigger: String,
         heads: Vec<Descriptor>,
     ) -> BoxFuture<'static, Result<Savepoint, String>> {
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
         Box::pin(async move {
             let (store, layout) = opened.ok_or("the checkpoint storage cannot be opened")?;
@@ -300,7 +326,7 @@ impl Outside for RealOutside {
     }
 
     fn delete_savepoint(&self, job: &StreamJob, n: u64) -> BoxFuture<'static, Result<(), String>> {
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         Box::pin(async move {
             let (store, layout) = opened.ok_or("the checkpoint storage cannot be opened")?;
             savepoint::delete(&store, &layout, n)
@@ -318,7 +344,7 @@ impl Outside for RealOutside {
         if let Some(known) = cached(&self.checkpoints, &key) {
             return Box::pin(async move { known });
         }
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         let read = async move {
             let (store, layout) = opened?;
             let mut oldest: Option<CheckpointRef> = None;
@@ -354,7 +380,7 @@ impl Outside for RealOutside {
         if let Some(known) = cached(&self.reports, &key) {
             return Box::pin(async move { known });
         }
-        let opened = job_store(job);
+        let opened = job_store(job, &self.credentials);
         let cache = self.reports_handle();
         Box::pin(async move {
             let mut reports = Vec::new();
@@ -489,11 +515,30 @@ pub async fn observe(
         .into_iter()
         .map(|(_, n, _)| n)
         .collect();
+    let checkpoint_secret = job
+        .spec
+        .checkpoint
+        .credentials_secret
+        .as_ref()
+        .map(|s| s.name.clone());
+    let mut credentials = BTreeMap::new();
     for secret in names {
         let found = secrets_api
             .get_opt(&secret)
             .await
             .map_err(api(format!("Secret {secret}")))?;
+        // The checkpoint credentials are the one Secret whose values are read (kept in
+        // memory, for the operator's own checkpoint reads); of the others, key names only.
+        if checkpoint_secret.as_deref() == Some(secret.as_str())
+            && let Some(s) = &found
+        {
+            for (k, v) in s.data.iter().flatten() {
+                credentials.insert(k.clone(), String::from_utf8_lossy(&v.0).into_owned());
+            }
+            for (k, v) in s.string_data.iter().flatten() {
+                credentials.insert(k.clone(), v.clone());
+            }
+        }
         let keys = found.map(|s| {
             let mut keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
             keys.extend(s.string_data.unwrap_or_default().into_keys());
@@ -526,6 +571,7 @@ pub async fn observe(
             ..applied.spec
         });
 
+    outside.credentials(job, credentials);
     let source_partitions = outside.source_partitions(job).await;
     Ok(Observed {
         facts: Facts {

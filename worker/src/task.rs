@@ -123,6 +123,7 @@ impl TaskEnv {
         let options = StoreOptions {
             endpoint: job.spec.checkpoint.endpoint.clone(),
             region: job.spec.checkpoint.region.clone(),
+            ..Default::default()
         };
         let store = CheckpointStore::open(checkpoint_storage, &options)?;
         let layout = JobLayout::new(store.prefix(), &job.namespace, &job.name);

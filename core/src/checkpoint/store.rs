@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
@@ -78,6 +78,10 @@ pub struct StoreOptions {
     pub endpoint: Option<String>,
     /// Bucket region.
     pub region: Option<String>,
+    /// Credentials as environment-style keys (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, …), over the process environment: what the operator reads from
+    /// the job's `credentialsSecret`, as the workers get it in theirs. Empty: the environment.
+    pub credentials: std::collections::BTreeMap<String, String>,
 }
 
 /// The checkpoint store of one job.
@@ -128,7 +132,18 @@ impl CheckpointStore {
                 })
             }
             "s3" | "s3a" => {
-                let mut builder = AmazonS3Builder::from_env()
+                let mut builder = AmazonS3Builder::from_env();
+                for (key, value) in &options.credentials {
+                    // The keys `from_env` reads, given by the job instead.
+                    if let Some(key) = key
+                        .to_ascii_lowercase()
+                        .strip_prefix("aws_")
+                        .and_then(|k| format!("aws_{k}").parse::<AmazonS3ConfigKey>().ok())
+                    {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                let mut builder = builder
                     .with_url(uri)
                     .with_conditional_put(S3ConditionalPut::ETagMatch);
                 if let Some(endpoint) = &options.endpoint {
