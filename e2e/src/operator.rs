@@ -99,6 +99,17 @@ pub fn streamjob(name: &str, spec: Value) -> Value {
     })
 }
 
+/// `spec.checkpoint` of an operator test's job: `storage` on this environment's S3 server,
+/// credentials from the Secret [`Cluster::start`] writes, a checkpoint a second.
+pub fn checkpoint(env: &crate::TestEnv, storage: &str) -> Value {
+    serde_json::json!({
+        "storage": storage,
+        "endpoint": env.s3_endpoint,
+        "credentialsSecret": {"name": "sluice-s3"},
+        "interval": "1s",
+    })
+}
+
 /// `kubectl apply` of `manifest`, written to `<dir>/job.yaml`; echoes kubectl's answer.
 pub fn apply(kubeconfig: &Path, dir: &Path, manifest: &Value) {
     let path = dir.join("job.yaml");

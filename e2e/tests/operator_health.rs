@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_e2e::cluster::{create_topic, scratch_dir};
-use sluice_e2e::operator::{Cluster, apply, job, streamjob, tail};
+use sluice_e2e::operator::{Cluster, apply, checkpoint, job, streamjob, tail};
 use sluice_e2e::{TestEnv, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,12 +30,7 @@ async fn a_rollout_that_cannot_complete_is_stalled_after_its_progress_deadline()
         "source": {"kafka": {"bootstrapServers": env.kafka_bootstrap, "topics": [input], "format": "json"}},
         "steps": [{"name": "table", "materialize": {}}],
         "sink": {"kafka": {"topic": output}},
-        "checkpoint": {
-            "storage": format!("s3://{}/{name}", env.s3_bucket),
-            "endpoint": env.s3_endpoint,
-            "credentialsSecret": {"name": "sluice-s3"},
-            "interval": "1s",
-        },
+        "checkpoint": checkpoint(&env, &format!("s3://{}/{name}", env.s3_bucket)),
         "state": {"size": "1Gi"},
         "progressDeadline": "5s",
     });

@@ -15,7 +15,9 @@ use sluice_e2e::apiserver::Store;
 use sluice_e2e::cluster::{
     Checkpoints, JobFiles, create_topic, expect_output, produce_json, scratch_dir,
 };
-use sluice_e2e::operator::{Cluster, NAMESPACE, apply, job, kubectl, streamjob, tail, wait_ready};
+use sluice_e2e::operator::{
+    Cluster, NAMESPACE, apply, checkpoint, job, kubectl, streamjob, tail, wait_ready,
+};
 use sluice_e2e::{TestEnv, unique_name};
 use sluice_worker::checkpoint::descriptor::CheckpointId;
 use sluice_worker::checkpoint::layout::FileKind;
@@ -52,15 +54,11 @@ fn manifest(env: &TestEnv, storage: &str, name: &str, input: &str, extra: Value)
         }}],
         "sink": {"kafka": {"topic": format!("{name}.out")}},
         "deadLetter": {"topic": format!("{name}.dlq")},
-        "checkpoint": {
-            "storage": storage,
-            "endpoint": env.s3_endpoint,
-            "credentialsSecret": {"name": "sluice-s3"},
-            "interval": "1s",
-            "retain": 1,
-        },
+        "checkpoint": checkpoint(env, storage),
         "state": {"size": "1Gi"},
     });
+    // Retention keeping one checkpoint deletes the saved one soon.
+    spec["checkpoint"]["retain"] = 1.into();
     for (k, v) in extra.as_object().into_iter().flatten() {
         spec[k] = v.clone();
     }

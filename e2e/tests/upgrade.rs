@@ -28,7 +28,9 @@ use sluice_e2e::apiserver::Store;
 use sluice_e2e::cluster::{
     Checkpoints, JobFiles, Workers, create_topic, expect_output, produce_json, scratch_dir,
 };
-use sluice_e2e::operator::{Cluster, NAMESPACE, apply, job, kubectl, streamjob, tail, wait_ready};
+use sluice_e2e::operator::{
+    Cluster, NAMESPACE, apply, checkpoint, job, kubectl, streamjob, tail, wait_ready,
+};
 use sluice_e2e::{TestEnv, unique_name};
 
 /// Event time of record 0: 5 s into a 10 s (and a 20 s) window, so windows span batches.
@@ -131,12 +133,7 @@ fn manifest(env: &TestEnv, name: &str, input: &str, shape: Shape) -> Value {
         ],
         "sink": {"kafka": {"topic": format!("{name}.out")}},
         "deadLetter": {"topic": format!("{name}.dlq")},
-        "checkpoint": {
-            "storage": format!("s3://{}/{name}", env.s3_bucket),
-            "endpoint": env.s3_endpoint,
-            "credentialsSecret": {"name": "sluice-s3"},
-            "interval": "1s",
-        },
+        "checkpoint": checkpoint(env, &format!("s3://{}/{name}", env.s3_bucket)),
         "state": {"size": "1Gi"},
     });
     if shape.reset {
