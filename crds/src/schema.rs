@@ -64,7 +64,7 @@ pub fn partition_offsets(_: &mut schemars::SchemaGenerator) -> Schema {
             "maxProperties": 1024,
             "additionalProperties": {"type": "integer", "format": "int64", "minimum": 0},
             "x-kubernetes-validations": [{
-                "rule": "self.all(p, p.matches('^[0-9]{1,6}$'))",
+                "rule": "self.all(p, p.matches('^(0|[1-9][0-9]{0,5})$'))",
                 "message": "partitions are given by number, as in \"0\" or \"12\"",
             }],
         },

@@ -83,6 +83,12 @@ fn invalid_streamjobs_are_rejected_with_their_intended_message() {
             "partitions are given by number",
         ),
         (
+            "starting offsets for a partition with a leading zero",
+            json!({"spec": {"source": {"kafka": {"startingPartitionOffsets": {"orders": {"01": 5}}}}}}),
+            "spec.source.kafka.startingPartitionOffsets.orders",
+            "partitions are given by number",
+        ),
+        (
             "a negative starting offset",
             json!({"spec": {"source": {"kafka": {"startingPartitionOffsets": {"orders": {"0": -1}}}}}}),
             "spec.source.kafka.startingPartitionOffsets.orders.0",

@@ -412,13 +412,16 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         }
         Err(errors) => (errors.clone(), None, None, None, Vec::new()),
     };
+    // Kept as they were when the store cannot be read.
     let listed = match &validated {
-        Ok(valid) if valid.partitions.is_some() => Some(crate::tasks::tasks(
-            valid.partitions.unwrap_or(0),
-            own_heads.as_deref(),
-            &tasks,
-            lag.as_deref(),
-        )),
+        Ok(valid) if valid.partitions.is_some() && own_heads.is_some() => {
+            Some(crate::tasks::tasks(
+                valid.partitions.unwrap_or(0),
+                own_heads.as_deref(),
+                &tasks,
+                lag.as_deref(),
+            ))
+        }
         _ => None,
     };
     let lag = lag.map(|l| l.iter().sum());

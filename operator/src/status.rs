@@ -220,7 +220,10 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         // reported as such for the rest of this generation's rollout, until it completes.
         let deadline =
             SignedDuration::try_from(inputs.progress_deadline).unwrap_or(SignedDuration::MAX);
+        // A held change's own condition takes Progressing's place (see below): no deadline
+        // is counted under it.
         let overdue = rolling
+            && inputs.held.is_none()
             && was
                 .filter(|c| c.observed_generation == Some(inputs.generation))
                 .is_some_and(|c| {
@@ -354,6 +357,19 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
             } else {
                 Phase::Running
             };
+        }
+        // Progressing's transition time is when the rollout began: a new generation's rollout
+        // starts a new clock (True stays True across generations otherwise), and a deadline
+        // exceeded keeps the start it counted from.
+        if let (Some(c), Some(w)) = (conditions.iter_mut().find(|c| c.type_ == PROGRESSING), was) {
+            if c.status == "True" && w.observed_generation != Some(inputs.generation) {
+                c.last_transition_time = Time(inputs.now);
+            } else if c.reason == PROGRESS_DEADLINE_EXCEEDED && w.status == "True" {
+                c.last_transition_time = w.last_transition_time.clone();
+            } else if c.reason == "RolloutComplete" && w.reason == PROGRESS_DEADLINE_EXCEEDED {
+                // Both False, but the rollout ended now.
+                c.last_transition_time = Time(inputs.now);
+            }
         }
     }
 
@@ -499,16 +515,15 @@ pub fn rollout_finished(
 ) -> Option<Rollout> {
     let was = previous_condition(previous?, PROGRESSING)?;
     let now = new.conditions.iter().find(|c| c.type_ == PROGRESSING)?;
-    (was.status == "True" && now.status == "False" && now.reason == "RolloutComplete").then(|| {
-        Rollout {
-            reason: was.reason.clone(),
-            seconds: now
-                .last_transition_time
-                .0
-                .duration_since(was.last_transition_time.0)
-                .as_secs_f64(),
-            message: now.message.clone(),
-        }
+    let began = was.status == "True" || was.reason == PROGRESS_DEADLINE_EXCEEDED;
+    (began && now.status == "False" && now.reason == "RolloutComplete").then(|| Rollout {
+        reason: was.reason.clone(),
+        seconds: now
+            .last_transition_time
+            .0
+            .duration_since(was.last_transition_time.0)
+            .as_secs_f64(),
+        message: now.message.clone(),
     })
 }
 

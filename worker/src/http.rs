@@ -76,8 +76,11 @@ pub struct TaskStatus {
     decided: AtomicU64,
     /// Where its state came from at its last start.
     restored: Mutex<Option<String>>,
-    /// Since when (Unix ms) it has been failing without running again; 0 while it runs.
+    /// Since when (Unix ms) it has been failing without running a full minute; 0 before
+    /// its first failure.
     failing_since: AtomicI64,
+    /// When it last started running (Unix ms).
+    running_since: AtomicI64,
 }
 
 /// The states of a [`TaskStatus`].
@@ -112,6 +115,7 @@ impl TaskStatus {
             decided: AtomicU64::new(0),
             restored: Mutex::new(None),
             failing_since: AtomicI64::new(0),
+            running_since: AtomicI64::new(0),
         }
     }
 
@@ -132,18 +136,20 @@ impl TaskStatus {
         if let Ok(mut r) = self.reason.lock() {
             *r = reason.into();
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as i64);
         match state {
-            TaskState::Running => self.failing_since.store(0, Ordering::Relaxed),
+            TaskState::Running => self.running_since.store(now, Ordering::Relaxed),
             TaskState::Restarting => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_millis() as i64);
-                let _ = self.failing_since.compare_exchange(
-                    0,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                // A failure starts a new failing spell unless the task failed before and has
+                // not run a full minute since: one that starts, runs briefly and fails again
+                // keeps failing.
+                let since = self.failing_since.load(Ordering::Relaxed);
+                let ran = self.running_since.load(Ordering::Relaxed);
+                if since == 0 || (ran > since && now - ran >= 60_000) {
+                    self.failing_since.store(now, Ordering::Relaxed);
+                }
             }
             _ => {}
         }
@@ -218,7 +224,9 @@ impl TaskStatus {
                 .map(|d| d.iter().cloned().collect())
                 .unwrap_or_default(),
             restored: self.restored.lock().ok().and_then(|r| r.clone()),
-            failing_since_ms: Some(self.failing_since.load(Ordering::Relaxed)).filter(|t| *t > 0),
+            // Reported while it is not running.
+            failing_since_ms: Some(self.failing_since.load(Ordering::Relaxed))
+                .filter(|t| *t > 0 && state != ReportedState::Running),
         })
     }
 
@@ -262,7 +270,10 @@ mod tests {
         );
         assert_eq!(again.message, "broker still down", "the last error is said");
         status.running();
-        assert_eq!(report(&status).failing_since_ms, None);
+        assert_eq!(report(&status).failing_since_ms, None, "not while it runs");
+        // It ran a moment and failed again: the same spell goes on.
+        status.set(TaskState::Restarting, "broker down again");
+        assert_eq!(report(&status).failing_since_ms, Some(since));
         status.restored("store".into());
         assert_eq!(report(&status).restored.as_deref(), Some("store"));
     }

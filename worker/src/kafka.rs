@@ -516,7 +516,8 @@ fn first_at_or_after(
     consumer
         .assign(&probe)
         .map_err(client("assigning the starting-timestamp scan"))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Reset on every record: a long scan fails only when it stops moving.
+    let mut deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut at = from;
     while at < high {
         match consumer.poll(Duration::from_millis(500)) {
@@ -525,16 +526,30 @@ fn first_at_or_after(
                     return Ok(message.offset());
                 }
                 at = message.offset() + 1;
+                deadline = std::time::Instant::now() + Duration::from_secs(60);
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(client("scanning for the starting timestamp")(e)),
-            None if std::time::Instant::now() > deadline => {
-                return Err(KafkaClientError::Topology(format!(
-                    "scanning {topic} partition {partition} for the starting timestamp: no \
-                     record after offset {at} within 60 s, though the partition ends at {high}"
-                )));
+            None => {
+                // Nothing more to read below the end: transaction markers (never delivered)
+                // or aborted records fill the rest.
+                let position = consumer
+                    .position()
+                    .ok()
+                    .and_then(|p| p.find_partition(topic, partition).map(|e| e.offset()));
+                if let Some(Offset::Offset(p)) = position
+                    && p >= high
+                {
+                    return Ok(high);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(KafkaClientError::Topology(format!(
+                        "scanning {topic} partition {partition} for the starting timestamp: \
+                         no record after offset {at} within 60 s, though the partition ends \
+                         at {high}"
+                    )));
+                }
             }
-            None => {}
         }
     }
     Ok(high)
@@ -629,9 +644,13 @@ fn task_consumer(
                                 .map_err(client("looking up starting timestamp"))?;
                             // No record at or after the timestamp: start at the end.
                             match found.find_partition(topic, partition).map(|e| e.offset()) {
-                                Some(Offset::Offset(at)) if at >= 0 => {
-                                    first_at_or_after(&consumer, topic, partition, (at, high), ms)?
-                                }
+                                Some(Offset::Offset(at)) if at >= 0 => first_at_or_after(
+                                    &consumer,
+                                    topic,
+                                    partition,
+                                    (at.max(low), high),
+                                    ms,
+                                )?,
                                 _ => high,
                             }
                         }

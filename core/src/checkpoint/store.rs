@@ -61,6 +61,16 @@ pub enum HeadVersion {
     Bytes(Vec<u8>),
 }
 
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl StoreError {
     /// True when the object asked for is not there.
     pub fn is_not_found(&self) -> bool {
@@ -71,8 +81,9 @@ impl StoreError {
     }
 }
 
-/// Object-store settings beyond the URI, from the StreamJob spec.
-#[derive(Clone, Debug, Default)]
+/// Object-store settings beyond the URI, from the StreamJob spec. Its `Debug` names the
+/// credentials' keys, never their values.
+#[derive(Clone, Default)]
 pub struct StoreOptions {
     /// S3-compatible endpoint URL.
     pub endpoint: Option<String>,
@@ -132,7 +143,13 @@ impl CheckpointStore {
                 })
             }
             "s3" | "s3a" => {
-                let mut builder = AmazonS3Builder::from_env();
+                // Given credentials replace the environment's, as a worker gets only its
+                // Secret's; none given: the environment (and its identity provider).
+                let mut builder = if options.credentials.is_empty() {
+                    AmazonS3Builder::from_env()
+                } else {
+                    AmazonS3Builder::new()
+                };
                 for (key, value) in &options.credentials {
                     // The keys `from_env` reads, given by the job instead.
                     if let Some(key) = key

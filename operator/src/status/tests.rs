@@ -590,6 +590,8 @@ fn a_rollout_past_its_progress_deadline_is_stalled_until_it_completes() {
     ];
     let done = status(&inputs(&ready, Some(&still)));
     assert_eq!(condition(&done, PROGRESSING).1, "RolloutComplete");
+    let finished = super::rollout_finished(Some(&still), &done).expect("a completion event");
+    assert_eq!(finished.seconds, 660.0, "counted from the rollout's start");
     assert_eq!(condition(&done, DEGRADED).0, "False");
     assert!(!done.conditions.iter().any(|c| c.type_ == STALLED));
     // A new generation starts a new clock.
@@ -602,4 +604,48 @@ fn a_rollout_past_its_progress_deadline_is_stalled_until_it_completes() {
         condition(&next, PROGRESSING),
         ("True", "Restarting", "2 of 3 workers ready on revision r2")
     );
+}
+
+#[test]
+fn a_new_generation_counts_its_deadline_from_its_own_start() {
+    let restart = Classified {
+        change: Change::Restart {
+            fields: vec!["image"],
+        },
+        ignored: vec![],
+    };
+    let starting = [
+        pod("c-0", "r2", false),
+        pod("c-1", "r2", true),
+        pod("c-2", "r2", true),
+    ];
+    // Generation 7's rollout began 9.5 minutes ago; generation 8 is applied now.
+    let old = status(&Inputs {
+        change: &restart,
+        now: now() - SignedDuration::from_secs(570),
+        ..inputs(&starting, None)
+    });
+    let applied = status(&Inputs {
+        generation: 8,
+        change: &restart,
+        ..inputs(&starting, Some(&old))
+    });
+    let later = status(&Inputs {
+        generation: 8,
+        now: now() + SignedDuration::from_secs(120),
+        ..inputs(&starting, Some(&applied))
+    });
+    assert_eq!(
+        condition(&later, PROGRESSING).0,
+        "True",
+        "2 minutes into its own rollout"
+    );
+    // A held change counts no deadline.
+    let held = status(&Inputs {
+        generation: 8,
+        held: Some((super::AWAITING_APPROVAL, "waiting")),
+        now: now() + SignedDuration::from_secs(1200),
+        ..inputs(&starting, Some(&later))
+    });
+    assert_ne!(condition(&held, DEGRADED).1, "ProgressDeadlineExceeded");
 }
