@@ -57,11 +57,14 @@ pub trait Outside: Send + Sync {
     /// Each task's HEAD checkpoint descriptor (None for a task without one), in task order:
     /// what the compatibility check of a change and the plan of a rollout read (the state's
     /// signatures and bytes); None when the store cannot be read. Not cached: a change is
-    /// checked against what the tasks hold now.
+    /// checked against what the tasks hold now: `fresh` reads them now; otherwise an answer
+    /// up to [`RealOutside::REFRESH`] old may be reused (for `status.tasks`, so that the
+    /// status, and the reconciles its changes trigger, settle between refreshes).
     fn heads(
         &self,
         job: &StreamJob,
         partitions: u32,
+        fresh: bool,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>>;
 
     /// The descriptors savepoint `id` holds for tasks `0..partitions` (None for a task it
@@ -103,6 +106,7 @@ pub struct RealOutside {
     lags: Cache<Option<Vec<i64>>>,
     checkpoints: Cache<Option<CheckpointRef>>,
     reports: Cache<Vec<TaskReport>>,
+    heads: Cache<Option<Vec<Option<Descriptor>>>>,
     /// Per job (`namespace/name`), the checkpoint credentials its Secret holds.
     credentials: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
@@ -231,31 +235,18 @@ impl Outside for RealOutside {
         &self,
         job: &StreamJob,
         partitions: u32,
+        fresh: bool,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        if !fresh && let Some(known) = cached(&self.heads, &key) {
+            return Box::pin(async move { known });
+        }
         let opened = job_store(job, &self.credentials);
+        let cache = self.heads.clone();
         Box::pin(async move {
-            let (store, layout) = opened?;
-            let mut heads = Vec::with_capacity(partitions as usize);
-            for task in 0..partitions {
-                let task = layout.task(task);
-                // A descriptor gone between reading HEAD and it: retention, after the task
-                // committed a newer one. Read HEAD again.
-                let mut attempts = 0;
-                let head = loop {
-                    attempts += 1;
-                    let head = store.read_head(&task).await.ok()?;
-                    let Some(id) = head.and_then(|(h, _)| h.checkpoint) else {
-                        break None;
-                    };
-                    match store.read_descriptor(&task, id).await {
-                        Ok(d) => break Some(d),
-                        Err(e) if e.is_not_found() && attempts < 3 => {}
-                        Err(_) => return None,
-                    }
-                };
-                heads.push(head);
-            }
-            Some(heads)
+            let heads = Self::read_heads(opened, partitions).await;
+            remember(&cache, key, heads.clone());
+            heads
         })
     }
 
@@ -435,6 +426,35 @@ impl Outside for RealOutside {
 }
 
 impl RealOutside {
+    /// Each task's HEAD descriptor, read now (see [`Outside::heads`]).
+    async fn read_heads(
+        opened: Option<(CheckpointStore, JobLayout)>,
+        partitions: u32,
+    ) -> Option<Vec<Option<Descriptor>>> {
+        let (store, layout) = opened?;
+        let mut heads = Vec::with_capacity(partitions as usize);
+        for task in 0..partitions {
+            let task = layout.task(task);
+            // A descriptor gone between reading HEAD and it: retention, after the task
+            // committed a newer one. Read HEAD again.
+            let mut attempts = 0;
+            let head = loop {
+                attempts += 1;
+                let head = store.read_head(&task).await.ok()?;
+                let Some(id) = head.and_then(|(h, _)| h.checkpoint) else {
+                    break None;
+                };
+                match store.read_descriptor(&task, id).await {
+                    Ok(d) => break Some(d),
+                    Err(e) if e.is_not_found() && attempts < 3 => {}
+                    Err(_) => return None,
+                }
+            };
+            heads.push(head);
+        }
+        Some(heads)
+    }
+
     fn blocking_lag(
         kafka: &sluice_crds::v1alpha1::KafkaSource,
         group: &str,

@@ -187,7 +187,19 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     // savepoints read them too.
     let mut heads = match &validated {
         Ok(valid) => match valid.partitions {
-            Some(n) => ctx.outside.heads(job, n).await,
+            // Fresh when a change, a savepoint or a restore is to be checked against them.
+            Some(n) => {
+                let fresh = classify(facts.applied.as_ref(), &job.spec).change != Change::None
+                    || job.spec.restore_from.is_some()
+                    || (job.spec.savepoint.as_ref()).is_some_and(|s| {
+                        s.trigger.as_deref()
+                            != previous
+                                .and_then(|p| p.savepoint.as_ref())
+                                .filter(|p| p.state != "Pending")
+                                .map(|p| p.trigger.as_str())
+                    });
+                ctx.outside.heads(job, n, fresh).await
+            }
             None => None,
         },
         _ => None,

@@ -46,6 +46,7 @@ impl Outside for Brokers {
         &self,
         _: &StreamJob,
         partitions: u32,
+        _: bool,
     ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
         Box::pin(async move { Some(vec![None; partitions as usize]) })
     }
