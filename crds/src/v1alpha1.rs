@@ -807,8 +807,9 @@ pub struct CheckpointSpec {
     #[schemars(range(min = 1, max = 100))]
     pub retain: i32,
 
-    /// S3-compatible endpoint URL, e.g. `http://minio.storage:9000`. Unset uses the
-    /// provider's default endpoint.
+    /// Endpoint URL of the store: for s3:// an S3-compatible server, e.g.
+    /// `http://minio.storage:9000`; for az:// the account's blob URL; for gs:// a GCS base URL.
+    /// Unset uses the provider's default endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = "^https?://"))]
     pub endpoint: Option<String>,
@@ -818,8 +819,11 @@ pub struct CheckpointSpec {
     #[schemars(length(min = 1, max = 64))]
     pub region: Option<String>,
 
-    /// Secret whose keys become the workers' object-storage environment, e.g.
-    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Unset relies on the pod's identity.
+    /// Secret whose keys become the workers' object-storage environment (the operator reads
+    /// checkpoints with it too): `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` for s3://,
+    /// `AZURE_STORAGE_ACCOUNT_NAME` and `AZURE_STORAGE_ACCOUNT_KEY` (or a SAS key, or a service
+    /// principal's `AZURE_CLIENT_*`) for az://, `GOOGLE_SERVICE_ACCOUNT_KEY` for gs://. Unset
+    /// relies on the pod's identity (IRSA, AKS or GKE Workload Identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<LocalObjectReference>,
 }

@@ -93,11 +93,34 @@ impl Scenario {
         workload: (u32, u64, u64),
         rate: Option<u32>,
     ) -> Self {
+        Self::start_on(
+            crate::Store::S3,
+            prefix,
+            interval,
+            guarantee,
+            generator,
+            workload,
+            rate,
+        )
+    }
+
+    /// As [`Scenario::start`], checkpointing to `store`.
+    pub fn start_on(
+        store: crate::Store,
+        prefix: &str,
+        interval: &str,
+        guarantee: &str,
+        generator: &str,
+        workload: (u32, u64, u64),
+        rate: Option<u32>,
+    ) -> Self {
         let env = TestEnv::from_env();
         let dir = scratch_dir(prefix);
         let name = crate::unique_name(prefix);
         let (input, output) = (format!("{name}.in"), format!("{name}.out"));
-        let job = write_materialize_job(&env, &dir, &name, &input, &output, interval, guarantee);
+        let job = write_materialize_job_on(
+            &env, store, &dir, &name, &input, &output, interval, guarantee,
+        );
         let generator = start_input(generator, &env, &input, workload, rate);
         Self {
             env,
@@ -211,7 +234,31 @@ pub fn write_materialize_job(
     interval: &str,
     guarantee: &str,
 ) -> JobFiles {
-    let storage = format!("s3://{}/{name}", env.s3_bucket);
+    write_materialize_job_on(
+        env,
+        crate::Store::S3,
+        dir,
+        name,
+        input,
+        output,
+        interval,
+        guarantee,
+    )
+}
+
+/// As [`write_materialize_job`], checkpointing to `store`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_materialize_job_on(
+    env: &TestEnv,
+    store: crate::Store,
+    dir: &Path,
+    name: &str,
+    input: &str,
+    output: &str,
+    interval: &str,
+    guarantee: &str,
+) -> JobFiles {
+    let (storage, endpoint) = env.storage(store, name);
     let manifest = dir.join("job.yaml");
     std::fs::write(
         &manifest,
@@ -235,7 +282,6 @@ spec:
     retain: {retain}
 "#,
             bootstrap = env.kafka_bootstrap,
-            endpoint = env.s3_endpoint,
             // Exactly-once tests walk every task's chain of committed checkpoints to tell
             // committed output from aborted (see `CommittedTransactions`): keep them all.
             retain = if guarantee == "exactly-once" { 100 } else { 3 },
@@ -730,7 +776,7 @@ impl Checkpoints {
     /// The checkpoints of `job`.
     pub fn of(env: &TestEnv, job: &JobFiles) -> Self {
         let options = StoreOptions {
-            endpoint: Some(env.s3_endpoint.clone()),
+            endpoint: Some(env.endpoint_of(&job.storage)),
             region: None,
             ..Default::default()
         };

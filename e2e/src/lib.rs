@@ -17,14 +17,43 @@ use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use rdkafka::ClientConfig;
 
 /// The test dependencies, as exported by `eval "$(e2e/env/up.sh)"`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TestEnv {
     /// `host:port` of the Kafka-compatible broker.
     pub kafka_bootstrap: String,
+    /// librdkafka settings every client of [`TestEnv::kafka_config`] gets besides the address
+    /// (the TLS broker's CA, say); none for the plain broker.
+    pub kafka_properties: Vec<(String, String)>,
+    /// `host:port` of the broker behind TLS (a TLS-terminating proxy in front of a second
+    /// Tansu: Tansu 0.6's `--cert` and `--key` cannot be given together).
+    pub tls_bootstrap: String,
+    /// PEM file of the CA that signs the TLS broker's certificate.
+    pub tls_ca_file: String,
+    /// `host:port` of the broker that requires SASL authentication (`--authentication`).
+    pub sasl_bootstrap: String,
     /// URL of the S3-compatible server.
     pub s3_endpoint: String,
     /// Bucket created by `up.sh`.
     pub s3_bucket: String,
+    /// Blob URL of Azurite's account (`http://host:port/devstoreaccount1`).
+    pub azure_endpoint: String,
+    /// Container created by `up.sh` in Azurite.
+    pub azure_container: String,
+    /// Base URL of the GCS emulator.
+    pub gcs_endpoint: String,
+    /// Bucket of the GCS emulator.
+    pub gcs_bucket: String,
+}
+
+/// The object stores `up.sh` starts, each a real server speaking its cloud's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// moto, S3.
+    S3,
+    /// Azurite, Azure Blob Storage.
+    Azure,
+    /// gcp-storage-emulator, GCS (without generation preconditions).
+    Gcs,
 }
 
 impl TestEnv {
@@ -38,8 +67,43 @@ impl TestEnv {
         };
         Self {
             kafka_bootstrap: var("SLUICE_KAFKA_BOOTSTRAP"),
+            kafka_properties: Vec::new(),
+            tls_bootstrap: var("SLUICE_TLS_BOOTSTRAP"),
+            tls_ca_file: var("SLUICE_TLS_CA_FILE"),
+            sasl_bootstrap: var("SLUICE_SASL_BOOTSTRAP"),
             s3_endpoint: var("SLUICE_S3_ENDPOINT"),
             s3_bucket: var("SLUICE_S3_BUCKET"),
+            azure_endpoint: var("SLUICE_AZURE_ENDPOINT"),
+            azure_container: var("SLUICE_AZURE_CONTAINER"),
+            gcs_endpoint: var("SLUICE_GCS_ENDPOINT"),
+            gcs_bucket: var("SLUICE_GCS_BUCKET"),
+        }
+    }
+
+    /// The checkpoint storage URI for `prefix` in `store`, and the endpoint a job names for it.
+    pub fn storage(&self, store: Store, prefix: &str) -> (String, String) {
+        match store {
+            Store::S3 => (
+                format!("s3://{}/{prefix}", self.s3_bucket),
+                self.s3_endpoint.clone(),
+            ),
+            Store::Azure => (
+                format!("az://{}/{prefix}", self.azure_container),
+                self.azure_endpoint.clone(),
+            ),
+            Store::Gcs => (
+                format!("gs://{}/{prefix}", self.gcs_bucket),
+                self.gcs_endpoint.clone(),
+            ),
+        }
+    }
+
+    /// The endpoint of the store a storage URI names (by its scheme).
+    pub fn endpoint_of(&self, storage: &str) -> String {
+        match storage.split("://").next() {
+            Some("az") => self.azure_endpoint.clone(),
+            Some("gs") => self.gcs_endpoint.clone(),
+            _ => self.s3_endpoint.clone(),
         }
     }
 
@@ -47,7 +111,23 @@ impl TestEnv {
     pub fn kafka_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.kafka_bootstrap);
+        for (k, v) in &self.kafka_properties {
+            config.set(k, v);
+        }
         config
+    }
+
+    /// This environment with the TLS broker as its broker: every client speaks TLS to it and
+    /// trusts its CA.
+    pub fn on_tls_broker(&self) -> Self {
+        Self {
+            kafka_bootstrap: self.tls_bootstrap.clone(),
+            kafka_properties: vec![
+                ("security.protocol".into(), "SSL".into()),
+                ("ssl.ca.location".into(), self.tls_ca_file.clone()),
+            ],
+            ..self.clone()
+        }
     }
 
     /// The S3 bucket, with credentials from the `AWS_*` variables `up.sh` exports and

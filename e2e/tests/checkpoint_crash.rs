@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use sluice_e2e::Store;
 use sluice_e2e::cluster::{Checkpoints, Scenario};
 
 const PARTITIONS: u32 = 4;
@@ -23,9 +24,10 @@ struct AtCrash {
 
 /// Loads the input, runs one worker owning every task with `failpoint` armed until it
 /// aborts, records the store, restarts the worker and checks the restores and the results.
-async fn crash_then_recover(failpoint: &str) -> Vec<AtCrash> {
+async fn crash_then_recover(store: Store, failpoint: &str) -> Vec<AtCrash> {
     // Written while the worker runs (5 s), so checkpoint after checkpoint has new files.
-    let mut s = Scenario::start(
+    let mut s = Scenario::start_on(
+        store,
         "crash",
         "500ms",
         "at-least-once",
@@ -111,23 +113,41 @@ async fn store_of(checkpoints: &Checkpoints, task: u32) -> AtCrash {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
+async fn killed_before_head_moved(store: Store) {
     // The sixth commit of the process dies between its descriptor and HEAD.
-    let at_crash = crash_then_recover("checkpoint-after-descriptor:6").await;
+    let at_crash = crash_then_recover(store, "checkpoint-after-descriptor:6").await;
     assert!(
         at_crash.iter().any(|t| !t.dead.is_empty()),
         "a descriptor above its HEAD is left behind"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_killed_while_its_files_upload_is_never_restored() {
+async fn killed_while_files_upload(store: Store) {
     // The 25th state file uploaded by the process is its last: a few commits in, while input
     // still arrives, some task's checkpoint has part of its files in the store and no descriptor.
-    let at_crash = crash_then_recover("checkpoint-after-file:25").await;
+    let at_crash = crash_then_recover(store, "checkpoint-after-file:25").await;
     assert!(
         at_crash.iter().any(|t| t.orphan_files > 0),
         "files of the cut-short upload are in the store, named by no descriptor"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_killed_before_head_moved_is_never_restored() {
+    killed_before_head_moved(Store::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_killed_while_its_files_upload_is_never_restored() {
+    killed_while_files_upload(Store::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_azure_a_checkpoint_killed_before_head_moved_is_never_restored() {
+    killed_before_head_moved(Store::Azure).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_azure_a_checkpoint_killed_while_its_files_upload_is_never_restored() {
+    killed_while_files_upload(Store::Azure).await;
 }

@@ -86,20 +86,6 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
             ),
         );
     }
-    if let Some(scheme) = ["gs://", "az://"]
-        .into_iter()
-        .find(|s| spec.checkpoint.storage.starts_with(s))
-    {
-        fail(
-            "spec.checkpoint.storage".into(),
-            "StorageUnsupported",
-            format!(
-                "{scheme} storage is not built into this Sluice version's workers yet; use s3:// \
-                 (any S3-compatible store, e.g. GCS's S3 interoperability endpoint)"
-            ),
-        );
-    }
-
     // Exactly-once commits source offsets inside the sink cluster's transaction.
     if spec.sink.kafka.delivery_guarantee == DeliveryGuarantee::ExactlyOnce
         && spec

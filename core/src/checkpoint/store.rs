@@ -1,18 +1,35 @@
 //! Object-storage I/O for checkpoints: HEAD with conditional writes, immutable descriptors and
 //! state files. The only module here that talks to the store.
 //!
-//! HEAD is written only conditionally: `If-Match` on the ETag read (S3, GCS, Azure) or, on
+//! HEAD is written only conditionally: on the version read (`If-Match` on the ETag for S3 and
+//! Azure Blob Storage, `x-goog-if-generation-match` on the generation for GCS) or, on
 //! `file://`, under an exclusive lock of `HEAD.lock` comparing the bytes read. Descriptors are
-//! created with `If-None-Match: *` and never overwritten. State files are named by content, so
-//! writing one twice writes the same bytes.
+//! created with `If-None-Match: *` (GCS: generation 0) and never overwritten. State files are
+//! named by content, so writing one twice writes the same bytes.
+//!
+//! Stores and their settings (each through `object_store`'s own backend):
+//!
+//! | URI | endpoint | credentials (the job's `credentialsSecret`, else the pod's environment) |
+//! |---|---|---|
+//! | `s3://bucket/prefix` | S3-compatible URL (MinIO, …) | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; none: IRSA / EKS Pod Identity / instance profile |
+//! | `gs://bucket/prefix` | GCS base URL (an emulator) | `GOOGLE_SERVICE_ACCOUNT_KEY` (a key's JSON) or `GOOGLE_APPLICATION_CREDENTIALS` (a file); none: GKE Workload Identity through the metadata server |
+//! | `az://container/prefix` | the account's blob URL, e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite | `AZURE_STORAGE_ACCOUNT_NAME` with `AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_KEY`, or `AZURE_CLIENT_ID`/`AZURE_TENANT_ID`/`AZURE_CLIENT_SECRET`; with only the account name: AKS Workload Identity (`AZURE_FEDERATED_TOKEN_FILE`) or managed identity |
+//! | `file:///path` | — | — (one machine: `sluice-worker local`) |
+//!
+//! Whatever the store, a worker first probes that it refuses stale conditional writes
+//! ([`CheckpointStore::check_conditional_writes`]) and will not run on one that takes them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 
 use crate::checkpoint::descriptor::{Descriptor, Head};
 use crate::checkpoint::layout::{JobLayout, TaskLayout};
@@ -41,6 +58,13 @@ pub enum StoreError {
          Azure Blob Storage)"
     )]
     NoConditionalWrites { path: String, what: String },
+    /// The first write of the conditional-writes probe failed: the store cannot be written (a
+    /// store that answers a write without a version also fails here: `object_store` needs one).
+    #[error("checkpoint storage cannot be written (probing {path}): {source}")]
+    ProbeFailed {
+        path: String,
+        source: object_store::Error,
+    },
     /// The store failed.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
@@ -55,8 +79,14 @@ pub enum StoreError {
 /// What HEAD looked like when read; a conditional write succeeds only if it is unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HeadVersion {
-    /// The ETag of the object.
-    ETag(String),
+    /// The object's version as the store reports it: its ETag (what S3 and Azure match on)
+    /// and its generation where the store has one (what GCS matches on). At least one is set.
+    Object {
+        /// The ETag.
+        e_tag: Option<String>,
+        /// The generation (GCS).
+        version: Option<String>,
+    },
     /// The exact bytes of the file (`file://`).
     Bytes(Vec<u8>),
 }
@@ -69,6 +99,25 @@ impl std::fmt::Debug for StoreOptions {
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .finish()
     }
+}
+
+/// The entries of `credentials` (environment-style keys, any case) that name a setting of the
+/// store's builder: those starting with `prefix` (`aws_`, `google_`, `azure_`) that it parses.
+/// Others (a Secret may hold more) are left out, as `from_env` leaves other variables.
+fn config_keys<K: std::str::FromStr>(
+    credentials: &std::collections::BTreeMap<String, String>,
+    prefix: &str,
+) -> Vec<(K, String)> {
+    credentials
+        .iter()
+        .filter_map(|(key, value)| {
+            let key = key.to_ascii_lowercase();
+            key.starts_with(prefix)
+                .then(|| key.parse::<K>().ok())
+                .flatten()
+                .map(|k| (k, value.clone()))
+        })
+        .collect()
 }
 
 impl StoreError {
@@ -89,9 +138,10 @@ pub struct StoreOptions {
     pub endpoint: Option<String>,
     /// Bucket region.
     pub region: Option<String>,
-    /// Credentials as environment-style keys (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`, …), over the process environment: what the operator reads from
-    /// the job's `credentialsSecret`, as the workers get it in theirs. Empty: the environment.
+    /// Credentials as environment-style keys (`AWS_*` for S3, `GOOGLE_*` for GCS, `AZURE_*`
+    /// for Azure; see the table above), instead of the process environment: what the operator
+    /// reads from the job's `credentialsSecret`, as the workers get it in theirs. Empty: the
+    /// environment.
     pub credentials: std::collections::BTreeMap<String, String>,
 }
 
@@ -150,15 +200,8 @@ impl CheckpointStore {
                 } else {
                     AmazonS3Builder::new()
                 };
-                for (key, value) in &options.credentials {
-                    // The keys `from_env` reads, given by the job instead.
-                    if let Some(key) = key
-                        .to_ascii_lowercase()
-                        .strip_prefix("aws_")
-                        .and_then(|k| format!("aws_{k}").parse::<AmazonS3ConfigKey>().ok())
-                    {
-                        builder = builder.with_config(key, value);
-                    }
+                for (key, value) in config_keys::<AmazonS3ConfigKey>(&options.credentials, "aws_") {
+                    builder = builder.with_config(key, value);
                 }
                 let mut builder = builder
                     .with_url(uri)
@@ -172,19 +215,66 @@ impl CheckpointStore {
                     builder = builder.with_region(region);
                 }
                 let objects = builder.build().map_err(|e| config(e.to_string()))?;
-                Ok(Self {
-                    identity: match &options.endpoint {
-                        Some(endpoint) => format!("{uri} at {endpoint}"),
-                        None => uri.to_string(),
-                    },
-                    objects: Arc::new(objects),
-                    prefix: Path::from(url.path().trim_start_matches('/')),
-                    local_root: None,
-                })
+                Ok(Self::remote(uri, &url, options, Arc::new(objects)))
+            }
+            "gs" => {
+                let mut builder = if options.credentials.is_empty() {
+                    GoogleCloudStorageBuilder::from_env()
+                } else {
+                    GoogleCloudStorageBuilder::new()
+                };
+                for (key, value) in config_keys::<GoogleConfigKey>(&options.credentials, "google_")
+                {
+                    builder = builder.with_config(key, value);
+                }
+                let mut builder = builder.with_url(uri);
+                if let Some(endpoint) = &options.endpoint {
+                    builder = builder.with_base_url(endpoint).with_client_options(
+                        ClientOptions::new().with_allow_http(endpoint.starts_with("http://")),
+                    );
+                }
+                let objects = builder.build().map_err(|e| config(e.to_string()))?;
+                Ok(Self::remote(uri, &url, options, Arc::new(objects)))
+            }
+            "az" => {
+                let mut builder = if options.credentials.is_empty() {
+                    MicrosoftAzureBuilder::from_env()
+                } else {
+                    MicrosoftAzureBuilder::new()
+                };
+                for (key, value) in config_keys::<AzureConfigKey>(&options.credentials, "azure_") {
+                    builder = builder.with_config(key, value);
+                }
+                let mut builder = builder.with_url(uri);
+                if let Some(endpoint) = &options.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint.clone())
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                let objects = builder.build().map_err(|e| config(e.to_string()))?;
+                Ok(Self::remote(uri, &url, options, Arc::new(objects)))
             }
             other => Err(config(format!(
-                "unsupported scheme {other}: use file:// or s3:// (gs:// and az:// are not built in yet)"
+                "unsupported scheme {other}: use s3://, gs://, az:// or file://"
             ))),
+        }
+    }
+
+    /// A store behind an object-store client: its identity names the endpoint when one is set.
+    fn remote(
+        uri: &str,
+        url: &url::Url,
+        options: &StoreOptions,
+        objects: Arc<dyn ObjectStore>,
+    ) -> Self {
+        Self {
+            identity: match &options.endpoint {
+                Some(endpoint) => format!("{uri} at {endpoint}"),
+                None => uri.to_string(),
+            },
+            objects,
+            prefix: Path::from(url.path().trim_start_matches('/')),
+            local_root: None,
         }
     }
 
@@ -210,15 +300,16 @@ impl CheckpointStore {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let e_tag = result.meta.e_tag.clone();
+        let (e_tag, version) = (result.meta.e_tag.clone(), result.meta.version.clone());
         let bytes = result.bytes().await?;
         let head = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.to_string(),
             message: e.to_string(),
         })?;
-        let version = match (&self.local_root, e_tag) {
-            (None, Some(tag)) => HeadVersion::ETag(tag),
-            _ => HeadVersion::Bytes(bytes.to_vec()),
+        let version = if self.local_root.is_none() && (e_tag.is_some() || version.is_some()) {
+            HeadVersion::Object { e_tag, version }
+        } else {
+            HeadVersion::Bytes(bytes.to_vec())
         };
         Ok(Some((head, version)))
     }
@@ -252,14 +343,14 @@ impl CheckpointStore {
         }
         let mode = match expected {
             None => PutMode::Create,
-            Some(HeadVersion::ETag(tag)) => PutMode::Update(UpdateVersion {
-                e_tag: Some(tag.clone()),
-                version: None,
+            Some(HeadVersion::Object { e_tag, version }) => PutMode::Update(UpdateVersion {
+                e_tag: e_tag.clone(),
+                version: version.clone(),
             }),
             Some(HeadVersion::Bytes(_)) => {
                 return Err(StoreError::Corrupt {
                     path: path.to_string(),
-                    message: "the store returned no ETag for HEAD".into(),
+                    message: "the store returned no version (ETag or generation) for HEAD".into(),
                 });
             }
         };
@@ -268,13 +359,16 @@ impl CheckpointStore {
             .put_opts(&path, PutPayload::from(body), PutOptions::from(mode))
             .await
         {
-            Ok(result) => result
-                .e_tag
-                .map(HeadVersion::ETag)
-                .ok_or_else(|| StoreError::Corrupt {
-                    path: path.to_string(),
-                    message: "the store returned no ETag for HEAD".into(),
-                }),
+            Ok(result) if result.e_tag.is_some() || result.version.is_some() => {
+                Ok(HeadVersion::Object {
+                    e_tag: result.e_tag,
+                    version: result.version,
+                })
+            }
+            Ok(_) => Err(StoreError::Corrupt {
+                path: path.to_string(),
+                message: "the store returned no version (ETag or generation) for HEAD".into(),
+            }),
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
@@ -303,20 +397,32 @@ impl CheckpointStore {
             self.objects
                 .put_opts(path, PutPayload::from(body), PutOptions::from(mode))
         };
-        let version = |e_tag: Option<String>| {
+        let version = |written: &object_store::PutResult| {
             PutMode::Update(UpdateVersion {
-                e_tag,
-                version: None,
+                e_tag: written.e_tag.clone(),
+                version: written.version.clone(),
             })
         };
-        let first = put(PutMode::Overwrite, "1").await?;
-        put(version(first.e_tag.clone()), "2").await.map_err(|e| {
-            StoreError::NoConditionalWrites {
+        let first =
+            put(PutMode::Overwrite, "1")
+                .await
+                .map_err(|source| StoreError::ProbeFailed {
+                    path: path.to_string(),
+                    source,
+                })?;
+        if first.e_tag.is_none() && first.version.is_none() {
+            return Err(refused(
+                "a write returned no version (neither an ETag nor a generation), so nothing \
+                 can be written on the version read",
+            ));
+        }
+        put(version(&first), "2")
+            .await
+            .map_err(|e| StoreError::NoConditionalWrites {
                 path: path.to_string(),
                 what: format!("a write on the current version (If-Match) failed: {e}"),
-            }
-        })?;
-        match put(version(first.e_tag), "3").await {
+            })?;
+        match put(version(&first), "3").await {
             Err(object_store::Error::Precondition { .. }) => {}
             Ok(_) => return Err(refused("a write on a stale version (If-Match) was taken")),
             Err(e) => return Err(e.into()),

@@ -592,6 +592,11 @@ fn engine(
         kafka_bootstrap: "unused:9092".into(),
         s3_endpoint: "http://unused".into(),
         s3_bucket: "unused".into(),
+        azure_endpoint: "http://unused".into(),
+        azure_container: "unused".into(),
+        gcs_endpoint: "http://unused".into(),
+        gcs_bucket: "unused".into(),
+        ..Default::default()
     };
     let job = if steps {
         steps_job(&nowhere, dir, "engine", topic, interval)
