@@ -1,6 +1,6 @@
 //! What the operator and the worker share, without the engine (no RocksDB, no Kafka client):
 //! the job model ([`job`]), CEL compilation and checking ([`expr`]), the task assignment
-//! ([`assignment`]), each step kind's spec side ([`steps`]: what a spec must satisfy for this
+//! ([`assignment`]), the Kafka clients' auth settings ([`kafka_auth`]), each step kind's spec side ([`steps`]: what a spec must satisfy for this
 //! build to run it), the checkpoint formats and their object-store access ([`checkpoint`]), and
 //! the processes' logging ([`logging`]).
 //!
@@ -13,6 +13,7 @@ pub mod assignment;
 pub mod checkpoint;
 pub mod expr;
 pub mod job;
+pub mod kafka_auth;
 pub mod logging;
 pub mod steps;
 pub mod upgrade;

@@ -1,6 +1,7 @@
 //! Observation: everything reconcile reads before it decides anything. I/O only, no decisions.
 //! Reads the referenced Secrets' key names (and the values of the checkpoint credentials
-//! Secret only, for its own checkpoint reads, never written anywhere), the StatefulSet, the worker
+//! Secret and of the source's `auth` Secret keys, for its own checkpoint reads and Kafka
+//! clients, kept in memory and never written anywhere), the StatefulSet, the worker
 //! pods, the job file the workers run with, and — through [`Outside`] — the source topics'
 //! partition counts and the tasks' checkpoint HEADs.
 
@@ -22,7 +23,7 @@ use sluice_core::checkpoint::store::{CheckpointStore, StoreOptions};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob, StreamJobSpec};
 
 use crate::build::{config_map_name, selector_string};
-use crate::validate::{Facts, secret_refs};
+use crate::validate::{Facts, Unasked, secret_refs};
 
 /// What lies outside the Kubernetes API: the brokers and the object store.
 pub trait Outside: Send + Sync {
@@ -31,7 +32,7 @@ pub trait Outside: Send + Sync {
     fn source_partitions(
         &self,
         job: &StreamJob,
-    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, String>>;
+    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, Unasked>>;
 
     /// The oldest of the tasks' latest checkpoints, or `None` when some task has none yet or
     /// the store cannot be read.
@@ -53,6 +54,16 @@ pub trait Outside: Send + Sync {
     /// The job's checkpoint credentials, as its `credentialsSecret` holds them (the same keys
     /// the workers get as environment), for the reads below; empty when it names none.
     fn credentials(&self, _job: &StreamJob, _values: BTreeMap<String, String>) {}
+
+    /// The librdkafka settings of the job's `spec.source.kafka.auth`, with the values its
+    /// Secrets hold (as the workers get them), for the metadata and lag clients below; empty
+    /// without `auth`; why not when a Secret or key is missing (validation reports which).
+    fn source_auth(
+        &self,
+        _job: &StreamJob,
+        _properties: Result<Vec<(&'static str, String)>, String>,
+    ) {
+    }
 
     /// Each task's HEAD checkpoint descriptor (None for a task without one), in task order:
     /// what the compatibility check of a change and the plan of a rollout read (the state's
@@ -102,13 +113,74 @@ pub trait Outside: Send + Sync {
 /// read per task, are asked at most once per [`RealOutside::REFRESH`] per job.
 #[derive(Default)]
 pub struct RealOutside {
-    clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    clients: Mutex<HashMap<String, Arc<Metadata>>>,
     lags: Cache<Option<Vec<i64>>>,
     checkpoints: Cache<Option<CheckpointRef>>,
     reports: Cache<Vec<TaskReport>>,
     heads: Cache<Option<Vec<Option<Descriptor>>>>,
     /// Per job (`namespace/name`), the checkpoint credentials its Secret holds.
     credentials: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// Per job, its source's auth settings (see [`Outside::source_auth`]).
+    source_auth: Mutex<HashMap<String, Result<Auth, String>>>,
+}
+
+/// librdkafka auth settings.
+type Auth = Vec<(&'static str, String)>;
+
+/// A client's context that keeps what librdkafka last said about authentication (a SASL
+/// failure, or a TLS handshake that failed, e.g. on a CA that does not sign the brokers'
+/// certificates), so that a metadata request that then times out says why.
+#[derive(Default)]
+pub struct AuthWatch {
+    refused: Mutex<Option<String>>,
+}
+
+impl AuthWatch {
+    /// The last authentication failure, if any.
+    fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl rdkafka::ClientContext for AuthWatch {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        // A failed TLS handshake comes as `_SSL`, or as a transport failure saying so.
+        let tls = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure)
+        ) && reason.contains("SSL handshake failed");
+        if tls
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+            )
+        {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        }
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for AuthWatch {}
+
+/// A metadata client of the operator's.
+type Metadata = BaseConsumer<AuthWatch>;
+
+/// Why `client`'s brokers refused it, if they did: librdkafka reports a failed SASL
+/// authentication or TLS handshake as an error event, served by polling (the client reads no
+/// topic, so polling takes nothing from it).
+fn refused(client: &Metadata) -> Option<String> {
+    for _ in 0..5 {
+        if let Some(why) = client.context().refused() {
+            return Some(why);
+        }
+        let _ = client.poll(Duration::from_millis(100));
+    }
+    client.context().refused()
 }
 
 type Cache<T> = Arc<Mutex<HashMap<String, (Instant, T)>>>;
@@ -129,17 +201,37 @@ impl RealOutside {
         self.reports.clone()
     }
 
-    fn metadata_client(&self, bootstrap: &str) -> Result<Arc<BaseConsumer>, String> {
+    /// The job's source auth settings, as [`Outside::source_auth`] last gave them.
+    fn auth_of(&self, job: &StreamJob) -> Result<Auth, String> {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        self.source_auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// One metadata client per bootstrap address and credentials.
+    fn metadata_client(&self, bootstrap: &str, auth: &Auth) -> Result<Arc<Metadata>, String> {
+        let key = std::iter::once(bootstrap.to_string())
+            .chain(auth.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(bootstrap) {
+        if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (k, v) in auth {
+            config.set(*k, v);
+        }
+        let client: Metadata = config
+            .create_with_context(AuthWatch::default())
             .map_err(|e| e.to_string())?;
         let client = Arc::new(client);
-        clients.insert(bootstrap.to_string(), client.clone());
+        clients.insert(key, client.clone());
         Ok(client)
     }
 }
@@ -196,26 +288,35 @@ impl Outside for RealOutside {
             .insert(key, values);
     }
 
+    fn source_auth(&self, job: &StreamJob, properties: Result<Auth, String>) {
+        let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
+        self.source_auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, properties);
+    }
+
     fn source_partitions(
         &self,
         job: &StreamJob,
-    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, String>> {
+    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, Unasked>> {
         let kafka = job.spec.source.kafka.clone();
-        if kafka.auth.is_some() {
-            return Box::pin(async {
-                Err("the source needs credentials the operator does not read".into())
-            });
-        }
-        let client = self.metadata_client(&kafka.bootstrap_servers);
+        let client = self
+            .auth_of(job)
+            .and_then(|auth| self.metadata_client(&kafka.bootstrap_servers, &auth));
         Box::pin(async move {
-            let client = client?;
+            let client = client.map_err(Unasked::Unreachable)?;
             tokio::task::spawn_blocking(move || {
                 let mut counts = BTreeMap::new();
                 for topic in &kafka.topics {
                     let metadata = client
                         .fetch_metadata(Some(topic), Duration::from_secs(5))
-                        .map_err(|e| {
-                            format!("asking {} for topic {topic}: {e}", kafka.bootstrap_servers)
+                        .map_err(|e| match refused(&client) {
+                            Some(why) => Unasked::Refused(why),
+                            None => Unasked::Unreachable(format!(
+                                "asking {} for topic {topic}: {e}",
+                                kafka.bootstrap_servers
+                            )),
                         })?;
                     let n = metadata
                         .topics()
@@ -227,7 +328,7 @@ impl Outside for RealOutside {
                 Ok(counts)
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Unasked::Unreachable(e.to_string()))?
         })
     }
 
@@ -406,15 +507,15 @@ impl Outside for RealOutside {
         if let Some(known) = cached(&self.lags, &group) {
             return Box::pin(async move { known });
         }
-        let metadata = self.metadata_client(&kafka.bootstrap_servers).ok();
+        let auth = self.auth_of(job).ok();
+        let metadata = auth
+            .as_ref()
+            .and_then(|auth| self.metadata_client(&kafka.bootstrap_servers, auth).ok());
         let cache = self.lags_handle();
         Box::pin(async move {
-            if kafka.auth.is_some() {
-                return None;
-            }
             let key = group.clone();
             let lag = tokio::task::spawn_blocking(move || {
-                Self::blocking_lag(&kafka, &group, partitions, metadata?.as_ref())
+                Self::blocking_lag(&kafka, &auth?, &group, partitions, metadata?.as_ref())
             })
             .await
             .ok()
@@ -457,18 +558,22 @@ impl RealOutside {
 
     fn blocking_lag(
         kafka: &sluice_crds::v1alpha1::KafkaSource,
+        auth: &Auth,
         group: &str,
         partitions: u32,
-        metadata: &BaseConsumer,
+        metadata: &Metadata,
     ) -> Option<Vec<i64>> {
         use rdkafka::{Offset, TopicPartitionList};
         let timeout = std::time::Duration::from_secs(5);
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", &kafka.bootstrap_servers)
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .ok()?;
+            .set("enable.auto.commit", "false");
+        for (k, v) in auth {
+            config.set(*k, v);
+        }
+        let consumer: BaseConsumer = config.create().ok()?;
         let mut list = TopicPartitionList::new();
         for topic in &kafka.topics {
             for p in 0..partitions as i32 {
@@ -542,6 +647,13 @@ pub async fn observe(
         .as_ref()
         .map(|s| s.name.clone());
     let mut credentials = BTreeMap::new();
+    // The source's auth Secrets, whose values its metadata and lag clients use.
+    let auth_refs: Vec<(String, String)> = secret_refs(&job.spec)
+        .into_iter()
+        .filter(|(field, _, _)| field.starts_with("spec.source.kafka.auth"))
+        .filter_map(|(_, name, key)| Some((name, key?)))
+        .collect();
+    let mut auth_values: BTreeMap<(String, String), String> = BTreeMap::new();
     for secret in names {
         let found = secrets_api
             .get_opt(&secret)
@@ -557,6 +669,19 @@ pub async fn observe(
             }
             for (k, v) in s.string_data.iter().flatten() {
                 credentials.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(s) = &found {
+            for (name, key) in auth_refs.iter().filter(|(name, _)| *name == secret) {
+                let value = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    .or_else(|| s.string_data.as_ref().and_then(|d| d.get(key)).cloned());
+                if let Some(value) = value {
+                    auth_values.insert((name.clone(), key.clone()), value);
+                }
             }
         }
         let keys = found.map(|s| {
@@ -592,6 +717,24 @@ pub async fn observe(
         });
 
     outside.credentials(job, credentials);
+    outside.source_auth(
+        job,
+        sluice_core::kafka_auth::properties(
+            job.spec.source.kafka.auth.as_ref(),
+            "spec.source.kafka.auth",
+            |needed| {
+                auth_values
+                    .get(&(needed.secret.name.clone(), needed.secret.key.clone()))
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "{} names key {} of Secret {}, which is not there",
+                            needed.field, needed.secret.key, needed.secret.name
+                        )
+                    })
+            },
+        ),
+    );
     let source_partitions = outside.source_partitions(job).await;
     Ok(Observed {
         facts: Facts {

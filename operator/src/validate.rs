@@ -15,10 +15,29 @@ pub struct Facts {
     /// Secrets the spec refers to, by name: the keys each holds, `None` when it does not exist.
     pub secrets: BTreeMap<String, Option<BTreeSet<String>>>,
     /// Partition count per source topic (0: no such topic), or why the brokers could not be
-    /// asked. Unreachable brokers do not make a spec invalid; the workers will report them.
-    pub source_partitions: Result<BTreeMap<String, u32>, String>,
+    /// asked. Unreachable brokers do not make a spec invalid (the workers will report them);
+    /// brokers that refuse the job's credentials do.
+    pub source_partitions: Result<BTreeMap<String, u32>, Unasked>,
     /// The spec the running workers were started with (from the job's ConfigMap), if any.
     pub applied: Option<StreamJobSpec>,
+}
+
+/// Why the source brokers did not say how many partitions the topics have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unasked {
+    /// They could not be reached (or did not answer in time).
+    Unreachable(String),
+    /// They refused the credentials of `spec.source.kafka.auth` (SASL authentication or the TLS
+    /// handshake failed): librdkafka's reason.
+    Refused(String),
+}
+
+impl std::fmt::Display for Unasked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unasked::Unreachable(why) | Unasked::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 /// A StreamJob that can run, with what the builders need derived once.
@@ -182,6 +201,27 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
             }
         }
         Err(e) => fail("spec.steps".into(), "StepUnsupported", e.to_string()),
+    }
+
+    // Credentials the brokers refused: the workers, given the same Secrets, would be refused too.
+    if let Err(Unasked::Refused(why)) = &facts.source_partitions {
+        let named: Vec<String> = secret_refs(spec)
+            .into_iter()
+            .filter(|(field, _, _)| field.starts_with("spec.source.kafka.auth"))
+            .map(|(field, secret, key)| {
+                format!("{field} (Secret {secret}, key {})", key.unwrap_or_default())
+            })
+            .collect();
+        fail(
+            "spec.source.kafka.auth".into(),
+            "KafkaAuthenticationFailed",
+            format!(
+                "the brokers at {} refused the job's credentials: {why}; check {} and the \
+                 mechanism: the job starts on the next reconcile after the Secret is fixed",
+                spec.source.kafka.bootstrap_servers,
+                named.join(", ")
+            ),
+        );
     }
 
     // Source topology.

@@ -17,6 +17,7 @@ use sluice_operator::metrics::Metrics;
 use sluice_operator::observe::Outside;
 use sluice_operator::rbac;
 use sluice_operator::reconcile::{Context, reconcile};
+use sluice_operator::validate::Unasked;
 
 use api::{Recorded, ScriptedApi};
 
@@ -30,7 +31,7 @@ impl Outside for Brokers {
     fn source_partitions(
         &self,
         _: &StreamJob,
-    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, String>> {
+    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, Unasked>> {
         Box::pin(async { Ok(BTreeMap::from([("customers".to_string(), 6)])) })
     }
     fn last_checkpoint(&self, _: &StreamJob, _: u32) -> BoxFuture<'static, Option<CheckpointRef>> {

@@ -152,63 +152,21 @@ pub fn auth_properties(
     side: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<(&'static str, String)>, KafkaClientError> {
-    let Some(auth) = auth else {
-        return Ok(Vec::new());
-    };
-    let var = |name: &str, field: &str| {
-        let key = format!("SLUICE_{side}_{name}");
-        env(&key).ok_or_else(|| {
-            KafkaClientError::Credentials(format!(
-                "{key} is not set: in a cluster the operator sets it from the Secret key named in \
-                 {field}; running locally, export it"
-            ))
-        })
-    };
     let at = if side == "SOURCE" {
         "spec.source.kafka.auth"
     } else {
         "spec.sink.kafka.auth"
     };
-    let mut out = Vec::new();
-    let protocol = match (&auth.sasl, &auth.tls) {
-        (Some(_), Some(_)) => "SASL_SSL",
-        (Some(_), None) => "SASL_PLAINTEXT",
-        (None, Some(_)) => "SSL",
-        (None, None) => "PLAINTEXT",
-    };
-    out.push(("security.protocol", protocol.to_string()));
-    if let Some(sasl) = &auth.sasl {
-        let mechanism = serde_json::to_value(sasl.mechanism)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        out.push(("sasl.mechanism", mechanism));
-        out.push((
-            "sasl.username",
-            var("SASL_USERNAME", &format!("{at}.sasl.username"))?,
-        ));
-        out.push((
-            "sasl.password",
-            var("SASL_PASSWORD", &format!("{at}.sasl.password"))?,
-        ));
-    }
-    if let Some(tls) = &auth.tls {
-        for (present, name, key, field) in [
-            (tls.ca.is_some(), "TLS_CA", "ssl.ca.pem", "tls.ca"),
-            (
-                tls.certificate.is_some(),
-                "TLS_CERTIFICATE",
-                "ssl.certificate.pem",
-                "tls.certificate",
-            ),
-            (tls.key.is_some(), "TLS_KEY", "ssl.key.pem", "tls.key"),
-        ] {
-            if present {
-                out.push((key, var(name, &format!("{at}.{field}"))?));
-            }
-        }
-    }
-    Ok(out)
+    sluice_core::kafka_auth::properties(auth, at, |needed| {
+        let key = format!("SLUICE_{side}_{}", needed.suffix);
+        env(&key).ok_or_else(|| {
+            KafkaClientError::Credentials(format!(
+                "{key} is not set: in a cluster the operator sets it from the Secret key named in \
+                 {}; running locally, export it",
+                needed.field
+            ))
+        })
+    })
 }
 
 /// The consumer group used for lag visibility (offsets are committed for it, never read back

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use sluice_crds::admission::{Admission, merge_patch};
 use sluice_crds::v1alpha1::StreamJob;
 
-use super::{Facts, SpecError, validate};
+use super::{Facts, SpecError, Unasked, validate};
 
 /// A job that runs: one materialize step over a 6-partition topic, S3 checkpoints.
 pub const BASE: &str = r#"
@@ -238,11 +238,40 @@ fn jobs_that_pass_the_crd_but_cannot_run_are_refused_with_the_field_and_what_to_
 #[test]
 fn unreachable_brokers_do_not_make_a_spec_invalid() {
     let facts = Facts {
-        source_partitions: Err("connection refused".into()),
+        source_partitions: Err(Unasked::Unreachable("connection refused".into())),
         ..facts()
     };
     let valid = validate(&job(json!({"spec": {"parallelism": 50}})), &facts).expect("valid");
     assert_eq!(valid.partitions, None);
+}
+
+#[test]
+fn brokers_that_refuse_the_credentials_name_the_secret_and_keys() {
+    let facts = Facts {
+        secrets: BTreeMap::from([("kafka-creds".into(), secret(&["user", "password"]))]),
+        source_partitions: Err(Unasked::Refused(
+            "SASL SCRAM authentication failed: broker responded with unknown-user".into(),
+        )),
+        ..facts()
+    };
+    let job = job(json!({"spec": {"source": {"kafka": {"auth": {"sasl": {
+        "mechanism": "SCRAM-SHA-512",
+        "username": {"name": "kafka-creds", "key": "user"},
+        "password": {"name": "kafka-creds", "key": "password"},
+    }}}}}}));
+    let errors = validate(&job, &facts).expect_err("refused credentials");
+    let error = errors
+        .iter()
+        .find(|e| e.reason == "KafkaAuthenticationFailed")
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert_eq!(error.field, "spec.source.kafka.auth");
+    for says in [
+        "unknown-user",
+        "spec.source.kafka.auth.sasl.password (Secret kafka-creds, key password)",
+        "spec.source.kafka.auth.sasl.username (Secret kafka-creds, key user)",
+    ] {
+        assert!(error.message.contains(says), "{}", error.message);
+    }
 }
 
 #[test]
