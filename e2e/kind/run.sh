@@ -23,7 +23,7 @@ kind load docker-image --name "$CLUSTER" "sluice-operator:$TAG" "sluice-worker:$
 
 step "Kafka and MinIO"
 kubectl apply -f e2e/kind/deps.yaml
-kubectl -n deps rollout status deploy/kafka deploy/minio --timeout=5m
+kubectl -n deps rollout status deploy/kafka deploy/minio deploy/azurite --timeout=5m
 kubectl -n deps run mc --rm -i --restart=Never --image=minio/mc --command -- \
   sh -c 'mc alias set m http://minio.deps:9000 sluice sluice-secret && mc mb -p m/sluice'
 
@@ -59,4 +59,17 @@ kubectl -n "$NS" delete sj "$JOB" --wait
 kubectl -n "$NS" wait statefulset/"$JOB" --for=delete --timeout=2m || true
 kubectl -n deps run mc --rm -i --restart=Never --image=minio/mc --command -- \
   sh -c "mc alias set m http://minio.deps:9000 sluice sluice-secret && mc ls -r m/sluice/kind/$NS/$JOB/ | head"
+step "a job on the SASL listener and a job checkpointing to Azurite (e2e/kind/jobs)"
+kubectl -n deps exec deploy/kafka -- /opt/kafka/bin/kafka-topics.sh --bootstrap-server localhost:9092 \
+  --create --if-not-exists --topic orders --partitions 2
+kubectl -n deps run az --rm -i --restart=Never --image=mcr.microsoft.com/azure-cli --command -- \
+  az storage container create --name sluice --connection-string \
+  "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://azurite.deps:10000/devstoreaccount1;"
+kubectl apply -f e2e/kind/jobs/auth-and-stores.yaml
+for job in orders-sasl orders-azure; do
+  kubectl -n "$NS" wait "sj/$job" --for=condition=Ready --timeout=5m
+  # The operator's own clients reach the brokers and the store: lag and a checkpoint in status.
+  kubectl -n "$NS" wait "sj/$job" --for=jsonpath='{.status.lag}'=0 --timeout=2m
+  kubectl -n "$NS" get sj "$job" -o jsonpath='{.status.lastCheckpoint}{"\n"}'
+done
 step "done"
