@@ -21,6 +21,9 @@ pub enum Fault {
     LandThen503,
     /// A picked HEAD write is forwarded (it lands), then its connection is dropped unanswered.
     LandThenDrop,
+    /// A picked HEAD write is not forwarded: it is answered with 503, as by a store that is
+    /// down for writes (reads still pass).
+    Refuse503,
     /// Every request passes through without `If-Match` / `If-None-Match`, as on a store that
     /// does not implement conditional writes.
     IgnoreConditions,
@@ -94,10 +97,18 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let picked = match fault {
         Fault::None => false,
         Fault::IgnoreConditions => true,
-        Fault::LandThen503 | Fault::LandThenDrop => {
+        Fault::LandThen503 | Fault::LandThenDrop | Fault::Refuse503 => {
             head_write && (shared.head_writes.fetch_add(1, Ordering::Relaxed) + 1) % every == 0
         }
     };
+    if picked && fault == Fault::Refuse503 {
+        shared.injected.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>",
+        )
+            .into_response();
+    }
     let mut upstream = shared
         .client
         .request(parts.method.clone(), format!("{}{path}", shared.upstream));
@@ -127,7 +138,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                     .into_response();
             }
             Fault::LandThenDrop => std::panic::panic_any(DROPPED),
-            Fault::None | Fault::IgnoreConditions => {}
+            Fault::None | Fault::IgnoreConditions | Fault::Refuse503 => {}
         }
     }
     let status = answer.status();

@@ -73,3 +73,102 @@ async fn a_rollout_that_cannot_complete_is_stalled_after_its_progress_deadline()
         "not reconciling for ever: {conditions:?}"
     );
 }
+
+/// A task that fails and restarts inside a live worker (the checkpoint store refuses every HEAD
+/// write, so it can never take its partition over; the pod stays up and reads still work) is
+/// reported `Degraded=True`, reason `TaskFailing`, naming the task, the pod and the last error,
+/// once it has been failing for `FAILING_AFTER` (60 s); the condition clears when the store
+/// takes writes again and the task runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_failing_in_a_live_pod_is_degraded_naming_task_pod_and_error() {
+    use sluice_e2e::fault_proxy::{Fault, FaultProxy};
+    let env = TestEnv::from_env();
+    let dir = scratch_dir("failing");
+    let name = unique_name("failing");
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    create_topic(&env, &input, 1);
+    let proxy = FaultProxy::start(&env.s3_endpoint).await;
+    proxy.set(Fault::Refuse503, 1);
+    let cluster = Cluster::start(
+        &dir,
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
+    )
+    .await;
+    let mut checkpoint = checkpoint(&env, &format!("s3://{}/{name}", env.s3_bucket));
+    checkpoint["endpoint"] = proxy.endpoint.clone().into();
+    let spec = json!({
+        "parallelism": 1,
+        "source": {"kafka": {"bootstrapServers": env.kafka_bootstrap, "topics": [input], "format": "json"}},
+        "steps": [{"name": "all", "filter": {"expr": "true"}}],
+        "sink": {"kafka": {"topic": output}},
+        "checkpoint": checkpoint,
+        "state": {"size": "1Gi"},
+    });
+    let applied = Instant::now();
+    apply(&cluster.kubeconfig, &dir, &streamjob(&name, spec));
+    let degraded = loop {
+        let j = job(&cluster.store, &name).expect("job");
+        let degraded = j["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned());
+        if let Some(d) = degraded.filter(|d| d["reason"] == "TaskFailing") {
+            break d;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(180),
+            "not TaskFailing: {}\n{}",
+            j["status"],
+            tail(&cluster.operator.log)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let after = applied.elapsed();
+    let message = degraded["message"].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "Degraded TaskFailing {:.1} s after kubectl apply: {message}",
+        after.as_secs_f64()
+    );
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        after >= Duration::from_secs(60),
+        "not before FAILING_AFTER: {after:?}"
+    );
+    for says in [
+        format!("task 0 on {name}-0 has been failing and restarting for"),
+        "503".to_string(),
+    ] {
+        assert!(message.contains(&says), "{says:?} in {message}");
+    }
+    assert!(proxy.injected() > 0);
+
+    // The store takes writes again: the task runs and the condition clears.
+    proxy.set(Fault::None, 1);
+    let started = Instant::now();
+    loop {
+        let j = job(&cluster.store, &name).expect("job");
+        let conditions = j["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let status = |t: &str| {
+            conditions
+                .iter()
+                .find(|c| c["type"] == t)
+                .map(|c| c["status"].clone())
+        };
+        if status("Degraded") == Some("False".into()) && status("Ready") == Some("True".into()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "still degraded after the store recovered: {}",
+            j["status"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "Degraded cleared {:.1} s after the store took writes again",
+        started.elapsed().as_secs_f64()
+    );
+}

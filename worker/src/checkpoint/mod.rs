@@ -134,6 +134,21 @@ impl Held {
     fn holds(&self, head: &Head, owner: &str) -> bool {
         head.owner == owner && self.epochs.contains(&head.epoch)
     }
+
+    /// Whether another owner took the task after this process tried to: HEAD is not one of
+    /// this process's epochs, yet it is at or past the first one it tried. A HEAD that is
+    /// absent, or below every epoch tried, means no write of this process ever landed and no
+    /// one has taken the task since (epochs only grow): the task was never lost, as when the
+    /// store refused the first takeover's write.
+    fn lost_to(&self, current: Option<&Head>, owner: &str) -> bool {
+        let Some(first) = self.epochs.iter().min() else {
+            return false;
+        };
+        match current {
+            None => false,
+            Some(head) => !self.holds(head, owner) && head.epoch >= *first,
+        }
+    }
 }
 
 /// A checkpoint the task took locally, with what its descriptor records.
@@ -273,7 +288,7 @@ impl TaskCheckpoints {
                 });
             }
             if let Some(latest) = prior.latest()
-                && !current.as_ref().is_some_and(|(h, _)| prior.holds(h, owner))
+                && prior.lost_to(current.as_ref().map(|(h, _)| h), owner)
             {
                 return Err(CheckpointError::Fenced {
                     task,
@@ -1159,6 +1174,44 @@ mod tests {
         // A new process (nothing held) takes over unconditionally, as after a pod restart.
         let (a_new, _) = take("a", Held::default()).await;
         assert!(a_new.unwrap().epoch() > b.epoch());
+    }
+
+    /// A restart after a takeover whose write never landed (the store refused it: HEAD is
+    /// absent, or still the previous owner's below the epoch tried) takes the task over like
+    /// a new process; it was never lost. Before the fix the restart was fenced and the
+    /// worker, left with no task, exited.
+    #[tokio::test]
+    async fn a_restart_after_a_takeover_that_never_landed_takes_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
+        let take = |owner: &'static str, mut held: Held| {
+            let (store, layout, local) = (store.clone(), layout.clone(), dir.path().join(owner));
+            async move {
+                let taken =
+                    TaskCheckpoints::take_over(store, layout, 0, claim(owner), 1, local, &mut held)
+                        .await;
+                (taken, held)
+            }
+        };
+        // No HEAD yet; a tried epoch 1 and the store refused it.
+        let mut refused = Held::default();
+        refused.attempted(Epoch(1));
+        let (a, held) = take("a", refused).await;
+        let a = a.expect("the task was never lost");
+        assert_eq!(a.epoch(), Epoch(1));
+        // b holds the task at some epoch; c tried the next one and it was refused: c's
+        // restart takes the task (b's HEAD is below what c tried) ...
+        let (b, _) = take("b", Held::default()).await;
+        let b = b.unwrap();
+        let mut c_held = Held::default();
+        c_held.attempted(Epoch(b.epoch().0 + 1));
+        let (c, _) = take("c", c_held).await;
+        assert!(c.unwrap().epoch() > b.epoch());
+        // ... while a, whose epoch 1 is below the HEAD now, was taken over and stays fenced.
+        let (err, _) = take("a", held).await;
+        assert!(matches!(err, Err(CheckpointError::Fenced { .. })));
     }
 
     /// A savepoint of one job starts a task of another job: its state and offsets, once. The
