@@ -38,6 +38,70 @@ pub struct Job {
     pub name: String,
     /// The spec.
     pub spec: StreamJobSpec,
+    /// The input partitions the operator rolled the job out onto (annotations of the job
+    /// file it renders); `None` for a local manifest, which reads the partitions the topics
+    /// have when the worker starts.
+    pub partitions: Option<Partitions>,
+}
+
+/// The input partitions a job reads, as the operator pinned them: workers read these, not the
+/// count the brokers give at their start, so a pod that restarts after partitions were added
+/// runs the same tasks as the others until the operator rolls the job onto more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partitions {
+    /// Tasks `0..read` run; partitions from `read` on are not read.
+    pub read: u32,
+    /// Partitions from this one on were added while the job ran: a task among them that has no
+    /// checkpoint starts at the earliest offset, whatever `startingOffsets` says (its records
+    /// were written after the job started reading; `latest` would skip them).
+    pub added_from: u32,
+}
+
+impl Partitions {
+    /// Annotation of the job file: [`Partitions::read`].
+    pub const READ: &'static str = "sluice.dev/partitions";
+    /// Annotation of the job file: [`Partitions::added_from`].
+    pub const ADDED_FROM: &'static str = "sluice.dev/partitions-added-from";
+
+    /// From a StreamJob's annotations; `None` when they are absent, `Err` when they are not
+    /// counts or `added_from` is above `read`.
+    pub fn from_annotations(
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<Self>, String> {
+        let count = |key: &str| -> Result<Option<u32>, String> {
+            annotations
+                .get(key)
+                .map(|v| {
+                    v.parse::<u32>()
+                        .map_err(|_| format!("annotation {key} is {v:?}, not a partition count"))
+                })
+                .transpose()
+        };
+        match (count(Self::READ)?, count(Self::ADDED_FROM)?) {
+            (None, None) => Ok(None),
+            (Some(read), added_from) => {
+                let added_from = added_from.unwrap_or(read);
+                if added_from > read {
+                    return Err(format!(
+                        "annotation {} is {added_from}, above {} ({read})",
+                        Self::ADDED_FROM,
+                        Self::READ
+                    ));
+                }
+                Ok(Some(Self { read, added_from }))
+            }
+            (None, Some(_)) => Err(format!(
+                "annotation {} is given without {}",
+                Self::ADDED_FROM,
+                Self::READ
+            )),
+        }
+    }
+
+    /// Whether task `task`, without a checkpoint, reads a partition added while the job ran.
+    pub fn added(partitions: Option<&Self>, task: u32) -> bool {
+        partitions.is_some_and(|p| task >= p.added_from)
+    }
 }
 
 impl Job {
@@ -67,6 +131,16 @@ impl Job {
                 .clone()
                 .unwrap_or_else(|| "default".into()),
             name,
+            partitions: Partitions::from_annotations(
+                job.metadata
+                    .annotations
+                    .as_ref()
+                    .unwrap_or(&Default::default()),
+            )
+            .map_err(|message| JobError::Parse {
+                path: origin.to_string(),
+                message,
+            })?,
             spec: job.spec,
         })
     }
@@ -130,6 +204,46 @@ mod tests {
         let j = test_job("[]", "json");
         assert_eq!(j.id(), "default/j");
         assert_eq!(j.dead_letter_topic(), "out.dlq");
+    }
+
+    #[test]
+    fn the_pinned_partitions_come_from_the_job_files_annotations() {
+        let manifest = |annotations: &str| {
+            format!(
+                "apiVersion: sluice.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: j, annotations: {annotations}}}\nspec:\n  parallelism: 1\n  source: {{kafka: {{bootstrapServers: \"k:9092\", topics: [in]}}}}\n  sink: {{kafka: {{topic: out}}}}\n  checkpoint: {{storage: \"file:///tmp/x\"}}\n"
+            )
+        };
+        let parse = |a: &str| Job::parse(&manifest(a), "t").map(|j| j.partitions);
+        assert_eq!(parse("{}").expect("no pin"), None);
+        let pinned =
+            parse(r#"{"sluice.dev/partitions": "12", "sluice.dev/partitions-added-from": "6"}"#)
+                .expect("pinned")
+                .expect("some");
+        assert_eq!(
+            pinned,
+            Partitions {
+                read: 12,
+                added_from: 6
+            }
+        );
+        assert!(!Partitions::added(Some(&pinned), 5));
+        assert!(Partitions::added(Some(&pinned), 6));
+        assert!(!Partitions::added(None, 6));
+        assert_eq!(
+            parse(r#"{"sluice.dev/partitions": "6"}"#).expect("pinned"),
+            Some(Partitions {
+                read: 6,
+                added_from: 6
+            })
+        );
+        for bad in [
+            r#"{"sluice.dev/partitions": "six"}"#,
+            r#"{"sluice.dev/partitions": "6", "sluice.dev/partitions-added-from": "7"}"#,
+            r#"{"sluice.dev/partitions-added-from": "7"}"#,
+        ] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("sluice.dev/partitions"), "{e}");
+        }
     }
 
     #[test]

@@ -315,6 +315,25 @@ pub struct KafkaSource {
     #[serde(default)]
     pub on_offset_out_of_range: OffsetOutOfRange,
 
+    /// What the job does when partitions are added to its topics while it runs. `report`
+    /// (default): the job keeps reading the partitions it was rolled out with and sets the
+    /// condition `PartitionsChanged=True` with the counts, so nothing is read or moved without
+    /// a decision. `adopt`: the operator rolls the job onto all partitions; the new ones are
+    /// read from their earliest offset (never the latest: their first records would be
+    /// skipped). More partitions move keys between partitions and so between tasks: a job that
+    /// keeps keyed state adopts them only with `spec.upgrade.stateChanges: reset`, else the
+    /// change is held with a message. Topics are co-partitioned again before anything rolls.
+    #[serde(default)]
+    pub on_new_partitions: OnNewPartitions,
+
+    /// How often each worker asks the brokers how many partitions its topics have (as Flink's
+    /// `partition.discovery.interval.ms`, 5 minutes by default): a change is logged and shown in
+    /// the metric `sluice_source_partitions`. The operator reads the counts at every
+    /// observation on its own, for the `PartitionsChanged` condition.
+    #[serde(default = "KafkaSource::default_partition_discovery")]
+    #[schemars(schema_with = "nonzero_duration")]
+    pub partition_discovery_interval: Duration,
+
     /// How record values are decoded.
     #[serde(default)]
     pub format: Format,
@@ -342,6 +361,24 @@ pub enum StartingOffsets {
     Latest,
     /// The first record at or after `startingTimestamp`.
     Timestamp,
+}
+
+impl KafkaSource {
+    /// Five minutes, as Flink's KafkaSource.
+    pub fn default_partition_discovery() -> Duration {
+        std::time::Duration::from_secs(300).into()
+    }
+}
+
+/// What a job does with partitions added to its topics while it runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNewPartitions {
+    /// Keep reading the partitions the job was rolled out with; say so in `PartitionsChanged`.
+    #[default]
+    Report,
+    /// Roll the job onto every partition; the new ones start at their earliest offset.
+    Adopt,
 }
 
 /// What a task does when its resume offset is outside the partition.

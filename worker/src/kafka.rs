@@ -20,7 +20,7 @@ use sluice_crds::v1alpha1::{DeliveryGuarantee, OffsetOutOfRange, StartingOffsets
 use crate::assignment::TaskId;
 use crate::checkpoint::descriptor::TransactionLabel;
 use crate::io::{Connector, DeadLetter, GroupPosition, InputRecord, Skip, TaskInput, TaskOutput};
-use crate::job::Job;
+use crate::job::{Job, Partitions};
 
 /// Failures of the Kafka clients that stop a task.
 #[derive(Debug, thiserror::Error)]
@@ -177,26 +177,11 @@ pub fn group_id(job: &Job) -> String {
 
 /// Number of partitions of the source topics, which must all have the same count.
 pub fn source_partitions(job: &Job) -> Result<u32, KafkaClientError> {
-    let kafka = &job.spec.source.kafka;
-    let consumer: BaseConsumer = source_config(job)?
-        .create()
-        .map_err(client("creating metadata consumer"))?;
-    let mut counts = Vec::new();
-    for topic in &kafka.topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .map_err(client("fetching source topic metadata"))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as u32);
-        if partitions == 0 {
-            return Err(KafkaClientError::Topology(format!(
-                "source topic {topic} does not exist or has no partitions"
-            )));
-        }
-        counts.push((topic.as_str(), partitions));
+    let counts = source_partition_counts(&metadata_consumer(job)?, job)?;
+    if let Some((topic, _)) = counts.iter().find(|(_, n)| *n == 0) {
+        return Err(KafkaClientError::Topology(format!(
+            "source topic {topic} does not exist or has no partitions"
+        )));
     }
     let first = counts[0].1;
     if counts.iter().any(|(_, n)| *n != first) {
@@ -205,6 +190,33 @@ pub fn source_partitions(job: &Job) -> Result<u32, KafkaClientError> {
         )));
     }
     Ok(first)
+}
+
+/// The partition count of each source topic (0: no such topic), in `topics` order.
+pub fn source_partition_counts(
+    consumer: &BaseConsumer,
+    job: &Job,
+) -> Result<Vec<(String, u32)>, KafkaClientError> {
+    let mut counts = Vec::new();
+    for topic in &job.spec.source.kafka.topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(client("fetching source topic metadata"))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as u32);
+        counts.push((topic.clone(), partitions));
+    }
+    Ok(counts)
+}
+
+/// A client for [`source_partition_counts`], with the job's source settings.
+pub fn metadata_consumer(job: &Job) -> Result<BaseConsumer, KafkaClientError> {
+    source_config(job)?
+        .create()
+        .map_err(client("creating metadata consumer"))
 }
 
 /// The Kafka clients of task `task` of `job`.
@@ -574,7 +586,11 @@ fn task_consumer(
                     .get(topic)
                     .and_then(|p| p.get(&partition.to_string()))
                     .copied();
+                // A partition added while the job ran: everything in it was written after the
+                // job started reading the others, so it is read from its first record.
+                let added = Partitions::added(job.partitions.as_ref(), task);
                 let start = match (given, kafka.starting_offsets) {
+                    _ if added => low,
                     (Some(offset), _) if (low..=high).contains(&offset) => offset,
                     (Some(offset), _) => {
                         return Err(KafkaClientError::StartingOffsetOutside {
@@ -614,7 +630,18 @@ fn task_consumer(
                         }
                     },
                 };
-                tracing::info!(task, topic, start, low, high, starting_offsets = ?kafka.starting_offsets, given = ?given, "no checkpointed offset: starting where startingPartitionOffsets or startingOffsets says");
+                if added {
+                    tracing::info!(
+                        task,
+                        topic,
+                        start,
+                        low,
+                        high,
+                        "no checkpointed offset in a partition added while the job ran: starting at its earliest offset (never the latest, which would skip its records)"
+                    );
+                } else {
+                    tracing::info!(task, topic, start, low, high, starting_offsets = ?kafka.starting_offsets, given = ?given, "no checkpointed offset: starting where startingPartitionOffsets or startingOffsets says");
+                }
                 offsets.insert(topic.clone(), start);
                 start
             }

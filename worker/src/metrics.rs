@@ -32,6 +32,13 @@ pub struct PartitionLabels {
     pub partition: u32,
 }
 
+/// Labels of per-topic series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// Source topic.
+    pub topic: String,
+}
+
 /// Every metric the worker exports.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +75,11 @@ pub struct Metrics {
     pub tasks_fenced: Family<TaskLabels, Gauge>,
     /// Records later than their windows' allowed lateness, dropped (`lateRecords: drop`).
     pub late_records: Family<TaskLabels, Counter>,
+    /// Partitions of each source topic, as the brokers said at the latest discovery.
+    pub source_partitions: Family<TopicLabels, Gauge>,
+    /// Partitions of each source topic this job does not read (added after it was rolled out,
+    /// not adopted yet).
+    pub source_partitions_unread: Family<TopicLabels, Gauge>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -93,6 +105,8 @@ impl Default for Metrics {
             records_skipped: Family::default(),
             offset_resets: Family::default(),
             late_records: Family::default(),
+            source_partitions: Family::default(),
+            source_partitions_unread: Family::default(),
             registry: Registry::default(),
         };
         registry.register("records_in", "Records consumed", metrics.records_in.clone());
@@ -165,6 +179,16 @@ impl Default for Metrics {
             "late_records",
             "Records later than their windows' allowed lateness, dropped",
             metrics.late_records.clone(),
+        );
+        registry.register(
+            "source_partitions",
+            "Partitions of the source topic, as the brokers said at the latest discovery",
+            metrics.source_partitions.clone(),
+        );
+        registry.register(
+            "source_partitions_unread",
+            "Partitions of the source topic this job does not read (added, not adopted yet)",
+            metrics.source_partitions_unread.clone(),
         );
         Self {
             registry,

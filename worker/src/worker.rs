@@ -2,11 +2,12 @@
 //! restarts a failed task from its last checkpoint, drops a task another owner took, serves
 //! `/metrics`, `/healthz` and `/readyz`, and on SIGTERM stops every task after a final checkpoint.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
@@ -84,7 +85,37 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let job = Arc::new(config.job.clone());
     // Refuse steps this build cannot run before touching anything.
     crate::pipeline::Pipeline::new(&job)?;
-    let partitions = kafka::source_partitions(&job)?;
+    // The operator pins the partitions the job reads; a worker started after partitions were
+    // added reads the same ones as its peers until the job is rolled onto more. Topics that
+    // grew unevenly still have the pinned ones, so co-partitioning is checked against those.
+    let partitions = match job.partitions {
+        Some(pinned) => {
+            let counts = kafka::source_partition_counts(&kafka::metadata_consumer(&job)?, &job)?;
+            let fewest = counts.iter().map(|(_, n)| *n).min().unwrap_or(0);
+            if fewest < pinned.read {
+                return Err(KafkaClientError::Topology(format!(
+                    "the source topics have fewer partitions than the {} the job was rolled out \
+                     onto ({counts:?}): partitions cannot be removed from a Kafka topic, so one \
+                     was deleted and created again (or does not exist), and the checkpoints no \
+                     longer match its offsets",
+                    pinned.read
+                ))
+                .into());
+            }
+            let most = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            if most > pinned.read {
+                warn!(
+                    partitions = ?counts,
+                    read = pinned.read,
+                    "the source topics have more partitions than the job reads: those from {} on \
+                     are not read until the job adopts them (spec.source.kafka.onNewPartitions)",
+                    pinned.read
+                );
+            }
+            pinned.read
+        }
+        None => kafka::source_partitions(&job)?,
+    };
     let env = Arc::new(TaskEnv {
         stop: stop.clone(),
         rollout: config.rollout,
@@ -120,6 +151,7 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         statuses.clone(),
     ));
     runtime.spawn(report_tasks(env.clone(), statuses.clone()));
+    spawn_partition_discovery(&job, partitions, env.metrics.clone(), stop.clone());
     if stop.load(Ordering::Relaxed) {
         info!("stopped before any task started");
         return Ok(());
@@ -291,6 +323,68 @@ async fn report_tasks(env: Arc<TaskEnv>, statuses: Arc<Vec<TaskStatus>>) {
                 Err(e) => warn!(task = report.task, error = %e, "cannot write the task's report"),
             }
         }
+    }
+}
+
+/// Asks the brokers every `spec.source.kafka.partitionDiscoveryInterval` how many partitions
+/// the source topics have, while the worker runs: the counts go to `sluice_source_partitions`
+/// and, beyond the `read` partitions the job reads, `sluice_source_partitions_unread`; a change
+/// is logged once. Reading them is the operator's decision (`onNewPartitions`), which rolls
+/// the workers; locally, restarting the worker reads them.
+fn spawn_partition_discovery(
+    job: &Arc<Job>,
+    read: u32,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let job = job.clone();
+    let every: Duration = job.spec.source.kafka.partition_discovery_interval.into();
+    let spawned = std::thread::Builder::new()
+        .name("partitions".into())
+        .spawn(move || {
+            let mut consumer = None;
+            let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(200).min(every));
+                    continue;
+                }
+                next = Instant::now() + every;
+                if consumer.is_none() {
+                    consumer = kafka::metadata_consumer(&job)
+                        .map_err(|e| warn!(error = %e, "partition discovery: no metadata client"))
+                        .ok();
+                }
+                let Some(client) = &consumer else { continue };
+                let counts = match kafka::source_partition_counts(client, &job) {
+                    Ok(counts) => counts,
+                    Err(e) => {
+                        warn!(error = %e, "partition discovery: the brokers did not answer");
+                        continue;
+                    }
+                };
+                for (topic, n) in counts {
+                    let labels = crate::metrics::TopicLabels {
+                        topic: topic.clone(),
+                    };
+                    metrics.source_partitions.get_or_create(&labels).set(n.into());
+                    metrics
+                        .source_partitions_unread
+                        .get_or_create(&labels)
+                        .set(n.saturating_sub(read).into());
+                    let before = seen.insert(topic.clone(), n);
+                    if before.is_some_and(|b| b != n) || (before.is_none() && n != read) {
+                        warn!(
+                            topic, partitions = n, read,
+                            "partition discovery: the topic has {n} partitions, the job reads {read}"
+                        );
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start partition discovery");
     }
 }
 
