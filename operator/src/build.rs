@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{Value, json};
+use sluice_core::job::Partitions;
 
 use crate::validate::ValidJob;
 
@@ -108,13 +109,33 @@ pub fn job_file(job: &ValidJob) -> Result<String, BuildError> {
     spec.suspend = false;
     spec.savepoint = None;
     spec.progress_deadline = sluice_crds::StreamJobSpec::default_progress_deadline();
+    let mut metadata = json!({ "name": job.name, "namespace": job.namespace });
+    if let Some(pinned) = pinned_partitions(job) {
+        metadata["annotations"] = json!({
+            Partitions::READ: pinned.read.to_string(),
+            Partitions::ADDED_FROM: pinned.added_from.to_string(),
+        });
+    }
     let manifest = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "StreamJob",
-        "metadata": { "name": job.name, "namespace": job.namespace },
+        "metadata": metadata,
         "spec": spec,
     });
     serde_norway::to_string(&manifest).map_err(|e| BuildError::Render(e.to_string()))
+}
+
+/// The partitions the workers of `job` read, pinned in their job file: `job.partitions`, with
+/// those beyond the ones rolled out before marked as added while the job ran; what was rolled
+/// out before when the brokers did not answer.
+pub fn pinned_partitions(job: &ValidJob) -> Option<Partitions> {
+    match job.partitions {
+        Some(read) => Some(Partitions {
+            read,
+            added_from: job.rolled.map_or(read, |r| r.added_from.min(read)),
+        }),
+        None => job.rolled,
+    }
 }
 
 /// A short hash of everything that needs a worker restart when it changes: the job file

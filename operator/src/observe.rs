@@ -710,11 +710,19 @@ pub async fn observe(
     // replicas say it.
     let applied = config_map
         .and_then(|cm| cm.data?.remove("job.yaml"))
-        .and_then(|text| serde_norway::from_str::<StreamJob>(&text).ok())
-        .map(|applied| StreamJobSpec {
-            suspend: stateful_set.as_ref().and_then(|s| s.spec.replicas) == Some(0),
-            ..applied.spec
-        });
+        .and_then(|text| serde_norway::from_str::<StreamJob>(&text).ok());
+    // The partitions the workers read, pinned in the job file (absent from one rendered
+    // before they were: its workers read what the brokers said at their start).
+    let applied_partitions = applied.as_ref().and_then(|a| {
+        sluice_core::job::Partitions::from_annotations(a.annotations())
+            .map_err(|e| tracing::warn!(error = %e, "the job file's partitions are unreadable"))
+            .ok()
+            .flatten()
+    });
+    let applied = applied.map(|applied| StreamJobSpec {
+        suspend: stateful_set.as_ref().and_then(|s| s.spec.replicas) == Some(0),
+        ..applied.spec
+    });
 
     outside.credentials(job, credentials);
     outside.source_auth(
@@ -741,6 +749,7 @@ pub async fn observe(
             secrets,
             source_partitions,
             applied,
+            applied_partitions,
         },
         stateful_set,
         pods,

@@ -37,6 +37,9 @@ pub struct Inputs<'a> {
     pub parallelism: (i32, i32),
     /// Each task's state bytes at its HEAD checkpoint (shorter or empty when unknown).
     pub bytes: &'a [u64],
+    /// Partitions the job is rolled onto from the ones it read, as (from, to), when it adopts
+    /// partitions added to its input (`onNewPartitions: adopt`).
+    pub adopting: Option<(u32, u32)>,
 }
 
 /// Whether a change of these spec fields is an upgrade (what `approval: manual` holds): a
@@ -50,6 +53,9 @@ pub fn is_upgrade(fields: &[&str]) -> bool {
 /// The plan; None when the change rolls nothing.
 pub fn plan(inputs: &Inputs<'_>) -> Option<RolloutPlan> {
     let action = match &inputs.change.change {
+        // No spec change, but the input gained partitions the job adopts: a roll of its own,
+        // whose state verdicts (keys move between tasks) the plan shows as any other's.
+        Change::None if inputs.adopting.is_some() => "adopt-partitions",
         Change::None => return None,
         Change::Create => "create",
         Change::Suspend => "suspend",

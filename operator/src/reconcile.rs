@@ -17,7 +17,9 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use sluice_core::checkpoint::savepoint::SavepointId;
-use sluice_crds::v1alpha1::{SavepointInfo, SavepointProgress, StreamJob, StreamJobStatus};
+use sluice_crds::v1alpha1::{
+    OnNewPartitions, SavepointInfo, SavepointProgress, StreamJob, StreamJobStatus,
+};
 use tracing::{info, instrument, warn};
 
 use crate::build::{
@@ -288,6 +290,10 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                 partitions,
                 parallelism: (from, job.spec.parallelism),
                 bytes: &bytes,
+                adopting: valid
+                    .rolled
+                    .filter(|rolled| rolled.read < partitions)
+                    .map(|rolled| (rolled.read, partitions)),
             })
         }
         Err(_) => None,
@@ -308,10 +314,33 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
 
     let (errors, revision, last_checkpoint, lag, tasks) = match &validated {
         Ok(valid) => {
+            // A held change keeps the partitions rolled out last too.
             let valid = &ValidJob {
                 spec: rendered.clone(),
+                partitions: match (&held, valid.rolled) {
+                    (Some(_), Some(rolled)) => Some(rolled.read),
+                    _ => valid.partitions,
+                },
                 ..valid.clone()
             };
+            if let (Some(read), Some(rolled)) = (valid.partitions, valid.rolled)
+                && read > rolled.read
+            {
+                publish(
+                    EventType::Normal,
+                    "AdoptingPartitions",
+                    "Roll",
+                    format!(
+                        "restarting every worker onto {read} partitions (from {}, \
+                         spec.source.kafka.onNewPartitions: adopt): partitions {}–{} start at \
+                         their earliest offset; the others resume from their checkpoints",
+                        rolled.read,
+                        rolled.read,
+                        read - 1
+                    ),
+                )
+                .await;
+            }
             let valid = &ValidJob {
                 rollout: build::rollout(
                     valid,
@@ -487,10 +516,38 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         last_checkpoint,
         lag,
         tasks: &tasks,
+        partitions: validated.as_ref().ok().and_then(|valid| {
+            let pinned = build::pinned_partitions(&ValidJob {
+                partitions: match (&held, valid.rolled) {
+                    (Some(_), Some(rolled)) => Some(rolled.read),
+                    _ => valid.partitions,
+                },
+                ..valid.clone()
+            })?;
+            Some(status::PartitionsSeen {
+                live: valid.live_partitions?,
+                read: pinned.read,
+                rolled: valid.rolled.map(|r| r.read),
+                added_from: pinned.added_from,
+                adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
+            })
+        }),
         selector: build::selector_string(&name),
         now: k8s_openapi::jiff::Timestamp::now(),
     };
     let mut new = status::status(&inputs);
+    let unread = |s: &StreamJobStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::PARTITIONS_CHANGED && c.status == "True")
+            .filter(|c| c.reason != "Adopting")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = unread(&new)
+        && previous.and_then(unread).map(|(r, _)| r) != Some(reason.clone())
+    {
+        publish(EventType::Warning, &reason, "Observe", message).await;
+    }
     new.savepoint = savepoint;
     new.savepoints = savepoints;
     if let Some((tasks, totals)) = listed {

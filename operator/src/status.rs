@@ -40,6 +40,92 @@ pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
 /// completed within `spec.progressDeadline`.
 pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
+/// Condition type: the source topics have partitions the job does not read, or did not when
+/// it was rolled out (`True`), or it reads them all (`False`).
+pub const PARTITIONS_CHANGED: &str = "PartitionsChanged";
+
+/// What the job knows about its input partitions, for [`PARTITIONS_CHANGED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionsSeen {
+    /// The partitions each source topic has, as the brokers said.
+    pub live: u32,
+    /// The partitions the job is rolled out onto now.
+    pub read: u32,
+    /// The partitions its workers read before this reconcile, if it ran.
+    pub rolled: Option<u32>,
+    /// Partitions from this one on were added while the job ran.
+    pub added_from: u32,
+    /// `spec.source.kafka.onNewPartitions: adopt`.
+    pub adopt: bool,
+}
+
+/// [`PARTITIONS_CHANGED`] as (status, reason, message).
+pub fn partitions_condition(p: &PartitionsSeen) -> (bool, &'static str, String) {
+    let PartitionsSeen {
+        live,
+        read,
+        rolled,
+        added_from,
+        adopt,
+    } = *p;
+    if live > read {
+        let unread = if live - read == 1 {
+            format!("partition {read} is")
+        } else {
+            format!("partitions {read}–{} are", live - 1)
+        };
+        return if adopt {
+            (
+                true,
+                "AdoptionHeld",
+                format!(
+                    "the source topics have {live} partitions, the job reads {read}: {unread} \
+                     not read; adopting them (onNewPartitions: adopt) is held, see the \
+                     Progressing condition and status.plan (more partitions move keys, and so \
+                     keyed state, between tasks: spec.upgrade.stateChanges: reset adopts them \
+                     with that state started empty)"
+                ),
+            )
+        } else {
+            (
+                true,
+                "PartitionsAdded",
+                format!(
+                    "the source topics have {live} partitions, the job reads {read}: {unread} \
+                     not read and their records are not in status.lag; set \
+                     spec.source.kafka.onNewPartitions: adopt to roll the job onto them, read \
+                     from their earliest offset"
+                ),
+            )
+        };
+    }
+    match rolled {
+        Some(rolled) if rolled < read => (
+            true,
+            "Adopting",
+            format!(
+                "rolling the job onto {read} partitions (from {rolled}): partitions {rolled}–{} \
+                 start at their earliest offset",
+                read - 1
+            ),
+        ),
+        _ if added_from < read => (
+            false,
+            "AllRead",
+            format!(
+                "the job reads all {read} partitions of each source topic; partitions \
+                 {added_from}–{} were added while it ran and read from their earliest offset",
+                read - 1
+            ),
+        ),
+        _ => (
+            false,
+            "AllRead",
+            format!("the job reads all {read} partitions of each source topic"),
+        ),
+    }
+}
+
 /// Waiting reasons of a container that will not get better by waiting.
 const FAILING: &[&str] = &[
     "CrashLoopBackOff",
@@ -85,6 +171,8 @@ pub struct Inputs<'a> {
     pub lag: Option<i64>,
     /// The tasks' current reports (see [`Outside::task_reports`](crate::observe::Outside)).
     pub tasks: &'a [TaskReport],
+    /// The job's input partitions, when the brokers answered.
+    pub partitions: Option<PartitionsSeen>,
     /// Label selector of the job's pods.
     pub selector: String,
     /// Now.
@@ -401,6 +489,22 @@ pub fn status(inputs: &Inputs<'_>) -> StreamJobStatus {
         } else {
             hold(PROGRESSING, true);
         }
+    }
+
+    match &inputs.partitions {
+        Some(seen) => {
+            let (changed, reason, message) = partitions_condition(seen);
+            conditions.push(condition(
+                inputs,
+                &previous,
+                PARTITIONS_CHANGED,
+                changed,
+                reason,
+                message,
+            ));
+        }
+        // Kept as it was while the brokers do not answer.
+        None => conditions.extend(previous_condition(&previous, PARTITIONS_CHANGED).cloned()),
     }
 
     // The abnormal-true pair kstatus (Flux, kpt, cli-utils) reads: present only when true.

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::SecretKeySelector;
 use kube::ResourceExt;
-use sluice_crds::v1alpha1::{DeliveryGuarantee, StateSpec, StreamJob, StreamJobSpec};
+use sluice_core::job::Partitions;
+use sluice_crds::v1alpha1::{
+    DeliveryGuarantee, OnNewPartitions, StateSpec, StreamJob, StreamJobSpec,
+};
 
 /// What observation found out about the job's surroundings.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +23,9 @@ pub struct Facts {
     pub source_partitions: Result<BTreeMap<String, u32>, Unasked>,
     /// The spec the running workers were started with (from the job's ConfigMap), if any.
     pub applied: Option<StreamJobSpec>,
+    /// The partitions the running workers read (annotations of the job file in the ConfigMap);
+    /// `None` for a new job, or one rendered before partitions were pinned.
+    pub applied_partitions: Option<Partitions>,
 }
 
 /// Why the source brokers did not say how many partitions the topics have.
@@ -56,8 +62,14 @@ pub struct ValidJob {
     /// The volume the StatefulSet's claim template asks for. Claim templates cannot change
     /// once the StatefulSet exists, so a running job keeps the one it was created with.
     pub volume: StateSpec,
-    /// Source partitions, when the brokers answered.
+    /// The source partitions the job reads, when the brokers answered: those it was rolled out
+    /// onto, or every partition the topics have when it adopts new ones
+    /// (`spec.source.kafka.onNewPartitions: adopt`). Task `p` reads partition `p`.
     pub partitions: Option<u32>,
+    /// The partitions each source topic has, when the brokers answered.
+    pub live_partitions: Option<u32>,
+    /// The partitions the running workers read (see [`Facts::applied_partitions`]).
+    pub rolled: Option<Partitions>,
     /// The rollout number the pods of this spec run with (`SLUICE_ROLLOUT`), set by
     /// [`build::rollout`](crate::build::rollout); validation leaves 0.
     pub rollout: i64,
@@ -179,6 +191,7 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
         namespace: job.namespace().unwrap_or_default(),
         name: job.name_any(),
         spec: spec.clone(),
+        partitions: None,
     };
     match sluice_core::steps::check(&worker_job) {
         Ok(_) => {}
@@ -226,6 +239,7 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
 
     // Source topology.
     let mut partitions = None;
+    let mut live_partitions = None;
     if let Ok(counts) = &facts.source_partitions {
         for (i, topic) in spec.source.kafka.topics.iter().enumerate() {
             if counts.get(topic).copied().unwrap_or(0) == 0 {
@@ -247,40 +261,65 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
             .iter()
             .filter_map(|t| counts.get(t).copied().filter(|n| *n > 0))
             .collect();
-        match known.iter().collect::<Vec<_>>().as_slice() {
-            [] => {}
-            [n] => {
-                partitions = Some(**n);
-                if spec.parallelism > **n as i32 {
-                    fail(
-                        "spec.parallelism".into(),
-                        "ParallelismAbovePartitions",
-                        format!(
-                            "parallelism {} is above the {n} partitions of the source, so {} \
-                             workers would have nothing to do; set parallelism to at most {n} \
-                             (partitions added to the topic of a stateful job move keys between \
-                             tasks, which spec.upgrade.stateChanges decides about)",
-                            spec.parallelism,
-                            spec.parallelism - **n as i32
-                        ),
-                    );
-                }
+        let adopt = spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt;
+        let fewest = known.first().copied();
+        live_partitions = known.last().copied();
+        // What the tasks read: the partitions the workers were rolled out onto, unless the
+        // topics have more and the job adopts them. Under `report`, topics that grew unevenly
+        // are not an error: every topic still has the partitions the tasks read.
+        let read = match (facts.applied_partitions, fewest) {
+            (_, None) => None,
+            (Some(rolled), Some(fewest)) if fewest < rolled.read => {
+                fail(
+                    "spec.source.kafka.topics".into(),
+                    "SourcePartitionsRemoved",
+                    format!(
+                        "the source topics have {fewest} partitions where the job reads {}: \
+                         Kafka cannot remove partitions, so a topic was deleted and created \
+                         again and the job's checkpointed offsets no longer belong to it; \
+                         recreate the job with new checkpoint storage (or restore the topic)",
+                        rolled.read
+                    ),
+                );
+                None
             }
-            _ => fail(
-                "spec.source.kafka.topics".into(),
-                "SourceNotCoPartitioned",
-                format!(
-                    "source topics must have the same number of partitions (task p reads \
-                     partition p of each), found {}",
-                    spec.source
-                        .kafka
-                        .topics
-                        .iter()
-                        .map(|t| format!("{t}: {}", counts.get(t).copied().unwrap_or(0)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
+            (Some(rolled), Some(_)) if !adopt => Some(rolled.read),
+            (_, Some(_)) if known.len() > 1 => {
+                fail(
+                    "spec.source.kafka.topics".into(),
+                    "SourceNotCoPartitioned",
+                    format!(
+                        "source topics must have the same number of partitions (task p reads \
+                         partition p of each), found {}",
+                        spec.source
+                            .kafka
+                            .topics
+                            .iter()
+                            .map(|t| format!("{t}: {}", counts.get(t).copied().unwrap_or(0)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                None
+            }
+            (_, Some(all)) => Some(all),
+        };
+        if let Some(n) = read {
+            partitions = Some(n);
+            if spec.parallelism > n as i32 {
+                fail(
+                    "spec.parallelism".into(),
+                    "ParallelismAbovePartitions",
+                    format!(
+                        "parallelism {} is above the {n} partitions of the source, so {} \
+                         workers would have nothing to do; set parallelism to at most {n} \
+                         (partitions added to the topic of a stateful job move keys between \
+                         tasks, which spec.upgrade.stateChanges decides about)",
+                        spec.parallelism,
+                        spec.parallelism - n as i32
+                    ),
+                );
+            }
         }
     }
 
@@ -300,6 +339,8 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
         spec: spec.clone(),
         volume,
         partitions,
+        live_partitions,
+        rolled: facts.applied_partitions,
         rollout: 0,
     })
 }

@@ -41,6 +41,7 @@ fn every_shipped_example_passes_the_operators_validation() {
                 .map(|t| (t.clone(), partitions))
                 .collect()),
             applied: None,
+            applied_partitions: None,
         };
         if let Err(errors) = validate(&job, &facts) {
             panic!("{} is refused by the operator: {errors:#?}", path.display());

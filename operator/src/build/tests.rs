@@ -1,4 +1,5 @@
 use serde_json::{Value, json};
+use sluice_core::job::Partitions;
 use sluice_crds::v1alpha1::StreamJob;
 
 use super::{Settings, children, job_file, revision, rollout};
@@ -65,6 +66,7 @@ fn valid(yaml: &str) -> ValidJob {
         .collect(),
         source_partitions: Ok([("customers".to_string(), 6)].into()),
         applied: None,
+        applied_partitions: None,
     };
     validate(&job, &facts).expect("the fixture is valid")
 }
@@ -303,6 +305,71 @@ fn the_job_file_is_the_manifest_without_server_fields_or_secret_values() {
     assert_eq!(manifest.metadata.generation, None);
     assert!(manifest.status.is_none());
     assert_eq!(manifest.spec, valid(JOB).spec);
+}
+
+#[test]
+fn the_job_file_pins_the_partitions_read_and_marks_those_added_while_the_job_ran() {
+    let pinned = |job: &ValidJob| {
+        let text = job_file(job).expect("job file");
+        sluice_core::job::Job::parse(&text, "job file")
+            .expect("the worker can read it")
+            .partitions
+    };
+    let new = valid(JOB);
+    assert_eq!(
+        pinned(&new),
+        Some(Partitions {
+            read: 6,
+            added_from: 6
+        })
+    );
+    // Rolled out onto 6, the topics now have 8 and the job adopts them.
+    let adopting = ValidJob {
+        partitions: Some(8),
+        rolled: Some(Partitions {
+            read: 6,
+            added_from: 6,
+        }),
+        ..new.clone()
+    };
+    assert_eq!(
+        pinned(&adopting),
+        Some(Partitions {
+            read: 8,
+            added_from: 6
+        })
+    );
+    assert_ne!(
+        revision(&adopting, &settings()).expect("revision"),
+        revision(&new, &settings()).expect("revision"),
+        "adopting restarts the workers"
+    );
+    // Once rolled, the mark stays: a task among them without a checkpoint still starts at
+    // the earliest offset.
+    let adopted = ValidJob {
+        rolled: Some(Partitions {
+            read: 8,
+            added_from: 6,
+        }),
+        ..adopting.clone()
+    };
+    assert_eq!(
+        revision(&adopted, &settings()).expect("revision"),
+        revision(&adopting, &settings()).expect("revision"),
+        "nothing restarts again"
+    );
+    // The brokers do not answer: what was rolled out stays.
+    let unasked = ValidJob {
+        partitions: None,
+        ..adopted.clone()
+    };
+    assert_eq!(
+        pinned(&unasked),
+        Some(Partitions {
+            read: 8,
+            added_from: 6
+        })
+    );
 }
 
 #[test]

@@ -145,6 +145,7 @@ fn restart_and_rescale_changes_move_the_pod_revision_and_the_others_do_not() {
         secrets: Default::default(),
         source_partitions: Ok([("customers".to_string(), 12)].into()),
         applied,
+        applied_partitions: None,
     };
     let before = revision(
         &validate(&applied_job, &facts(None)).expect("valid"),

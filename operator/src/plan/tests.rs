@@ -21,7 +21,44 @@ fn inputs<'a>(change: &'a Classified, state: Option<&'a sluice_core::upgrade::Pl
         partitions: 6,
         parallelism: (3, 3),
         bytes: &[10, 20, 30, 40, 50, 60],
+        adopting: None,
     }
+}
+
+#[test]
+fn adopting_new_partitions_is_a_roll_of_its_own_whose_state_verdicts_the_plan_shows() {
+    let job = test_job(
+        "[{name: once, dedupe: {key: value.id, ttl: 1h}}, {name: f, filter: {expr: 'true'}}]",
+        "json",
+    );
+    let state = check(
+        Old::Signed(&signatures(&job.spec, 6)),
+        &signatures(&job.spec, 12),
+        "",
+    );
+    let change = classified(Change::None);
+    assert!(
+        plan(&inputs(&change, Some(&state))).is_none(),
+        "without adoption nothing rolls"
+    );
+    let p = plan(&Inputs {
+        partitions: 12,
+        adopting: Some((6, 12)),
+        ..inputs(&change, Some(&state))
+    })
+    .expect("a plan");
+    assert_eq!(p.action, "adopt-partitions");
+    let verdicts: Vec<(&str, &str)> = p
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.verdict.as_str()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [("once", "reset")],
+        "keys move between tasks: {p:?}"
+    );
+    assert_eq!(p.state, state.summary());
 }
 
 #[test]

@@ -8,7 +8,10 @@ use sluice_crds::v1alpha1::{CheckpointRef, Phase, StreamJobStatus};
 
 use sluice_core::checkpoint::descriptor::{Epoch, ReportedState, TaskReport};
 
-use super::{DEGRADED, Inputs, PROGRESSING, READY, SPEC_VALID, STALLED, rollout_finished, status};
+use super::{
+    DEGRADED, Inputs, PARTITIONS_CHANGED, PROGRESSING, PartitionsSeen, READY, SPEC_VALID, STALLED,
+    rollout_finished, status,
+};
 use crate::change::{Change, Classified};
 use crate::validate::SpecError;
 
@@ -48,6 +51,7 @@ fn inputs<'a>(pods: &'a [Pod], previous: Option<&'a StreamJobStatus>) -> Inputs<
     Inputs {
         generation: 7,
         held: None,
+        partitions: None,
         plan: None,
         parallelism: 3,
         suspend: false,
@@ -648,4 +652,88 @@ fn a_new_generation_counts_its_deadline_from_its_own_start() {
         ..inputs(&starting, Some(&later))
     });
     assert_ne!(condition(&held, DEGRADED).1, "ProgressDeadlineExceeded");
+}
+
+#[test]
+fn partitions_added_to_the_input_are_reported_with_the_counts_until_the_job_reads_them() {
+    let pods = [pod("j-0", "r2", true)];
+    let seen = |live, read, rolled, added_from, adopt| PartitionsSeen {
+        live,
+        read,
+        rolled,
+        added_from,
+        adopt,
+    };
+    let before = status(&Inputs {
+        partitions: Some(seen(6, 6, Some(6), 6, false)),
+        ..inputs(&pods, None)
+    });
+    assert_eq!(
+        condition(&before, PARTITIONS_CHANGED),
+        (
+            "False",
+            "AllRead",
+            "the job reads all 6 partitions of each source topic"
+        )
+    );
+
+    let added = status(&Inputs {
+        partitions: Some(seen(8, 6, Some(6), 6, false)),
+        ..inputs(&pods, Some(&before))
+    });
+    let (value, reason, message) = condition(&added, PARTITIONS_CHANGED);
+    assert_eq!((value, reason), ("True", "PartitionsAdded"));
+    assert!(
+        message.starts_with(
+            "the source topics have 8 partitions, the job reads 6: partitions 6–7 are not read"
+        ) && message.contains("onNewPartitions: adopt"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(
+            &status(&Inputs {
+                partitions: None,
+                ..inputs(&pods, Some(&added))
+            }),
+            PARTITIONS_CHANGED
+        )
+        .1,
+        "PartitionsAdded",
+        "kept while the brokers do not answer"
+    );
+
+    let held = status(&Inputs {
+        partitions: Some(seen(7, 6, Some(6), 6, true)),
+        ..inputs(&pods, Some(&added))
+    });
+    let (value, reason, message) = condition(&held, PARTITIONS_CHANGED);
+    assert_eq!((value, reason), ("True", "AdoptionHeld"));
+    assert!(message.contains("partition 6 is not read"), "{message}");
+
+    let adopting = status(&Inputs {
+        partitions: Some(seen(8, 8, Some(6), 6, true)),
+        ..inputs(&pods, Some(&held))
+    });
+    assert_eq!(
+        condition(&adopting, PARTITIONS_CHANGED),
+        (
+            "True",
+            "Adopting",
+            "rolling the job onto 8 partitions (from 6): partitions 6–7 start at their earliest \
+             offset"
+        )
+    );
+    let adopted = status(&Inputs {
+        partitions: Some(seen(8, 8, Some(8), 6, true)),
+        ..inputs(&pods, Some(&adopting))
+    });
+    assert_eq!(
+        condition(&adopted, PARTITIONS_CHANGED),
+        (
+            "False",
+            "AllRead",
+            "the job reads all 8 partitions of each source topic; partitions 6–7 were added \
+             while it ran and read from their earliest offset"
+        )
+    );
 }

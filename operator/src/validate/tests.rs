@@ -4,6 +4,8 @@ use serde_json::{Value, json};
 use sluice_crds::admission::{Admission, merge_patch};
 use sluice_crds::v1alpha1::StreamJob;
 
+use sluice_core::job::Partitions;
+
 use super::{Facts, SpecError, Unasked, validate};
 
 /// A job that runs: one materialize step over a 6-partition topic, S3 checkpoints.
@@ -29,6 +31,7 @@ fn facts() -> Facts {
         secrets: BTreeMap::new(),
         source_partitions: Ok(BTreeMap::from([("customers".into(), 6)])),
         applied: None,
+        applied_partitions: None,
     }
 }
 
@@ -92,6 +95,36 @@ fn cases() -> Vec<Case> {
             field: "spec.source.kafka.topics",
             reason: "SourceNotCoPartitioned",
             says: "customers: 6, addresses: 4",
+        },
+        Case {
+            name: "source topics with fewer partitions than the job reads",
+            patch: json!({}),
+            facts: Facts {
+                applied_partitions: Some(Partitions {
+                    read: 8,
+                    added_from: 6,
+                }),
+                ..with_partitions(&[("customers", 6)])
+            },
+            field: "spec.source.kafka.topics",
+            reason: "SourcePartitionsRemoved",
+            says: "the source topics have 6 partitions where the job reads 8",
+        },
+        Case {
+            name: "topics that grew unevenly, adopted",
+            patch: json!({"spec": {"source": {"kafka": {
+                "topics": ["customers", "addresses"], "onNewPartitions": "adopt"
+            }}}}),
+            facts: Facts {
+                applied_partitions: Some(Partitions {
+                    read: 6,
+                    added_from: 6,
+                }),
+                ..with_partitions(&[("customers", 8), ("addresses", 6)])
+            },
+            field: "spec.source.kafka.topics",
+            reason: "SourceNotCoPartitioned",
+            says: "customers: 8, addresses: 6",
         },
         Case {
             name: "a checkpoint credentials Secret that does not exist",
@@ -303,6 +336,7 @@ fn a_running_job_keeps_the_volume_its_stateful_set_was_created_with() {
     let resized = job(json!({"spec": {"state": {"size": "50Gi"}}}));
     let facts = Facts {
         applied: Some(applied),
+        applied_partitions: None,
         ..facts()
     };
     assert_eq!(
@@ -314,6 +348,7 @@ fn a_running_job_keeps_the_volume_its_stateful_set_was_created_with() {
             &resized,
             &super::Facts {
                 applied: None,
+                applied_partitions: None,
                 ..facts
             }
         )
@@ -323,4 +358,52 @@ fn a_running_job_keeps_the_volume_its_stateful_set_was_created_with() {
         .0,
         "50Gi"
     );
+}
+
+#[test]
+fn a_running_job_reads_the_partitions_it_was_rolled_out_onto_unless_it_adopts_new_ones() {
+    let grown = |topics: &[(&str, u32)], read: Option<u32>| Facts {
+        source_partitions: Ok(topics.iter().map(|(t, n)| (t.to_string(), *n)).collect()),
+        applied_partitions: read.map(|read| Partitions {
+            read,
+            added_from: read,
+        }),
+        ..facts()
+    };
+    let read = |patch: Value, facts: &Facts| {
+        let v = validate(&job(patch), facts).expect("valid");
+        (v.partitions, v.live_partitions, v.rolled.map(|r| r.read))
+    };
+    let report = json!({});
+    let adopt = json!({"spec": {"source": {"kafka": {"onNewPartitions": "adopt"}}}});
+    assert_eq!(
+        read(report.clone(), &grown(&[("customers", 6)], None)),
+        (Some(6), Some(6), None),
+        "a new job reads them all"
+    );
+    assert_eq!(
+        read(report.clone(), &grown(&[("customers", 8)], Some(6))),
+        (Some(6), Some(8), Some(6)),
+        "report keeps the pinned ones"
+    );
+    assert_eq!(
+        read(adopt.clone(), &grown(&[("customers", 8)], Some(6))),
+        (Some(8), Some(8), Some(6)),
+        "adopt reads all"
+    );
+    // Under report, a topic that grew alone is not an error: every topic has the ones read.
+    let two = json!({"spec": {"source": {"kafka": {"topics": ["customers", "addresses"]}}}});
+    assert_eq!(
+        read(two, &grown(&[("customers", 8), ("addresses", 6)], Some(6))),
+        (Some(6), Some(8), Some(6))
+    );
+    // Parallelism is checked against the partitions read.
+    let wide =
+        json!({"spec": {"parallelism": 8, "source": {"kafka": {"onNewPartitions": "report"}}}});
+    let errors =
+        validate(&job(wide.clone()), &grown(&[("customers", 8)], Some(6))).expect_err("refused");
+    assert_eq!(errors[0].reason, "ParallelismAbovePartitions", "{errors:?}");
+    let wide_adopt =
+        json!({"spec": {"parallelism": 8, "source": {"kafka": {"onNewPartitions": "adopt"}}}});
+    validate(&job(wide_adopt), &grown(&[("customers", 8)], Some(6))).expect("valid once adopted");
 }
