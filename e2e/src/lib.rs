@@ -31,6 +31,11 @@ pub struct TestEnv {
     pub tls_ca_file: String,
     /// `host:port` of the broker that requires SASL authentication (`--authentication`).
     pub sasl_bootstrap: String,
+    /// `host:port` of the broker whose topics can gain partitions (see
+    /// [`cluster::grow_topic`]): it keeps its data in [`TestEnv::grow_bucket`] on the S3 server.
+    pub grow_bootstrap: String,
+    /// The S3 bucket that broker keeps its data in.
+    pub grow_bucket: String,
     /// URL of the S3-compatible server.
     pub s3_endpoint: String,
     /// Bucket created by `up.sh`.
@@ -71,6 +76,8 @@ impl TestEnv {
             tls_bootstrap: var("SLUICE_TLS_BOOTSTRAP"),
             tls_ca_file: var("SLUICE_TLS_CA_FILE"),
             sasl_bootstrap: var("SLUICE_SASL_BOOTSTRAP"),
+            grow_bootstrap: var("SLUICE_GROW_BOOTSTRAP"),
+            grow_bucket: var("SLUICE_GROW_BUCKET"),
             s3_endpoint: var("SLUICE_S3_ENDPOINT"),
             s3_bucket: var("SLUICE_S3_BUCKET"),
             azure_endpoint: var("SLUICE_AZURE_ENDPOINT"),
@@ -126,6 +133,15 @@ impl TestEnv {
                 ("security.protocol".into(), "SSL".into()),
                 ("ssl.ca.location".into(), self.tls_ca_file.clone()),
             ],
+            ..self.clone()
+        }
+    }
+
+    /// This environment with the broker whose topics can gain partitions as its broker.
+    pub fn on_growable_broker(&self) -> Self {
+        Self {
+            kafka_bootstrap: self.grow_bootstrap.clone(),
+            kafka_properties: Vec::new(),
             ..self.clone()
         }
     }
