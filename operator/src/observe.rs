@@ -109,11 +109,11 @@ pub trait Outside: Send + Sync {
 
 /// The real brokers (librdkafka metadata request) and object store (the workers' checkpoint
 /// module, with the operator's own credentials from its environment). One metadata client per
-/// bootstrap address is kept; lag and checkpoints, which cost a client per consumer group and a
+/// bootstrap address and auth settings is kept while used; lag and checkpoints, which cost a client per consumer group and a
 /// read per task, are asked at most once per [`RealOutside::REFRESH`] per job.
 #[derive(Default)]
 pub struct RealOutside {
-    clients: Mutex<HashMap<String, Arc<Metadata>>>,
+    clients: Mutex<HashMap<[u8; 32], Used<Arc<Metadata>>>>,
     lags: Cache<Option<Vec<i64>>>,
     checkpoints: Cache<Option<CheckpointRef>>,
     reports: Cache<Vec<TaskReport>>,
@@ -143,6 +143,13 @@ impl AuthWatch {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// Forgets the last failure: the brokers answered, so a later timeout is not theirs
+    /// refusing the credentials (a job whose Secret was fixed must not read
+    /// `KafkaAuthenticationFailed` at its next outage).
+    fn answered(&self) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl rdkafka::ClientContext for AuthWatch {
@@ -169,6 +176,9 @@ impl rdkafka::consumer::ConsumerContext for AuthWatch {}
 
 /// A metadata client of the operator's.
 type Metadata = BaseConsumer<AuthWatch>;
+
+/// A value and when it was last used.
+type Used<T> = (Instant, T);
 
 /// Why `client`'s brokers refused it, if they did: librdkafka reports a failed SASL
 /// authentication or TLS handshake as an error event, served by polling (the client reads no
@@ -214,12 +224,25 @@ impl RealOutside {
 
     /// One metadata client per bootstrap address and credentials.
     fn metadata_client(&self, bootstrap: &str, auth: &Auth) -> Result<Arc<Metadata>, String> {
-        let key = std::iter::once(bootstrap.to_string())
-            .chain(auth.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join("\n");
+        // Keyed by a hash of the settings, which hold secret values; a client no job has used
+        // for `IDLE` (its Secret rotated, its job deleted) is closed.
+        const IDLE: Duration = Duration::from_secs(600);
+        let mut hasher = blake3::Hasher::new();
+        for part in std::iter::once(("bootstrap.servers", bootstrap))
+            .chain(auth.iter().map(|(k, v)| (*k, v.as_str())))
+        {
+            hasher
+                .update(part.0.as_bytes())
+                .update(b"=")
+                .update(part.1.as_bytes())
+                .update(b"\n");
+        }
+        let key = *hasher.finalize().as_bytes();
+        let now = Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&key) {
+        clients.retain(|k, (used, _)| *k == key || now.duration_since(*used) < IDLE);
+        if let Some((used, client)) = clients.get_mut(&key) {
+            *used = now;
             return Ok(client.clone());
         }
         let mut config = rdkafka::ClientConfig::new();
@@ -231,7 +254,7 @@ impl RealOutside {
             .create_with_context(AuthWatch::default())
             .map_err(|e| e.to_string())?;
         let client = Arc::new(client);
-        clients.insert(key, client.clone());
+        clients.insert(key, (now, client.clone()));
         Ok(client)
     }
 }
@@ -318,6 +341,7 @@ impl Outside for RealOutside {
                                 kafka.bootstrap_servers
                             )),
                         })?;
+                    client.context().answered();
                     let n = metadata
                         .topics()
                         .first()
@@ -754,4 +778,33 @@ pub async fn observe(
         stateful_set,
         pods,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientContext;
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::AuthWatch;
+
+    #[test]
+    fn an_authentication_failure_is_forgotten_once_the_brokers_answer() {
+        let watch = AuthWatch::default();
+        watch.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: Authentication failed",
+        );
+        assert_eq!(
+            watch.refused().as_deref(),
+            Some("SASL authentication error: Authentication failed")
+        );
+        watch.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "connection refused",
+        );
+        assert!(watch.refused().is_some(), "an outage does not clear it");
+        watch.answered();
+        assert_eq!(watch.refused(), None);
+    }
 }
