@@ -83,7 +83,7 @@ pub enum CheckpointError {
     #[error(
         "task {task}: no checkpoint can be restored (HEAD names {head}; tried {tried:?}); \
          the task will not start from empty state on its own: restore the checkpoint files, or \
-         delete the task's HEAD to start it over"
+         delete the task's HEAD, then its pod, to start it over"
     )]
     NothingRestorable {
         task: TaskId,
@@ -111,12 +111,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// The epochs a process wrote, or tried to write, into one task's HEAD. A task that fails
-/// and restarts takes the task back only when HEAD still carries one of them under this
-/// owner's name; an empty one (a new process) takes it over unconditionally.
+/// The epochs a process wrote, or tried to write, into one task's HEAD, and the HEAD it read
+/// before its latest try. A task that fails and restarts takes the task back only when HEAD
+/// still carries one of those epochs under this owner's name, or is still exactly what it read
+/// before that try (its write never landed and no one wrote since); an empty one (a new
+/// process) takes it over unconditionally.
 #[derive(Clone, Debug, Default)]
 pub struct Held {
     epochs: Vec<Epoch>,
+    /// HEAD's (epoch, owner) read before the latest try; `None` inside: HEAD was absent.
+    before_latest: Option<Option<(Epoch, String)>>,
 }
 
 impl Held {
@@ -125,29 +129,33 @@ impl Held {
         self.epochs.iter().max().copied()
     }
 
-    fn attempted(&mut self, epoch: Epoch) {
+    /// Records a try to write `epoch` over `seen`, the HEAD read just before.
+    fn attempted(&mut self, epoch: Epoch, seen: Option<&Head>) {
         if !self.epochs.contains(&epoch) {
             self.epochs.push(epoch);
         }
+        self.before_latest = Some(seen.map(|h| (h.epoch, h.owner.clone())));
     }
 
     fn holds(&self, head: &Head, owner: &str) -> bool {
         head.owner == owner && self.epochs.contains(&head.epoch)
     }
 
-    /// Whether another owner took the task after this process tried to: HEAD is not one of
-    /// this process's epochs, yet it is at or past the first one it tried. A HEAD that is
-    /// absent, or below every epoch tried, means no write of this process ever landed and no
-    /// one has taken the task since (epochs only grow): the task was never lost, as when the
-    /// store refused the first takeover's write.
+    /// Whether the task was taken from this process after it tried to hold it: HEAD carries
+    /// none of its epochs, and is not what it read before its latest try. Anything else
+    /// written since (another owner's epoch, whatever its number, or HEAD deleted) means
+    /// someone else acted on the task; not comparing epoch numbers keeps that true when HEAD
+    /// was deleted and numbering started over. A HEAD unchanged since that try means the
+    /// write never landed, as when the store refused the takeover: the task was never lost.
     fn lost_to(&self, current: Option<&Head>, owner: &str) -> bool {
-        let Some(first) = self.epochs.iter().min() else {
+        if self.epochs.is_empty() {
             return false;
-        };
-        match current {
-            None => false,
-            Some(head) => !self.holds(head, owner) && head.epoch >= *first,
         }
+        if current.is_some_and(|head| self.holds(head, owner)) {
+            return false;
+        }
+        let now = current.map(|h| (h.epoch, h.owner.clone()));
+        self.before_latest.as_ref() != Some(&now)
     }
 }
 
@@ -301,7 +309,7 @@ impl TaskCheckpoints {
                 checkpoint: current.as_ref().and_then(|(h, _)| h.checkpoint),
                 rollout: claim.rollout,
             };
-            held.attempted(head.epoch);
+            held.attempted(head.epoch, current.as_ref().map(|(h, _)| h));
             let error = match store
                 .write_head(&layout, &head, current.as_ref().map(|(_, v)| v))
                 .await
@@ -1158,11 +1166,12 @@ mod tests {
             rollout: 0,
         };
         let (_, version) = store.read_head(&layout).await.unwrap().unwrap();
+        let before = store.read_head(&layout).await.unwrap().unwrap().0;
         store
             .write_head(&layout, &landed, Some(&version))
             .await
             .unwrap();
-        a_held.attempted(landed.epoch);
+        a_held.attempted(landed.epoch, Some(&before));
         let (a_third, held) = take("a", a_held).await;
         assert!(a_third.unwrap().epoch() > landed.epoch);
         // b takes the task; a's next restart must not take it back.
@@ -1197,7 +1206,7 @@ mod tests {
         };
         // No HEAD yet; a tried epoch 1 and the store refused it.
         let mut refused = Held::default();
-        refused.attempted(Epoch(1));
+        refused.attempted(Epoch(1), None);
         let (a, held) = take("a", refused).await;
         let a = a.expect("the task was never lost");
         assert_eq!(a.epoch(), Epoch(1));
@@ -1206,12 +1215,60 @@ mod tests {
         let (b, _) = take("b", Held::default()).await;
         let b = b.unwrap();
         let mut c_held = Held::default();
-        c_held.attempted(Epoch(b.epoch().0 + 1));
+        let b_head = store.read_head(&layout).await.unwrap().unwrap().0;
+        c_held.attempted(Epoch(b.epoch().0 + 1), Some(&b_head));
         let (c, _) = take("c", c_held).await;
         assert!(c.unwrap().epoch() > b.epoch());
         // ... while a, whose epoch 1 is below the HEAD now, was taken over and stays fenced.
         let (err, _) = take("a", held).await;
         assert!(matches!(err, Err(CheckpointError::Fenced { .. })));
+    }
+
+    /// Whether a refused takeover was lost is judged by what HEAD is, not by epoch numbers:
+    /// after HEAD was deleted (numbering starts over) or another owner wrote exactly the epoch
+    /// tried, the restart is fenced. On the old rule (HEAD at or past the first epoch tried)
+    /// the process whose try at epoch 5 was refused took the task back from b at epoch 1.
+    #[tokio::test]
+    async fn a_refused_takeover_is_lost_once_anyone_else_wrote_head_whatever_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}", dir.path().join("store").display());
+        let store = CheckpointStore::open(&uri, &StoreOptions::default()).unwrap();
+        let layout = JobLayout::new(store.prefix(), "ns", "job").task(0);
+        let take = |owner: &'static str, mut held: Held| {
+            let (store, layout, local) = (store.clone(), layout.clone(), dir.path().join(owner));
+            async move {
+                TaskCheckpoints::take_over(store, layout, 0, claim(owner), 1, local, &mut held)
+                    .await
+            }
+        };
+        let head = |epoch, owner: &str| Head {
+            epoch: Epoch(epoch),
+            owner: owner.into(),
+            checkpoint: None,
+            rollout: 0,
+        };
+        let x4 = head(4, "x");
+        store.write_head(&layout, &x4, None).await.unwrap();
+        // a read x's epoch 4 and tried 5; the store refused it.
+        let mut refused = Held::default();
+        refused.attempted(Epoch(5), Some(&x4));
+        // HEAD deleted, then b takes the task: epochs start over at 1.
+        store.delete(&[layout.head()]).await.unwrap();
+        let b = take("b", Held::default()).await.unwrap();
+        assert_eq!(b.epoch(), Epoch(1));
+        let err = take("a", refused.clone()).await.err().unwrap();
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
+        // HEAD deleted and nobody took it: someone acted on the task all the same.
+        store.delete(&[layout.head()]).await.unwrap();
+        let err = take("a", refused.clone()).await.err().unwrap();
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
+        // y wrote exactly the epoch a tried.
+        store
+            .write_head(&layout, &head(5, "y"), None)
+            .await
+            .unwrap();
+        let err = take("a", refused.clone()).await.err().unwrap();
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
     }
 
     /// A savepoint of one job starts a task of another job: its state and offsets, once. The
