@@ -3,7 +3,7 @@
 # memory, so stopping it discards every topic.
 set -euo pipefail
 ENV_DIR="${SLUICE_ENV_DIR:-$HOME/.cache/sluice/env}"
-for name in kafka kafka-tls kafka-tls-broker kafka-sasl kafka-grow s3 azure gcs; do
+for name in kafka kafka-tls kafka-tls-broker kafka-sasl kafka-sasl-proxy kafka-sasl-proxy-broker kafka-grow s3 azure gcs; do
   pidfile="$ENV_DIR/$name.pid"
   [[ -f "$pidfile" ]] || continue
   pid=$(cat "$pidfile")

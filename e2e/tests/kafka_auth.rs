@@ -5,10 +5,14 @@
 //!   workers trust its CA from a Secret, and the operator's metadata and lag clients use the
 //!   same Secret, so the partitions, each task's lag and the checkpoints show in status; a CA
 //!   that does not sign the brokers' certificate is reported, naming the Secret and key;
-//! - a SASL cluster (Tansu `--authentication`): refused credentials are reported the same way,
-//!   promptly, not as a hang. Tansu 0.6 accepts no SASL credentials at all from this build (its
-//!   storage engines keep no SCRAM credentials, and PLAIN is not compiled in), so a job that
-//!   authenticates with SASL cannot be run here; see the README's table.
+//! - a SASL cluster: jobs authenticating with SCRAM-SHA-512 and with PLAIN, their user and
+//!   password from a Secret, run, and the operator's clients authenticate the same way, so
+//!   status shows partitions, lag and checkpoints. Tansu 0.6 accepts no SASL credentials at all
+//!   from this build (its storage engines keep no SCRAM credentials, and PLAIN is not compiled
+//!   in), so this cluster is `e2e/env/sasl_proxy.py`, a SASL server in front of a plain Tansu;
+//! - refused SASL credentials, from that proxy and from Tansu's own `--authentication`, are
+//!   reported the same way, promptly, not as a hang, naming the Secret and keys and never the
+//!   password.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +68,74 @@ fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
+/// Writes [`RECORDS`] records to `input` and waits until the job outputs them all to `output`
+/// (2 partitions) and its status shows the source partitions it validated, the lag of each
+/// task at 0 and a checkpoint: all of which the operator had to ask the brokers for, with the
+/// job's credentials.
+fn runs_and_is_observed(cluster: &Cluster, env: &TestEnv, name: &str, input: &str, output: &str) {
+    let values: Vec<Value> = (0..RECORDS).map(|i| json!({"id": i, "n": i * 2})).collect();
+    produce_json(env, input, values.clone());
+    let want = values
+        .iter()
+        .map(|v| (String::new(), v.to_string()))
+        .collect();
+    expect_output(env, output, 2, &want, || {});
+    eprintln!("{name}: {RECORDS} records through {}", env.kafka_bootstrap);
+    let status = wait_for_status(
+        cluster,
+        name,
+        Duration::from_secs(120),
+        "caught up in status",
+        |s| {
+            s["lag"] == 0
+                && s["lastCheckpoint"]["id"].is_u64()
+                && s["tasks"]
+                    .as_array()
+                    .is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["lag"] == 0))
+        },
+    );
+    assert_eq!(
+        condition(&status, "SpecValid").map(|c| c["status"].clone()),
+        Some("True".into()),
+        "{status}"
+    );
+}
+
+/// The message of the job's `SpecValid` condition once it says `KafkaAuthenticationFailed`.
+fn refused(cluster: &Cluster, name: &str) -> String {
+    let applied = Instant::now();
+    let status = wait_for_status(cluster, name, Duration::from_secs(60), "refused", |s| {
+        condition(s, "SpecValid").is_some_and(|c| c["reason"] == "KafkaAuthenticationFailed")
+    });
+    assert_eq!(
+        condition(&status, "Ready").map(|c| c["status"].clone()),
+        Some("False".into())
+    );
+    let message = condition(&status, "SpecValid").expect("SpecValid")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "{name}: refused {:.1} s after it was looked for: {message}",
+        applied.elapsed().as_secs_f64()
+    );
+    message
+}
+
+/// Asserts that `password` is in neither the job's status nor the operator's log.
+fn password_is_nowhere(cluster: &Cluster, name: &str, password: &str) {
+    let status = job(&cluster.store, name).expect("job")["status"].to_string();
+    assert!(
+        !status.contains(password),
+        "the password is in status: {status}"
+    );
+    let log = std::fs::read_to_string(&cluster.operator.log).unwrap_or_default();
+    assert!(
+        !log.contains(password),
+        "the password is in the operator's log"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_on_a_tls_cluster_runs_and_the_operator_sees_its_partitions_lag_and_checkpoints() {
     let plain = TestEnv::from_env();
@@ -102,35 +174,7 @@ async fn a_job_on_a_tls_cluster_runs_and_the_operator_sees_its_partitions_lag_an
             spec(&format!("s3://{}/{name}", plain.s3_bucket), "kafka-tls"),
         ),
     );
-    let values: Vec<Value> = (0..RECORDS).map(|i| json!({"id": i, "n": i * 2})).collect();
-    produce_json(&env, &input, values.clone());
-    let want = values
-        .iter()
-        .map(|v| (String::new(), v.to_string()))
-        .collect();
-    expect_output(&env, &output, 2, &want, || {});
-    eprintln!("{RECORDS} records through the TLS cluster");
-
-    // The operator asked the same brokers with the same Secret: partitions (validation passed
-    // with them: status.parallelism), the lag of every task, and their checkpoints.
-    let status = wait_for_status(
-        &cluster,
-        &name,
-        Duration::from_secs(120),
-        "caught up in status",
-        |s| {
-            s["lag"] == 0
-                && s["lastCheckpoint"]["id"].is_u64()
-                && s["tasks"]
-                    .as_array()
-                    .is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["lag"] == 0))
-        },
-    );
-    assert_eq!(
-        condition(&status, "SpecValid").map(|c| c["status"].clone()),
-        Some("True".into()),
-        "{status}"
-    );
+    runs_and_is_observed(&cluster, &env, &name, &input, &output);
 
     // A CA that did not sign the brokers' certificate: reported, naming the Secret and key.
     let other = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
@@ -160,20 +204,97 @@ async fn a_job_on_a_tls_cluster_runs_and_the_operator_sees_its_partitions_lag_an
             ),
         ),
     );
-    let status = wait_for_status(&cluster, &wrong, Duration::from_secs(60), "refused", |s| {
-        condition(s, "SpecValid").is_some_and(|c| c["reason"] == "KafkaAuthenticationFailed")
-    });
-    let message = condition(&status, "SpecValid").expect("SpecValid")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    eprintln!("{wrong}: {message}");
+    let message = refused(&cluster, &wrong);
     for says in [
         "spec.source.kafka.auth.tls.ca (Secret kafka-wrong-ca, key ca.crt)",
         "certificate verify failed",
     ] {
         assert!(message.contains(says), "{message}");
     }
+}
+
+/// A job's spec on `env`'s brokers, its SASL user and password from the Secret `secret`.
+fn sasl_spec(env: &TestEnv, plain: &TestEnv, name: &str, mechanism: &str, secret: &str) -> Value {
+    json!({
+        "parallelism": 1,
+        "source": {"kafka": {
+            "bootstrapServers": env.kafka_bootstrap, "topics": [format!("{name}.in")],
+            "format": "json",
+            "auth": {"sasl": {
+                "mechanism": mechanism,
+                "username": {"name": secret, "key": "username"},
+                "password": {"name": secret, "key": "password"},
+            }},
+        }},
+        "steps": [{"name": "all", "filter": {"expr": "true"}}],
+        "sink": {"kafka": {"topic": format!("{name}.out")}},
+        "checkpoint": checkpoint(plain, &format!("s3://{}/{name}", plain.s3_bucket)),
+        "state": {"size": "1Gi"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_on_a_sasl_cluster_run_and_the_operator_sees_them_with_the_same_secret() {
+    let plain = TestEnv::from_env();
+    let dir = scratch_dir("sasl-runs");
+    let cluster = Cluster::start(
+        &dir,
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
+    )
+    .await;
+    secret(
+        &cluster,
+        "kafka-user",
+        json!({"username": plain.sasl_user, "password": plain.sasl_password}),
+    );
+    let mut jobs = Vec::new();
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let env = plain.on_sasl_broker(mechanism);
+        let name = unique_name(&format!("sasl-{}", mechanism.to_lowercase()));
+        let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+        create_topic(&env, &input, 2);
+        create_topic(&env, &output, 2);
+        apply(
+            &cluster.kubeconfig,
+            &dir,
+            &streamjob(
+                &name,
+                sasl_spec(&env, &plain, &name, mechanism, "kafka-user"),
+            ),
+        );
+        jobs.push((env, name, input, output));
+    }
+    for (env, name, input, output) in &jobs {
+        runs_and_is_observed(&cluster, env, name, input, output);
+        password_is_nowhere(&cluster, name, &plain.sasl_password);
+    }
+
+    // The same cluster refusing a wrong password: reported, naming the Secret and keys.
+    let wrong_password = "not-the-orders-app-password";
+    secret(
+        &cluster,
+        "kafka-wrong-user",
+        json!({"username": plain.sasl_user, "password": wrong_password}),
+    );
+    let env = plain.on_sasl_broker("SCRAM-SHA-256");
+    let name = unique_name("sasl-wrong");
+    apply(
+        &cluster.kubeconfig,
+        &dir,
+        &streamjob(
+            &name,
+            sasl_spec(&env, &plain, &name, "SCRAM-SHA-256", "kafka-wrong-user"),
+        ),
+    );
+    let message = refused(&cluster, &name);
+    for says in [
+        "spec.source.kafka.auth.sasl.password (Secret kafka-wrong-user, key password)",
+        "SASL",
+    ] {
+        assert!(message.contains(says), "{message}");
+    }
+    password_is_nowhere(&cluster, &name, wrong_password);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,35 +313,14 @@ async fn refused_sasl_credentials_are_reported_with_the_secret_and_keys_not_a_ha
         "kafka-user",
         json!({"username": "orders-app", "password": "not-the-password"}),
     );
-    let spec = json!({
-        "parallelism": 1,
-        "source": {"kafka": {
-            "bootstrapServers": plain.sasl_bootstrap, "topics": [format!("{name}.in")],
-            "format": "json",
-            "auth": {"sasl": {
-                "mechanism": "SCRAM-SHA-512",
-                "username": {"name": "kafka-user", "key": "username"},
-                "password": {"name": "kafka-user", "key": "password"},
-            }},
-        }},
-        "steps": [{"name": "all", "filter": {"expr": "true"}}],
-        "sink": {"kafka": {"topic": format!("{name}.out")}},
-        "checkpoint": checkpoint(&plain, &format!("s3://{}/{name}", plain.s3_bucket)),
-        "state": {"size": "1Gi"},
-    });
-    let applied = Instant::now();
+    // Tansu's own `--authentication`, which refuses every credential.
+    let tansu = TestEnv {
+        kafka_bootstrap: plain.sasl_bootstrap.clone(),
+        ..plain.clone()
+    };
+    let spec = sasl_spec(&tansu, &plain, &name, "SCRAM-SHA-512", "kafka-user");
     apply(&cluster.kubeconfig, &dir, &streamjob(&name, spec));
-    let status = wait_for_status(&cluster, &name, Duration::from_secs(60), "refused", |s| {
-        condition(s, "SpecValid").is_some_and(|c| c["reason"] == "KafkaAuthenticationFailed")
-    });
-    let message = condition(&status, "SpecValid").expect("SpecValid")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    eprintln!(
-        "{name}: refused {:.1} s after kubectl apply: {message}",
-        applied.elapsed().as_secs_f64()
-    );
+    let message = refused(&cluster, &name);
     let broker = format!("the brokers at {}", plain.sasl_bootstrap);
     for says in [
         broker.as_str(),
@@ -230,8 +330,5 @@ async fn refused_sasl_credentials_are_reported_with_the_secret_and_keys_not_a_ha
     ] {
         assert!(message.contains(says), "{message}");
     }
-    assert_eq!(
-        condition(&status, "Ready").map(|c| c["status"].clone()),
-        Some("False".into())
-    );
+    password_is_nowhere(&cluster, &name, "not-the-password");
 }
