@@ -193,6 +193,16 @@ fn refused(client: &Metadata) -> Option<String> {
     client.context().refused()
 }
 
+/// The brokers answered `client`: any authentication failure it saw is past. The error
+/// events still queued are served first, or a queued one would be taken at the next outage
+/// for a refusal.
+fn answered(client: &Metadata) {
+    for _ in 0..16 {
+        let _ = client.poll(Duration::ZERO);
+    }
+    client.context().answered();
+}
+
 type Cache<T> = Arc<Mutex<HashMap<String, (Instant, T)>>>;
 
 impl RealOutside {
@@ -341,7 +351,7 @@ impl Outside for RealOutside {
                                 kafka.bootstrap_servers
                             )),
                         })?;
-                    client.context().answered();
+                    answered(&client);
                     let n = metadata
                         .topics()
                         .first()
@@ -737,6 +747,8 @@ pub async fn observe(
         .and_then(|text| serde_norway::from_str::<StreamJob>(&text).ok());
     // The partitions the workers read, pinned in the job file (absent from one rendered
     // before they were: its workers read what the brokers said at their start).
+    // Unreadable annotations are treated as none (below), with a warning: only the operator
+    // writes them.
     let applied_partitions = applied.as_ref().and_then(|a| {
         sluice_core::job::Partitions::from_annotations(a.annotations())
             .map_err(|e| tracing::warn!(error = %e, "the job file's partitions are unreadable"))
@@ -768,6 +780,30 @@ pub async fn observe(
         ),
     );
     let source_partitions = outside.source_partitions(job).await;
+    // A job file rendered before partitions were pinned (the operator was upgraded): its
+    // workers read what the brokers said at their start, which nothing recorded, and the
+    // topics may have grown since. Taking today's count as what they read would start the
+    // tasks of partitions added in between, which have no checkpoint, at `latest` and skip
+    // their records. So the tasks up to the last one with a checkpoint count as read, and
+    // any after it as added (read from their earliest offset once adopted).
+    let applied_partitions = match (&applied, applied_partitions, &source_partitions) {
+        (Some(_), None, Ok(counts)) => {
+            let fewest = (job.spec.source.kafka.topics.iter())
+                .filter_map(|t| counts.get(t).copied().filter(|n| *n > 0))
+                .min();
+            match fewest {
+                Some(n) => outside.heads(job, n, false).await.and_then(|heads| {
+                    let read = heads.iter().rposition(Option::is_some)? as u32 + 1;
+                    Some(sluice_core::job::Partitions {
+                        read,
+                        added_from: read,
+                    })
+                }),
+                None => None,
+            }
+        }
+        (_, pinned, _) => pinned,
+    };
     Ok(Observed {
         facts: Facts {
             secrets,

@@ -529,6 +529,10 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                 read: pinned.read,
                 rolled: valid.rolled.map(|r| r.read),
                 added_from: pinned.added_from,
+                added_unread: own_heads.as_ref().map(|heads| {
+                    let added = heads.get(pinned.added_from as usize..pinned.read as usize);
+                    added.map_or(0, |a| a.iter().filter(|h| h.is_none()).count() as u32)
+                }),
                 adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
             })
         }),

@@ -55,6 +55,9 @@ pub struct PartitionsSeen {
     pub rolled: Option<u32>,
     /// Partitions from this one on were added while the job ran.
     pub added_from: u32,
+    /// How many of the tasks of those added partitions have no checkpoint yet (none when the
+    /// store was not read): until each has one, nothing shows its partition was read.
+    pub added_unread: Option<u32>,
     /// `spec.source.kafka.onNewPartitions: adopt`.
     pub adopt: bool,
 }
@@ -66,6 +69,7 @@ pub fn partitions_condition(p: &PartitionsSeen) -> (bool, &'static str, String) 
         read,
         rolled,
         added_from,
+        added_unread,
         adopt,
     } = *p;
     if live > read {
@@ -106,6 +110,18 @@ pub fn partitions_condition(p: &PartitionsSeen) -> (bool, &'static str, String) 
             format!(
                 "rolling the job onto {read} partitions (from {rolled}): partitions {rolled}–{} \
                  start at their earliest offset",
+                read - 1
+            ),
+        ),
+        // The roll is done, but a task only shows it read its partition by checkpointing.
+        _ if added_from < read && added_unread.is_some_and(|n| n > 0) => (
+            true,
+            "Adopting",
+            format!(
+                "the job is rolled onto {read} partitions; {} of the tasks of partitions \
+                 {added_from}–{} (added while it ran, read from their earliest offset) have \
+                 not checkpointed yet",
+                added_unread.unwrap_or(0),
                 read - 1
             ),
         ),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
-use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport};
+use sluice_core::checkpoint::descriptor::{Descriptor, TaskReport, test_descriptor};
 use sluice_core::checkpoint::savepoint::{Savepoint, SavepointId};
 use sluice_crds::v1alpha1::{CheckpointRef, StreamJob};
 use sluice_operator::build::Settings;
@@ -97,7 +97,72 @@ fn job_manifest(spec_extra: Value) -> Value {
     job
 }
 
+/// Brokers whose topic grew to 8 partitions while an operator that pinned no partitions ran
+/// the job: its tasks 0–5 have checkpoints, 6 and 7 none.
+struct Grown;
+
+impl Outside for Grown {
+    fn source_partitions(
+        &self,
+        _: &StreamJob,
+    ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, Unasked>> {
+        Box::pin(async { Ok(BTreeMap::from([("customers".to_string(), 8)])) })
+    }
+    fn heads(
+        &self,
+        _: &StreamJob,
+        partitions: u32,
+        _: bool,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
+        Box::pin(async move {
+            Some(
+                (0..partitions)
+                    .map(|task| (task < 6).then(|| test_descriptor(task, 7)))
+                    .collect(),
+            )
+        })
+    }
+    fn last_checkpoint(&self, j: &StreamJob, n: u32) -> BoxFuture<'static, Option<CheckpointRef>> {
+        Brokers.last_checkpoint(j, n)
+    }
+    fn task_reports(&self, j: &StreamJob, n: u32) -> BoxFuture<'static, Vec<TaskReport>> {
+        Brokers.task_reports(j, n)
+    }
+    fn lag(&self, j: &StreamJob, n: u32) -> BoxFuture<'static, Option<Vec<i64>>> {
+        Brokers.lag(j, n)
+    }
+    fn savepoint_heads(
+        &self,
+        j: &StreamJob,
+        id: &SavepointId,
+        n: u32,
+    ) -> BoxFuture<'static, Option<Vec<Option<Descriptor>>>> {
+        Brokers.savepoint_heads(j, id, n)
+    }
+    fn savepoints(
+        &self,
+        j: &StreamJob,
+    ) -> BoxFuture<'static, Result<Vec<(u64, Savepoint)>, String>> {
+        Brokers.savepoints(j)
+    }
+    fn take_savepoint(
+        &self,
+        j: &StreamJob,
+        trigger: String,
+        heads: Vec<Descriptor>,
+    ) -> BoxFuture<'static, Result<Savepoint, String>> {
+        Brokers.take_savepoint(j, trigger, heads)
+    }
+    fn delete_savepoint(&self, j: &StreamJob, n: u64) -> BoxFuture<'static, Result<(), String>> {
+        Brokers.delete_savepoint(j, n)
+    }
+}
+
 async fn reconcile_job(api: &ScriptedApi) -> Vec<Recorded> {
+    reconcile_with(api, Arc::new(Brokers)).await
+}
+
+async fn reconcile_with(api: &ScriptedApi, outside: Arc<dyn Outside>) -> Vec<Recorded> {
     let job: StreamJob =
         serde_json::from_value(api.get(&format!("{JOBS}/customers")).expect("job")).expect("typed");
     let ctx = Arc::new(Context {
@@ -105,7 +170,7 @@ async fn reconcile_job(api: &ScriptedApi) -> Vec<Recorded> {
         settings: Settings {
             worker_image: "sluice-worker:test".into(),
         },
-        outside: Arc::new(Brokers),
+        outside,
         reporter: Reporter {
             controller: "sluice-operator".into(),
             instance: Some("test".into()),
@@ -616,4 +681,58 @@ async fn every_grant_the_operator_asks_for_in_job_namespaces_is_used() {
         Vec::<String>::new(),
         "granted but never used: drop them from rbac::NEEDS"
     );
+}
+
+#[tokio::test]
+async fn after_an_operator_upgrade_partitions_beyond_the_last_checkpointed_task_count_as_added() {
+    // A job the previous operator rendered: its job file pins no partitions. Its workers read
+    // the 6 partitions the topic had at their start; it has 8 now.
+    let api = ScriptedApi::default();
+    let stateless = json!({
+        "format": "json",
+        "steps": [{"name": "all", "filter": {"expr": "true"}}],
+    });
+    let mut manifest = job_manifest(json!({"steps": stateless["steps"]}));
+    manifest["spec"]["source"]["kafka"]["format"] = stateless["format"].clone();
+    api.put(&format!("{JOBS}/customers"), manifest);
+    reconcile_job(&api).await;
+    let config_map = "/api/v1/namespaces/shop/configmaps/customers-job";
+    let mut cm = api.get(config_map).expect("job ConfigMap");
+    let file = cm["data"]["job.yaml"]
+        .as_str()
+        .expect("job.yaml")
+        .to_string();
+    let mut old: Value = serde_norway::from_str(&file).expect("yaml");
+    assert!(
+        old["metadata"]["annotations"]["sluice.dev/partitions"] == "6",
+        "pinned by this operator: {old}"
+    );
+    old["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("annotations");
+    cm["data"]["job.yaml"] = json!(serde_norway::to_string(&old).expect("yaml"));
+    api.put(config_map, cm);
+
+    reconcile_with(&api, Arc::new(Grown)).await;
+    let file = api.get(config_map).expect("job ConfigMap")["data"]["job.yaml"]
+        .as_str()
+        .expect("job.yaml")
+        .to_string();
+    let pinned: Value = serde_norway::from_str(&file).expect("yaml");
+    let annotations = &pinned["metadata"]["annotations"];
+    assert_eq!(
+        (
+            &annotations["sluice.dev/partitions"],
+            &annotations["sluice.dev/partitions-added-from"]
+        ),
+        (&json!("6"), &json!("6")),
+        "the tasks with a checkpoint were read; partitions 6 and 7 were not: {pinned}"
+    );
+    let (value, reason, message) = condition(&status(&api), "PartitionsChanged");
+    assert_eq!(
+        (value.as_str(), reason.as_str()),
+        ("True", "PartitionsAdded")
+    );
+    assert!(message.contains("partitions 6–7 are not read"), "{message}");
 }

@@ -662,6 +662,7 @@ fn partitions_added_to_the_input_are_reported_with_the_counts_until_the_job_read
         read,
         rolled,
         added_from,
+        added_unread: Some(0),
         adopt,
     };
     let before = status(&Inputs {
@@ -723,9 +724,26 @@ fn partitions_added_to_the_input_are_reported_with_the_counts_until_the_job_read
              offset"
         )
     );
+    // Rolled onto them, but one of their tasks has not checkpointed: not yet shown read.
+    let rolled = status(&Inputs {
+        partitions: Some(PartitionsSeen {
+            added_unread: Some(1),
+            ..seen(8, 8, Some(8), 6, true)
+        }),
+        ..inputs(&pods, Some(&adopting))
+    });
+    assert_eq!(
+        condition(&rolled, PARTITIONS_CHANGED),
+        (
+            "True",
+            "Adopting",
+            "the job is rolled onto 8 partitions; 1 of the tasks of partitions 6–7 (added while \
+             it ran, read from their earliest offset) have not checkpointed yet"
+        )
+    );
     let adopted = status(&Inputs {
         partitions: Some(seen(8, 8, Some(8), 6, true)),
-        ..inputs(&pods, Some(&adopting))
+        ..inputs(&pods, Some(&rolled))
     });
     assert_eq!(
         condition(&adopted, PARTITIONS_CHANGED),
