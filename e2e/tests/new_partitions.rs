@@ -7,7 +7,10 @@
 //!   from their earliest offset, though the job starts at `latest`: every record written to
 //!   them before the adoption is in the output (nothing skipped); the condition turns `False`;
 //! - a job that keeps keyed state (a dedupe) with `adopt` under `stateChanges: refuse` does not
-//!   roll: the adoption is held (`AdoptionHeld`), with the refusal and the plan saying why.
+//!   roll: the adoption is held (`AdoptionHeld`), with the refusal and the plan saying why;
+//! - `sluice-worker local`, whose job file pins no partitions, restarted after its topic grew:
+//!   the tasks after the last one with a checkpoint count as added, so the new partitions are
+//!   read from their earliest offset, not skipped under `latest`.
 //!
 //! Tansu 0.6 has no CreatePartitions: the topic grows as `grow_topic` says, in the broker's own
 //! metadata, after which the broker serves the new partitions like any others.
@@ -17,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
-use sluice_e2e::cluster::{Received, create_topic, grow_topic, read_until, scratch_dir};
+use sluice_e2e::cluster::{
+    Checkpoints, JobFiles, Received, Workers, create_topic, grow_topic, read_until, scratch_dir,
+};
 use sluice_e2e::operator::{Cluster, NAMESPACE, apply, checkpoint, job, streamjob, tail};
 use sluice_e2e::{TestEnv, unique_name};
 
@@ -302,4 +307,89 @@ async fn new_partitions_are_reported_then_adopted_from_their_earliest_offset_and
         .and_then(|c| c.iter().find(|c| c["type"] == "PartitionsChanged").cloned())
         .expect("PartitionsChanged");
     assert_eq!(still["reason"], "AdoptionHeld", "still held: {still}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_worker_restarted_after_its_topic_grew_reads_the_new_partitions_from_the_start() {
+    let env = TestEnv::from_env().on_growable_broker();
+    let dir = scratch_dir("grow-local");
+    let name = unique_name("grow-local");
+    let (input, output) = (format!("{name}.in"), format!("{name}.out"));
+    create_topic(&env, &input, 2);
+    // The sink and dead-letter topics have the partitions of the grown input already: task p
+    // writes partition p.
+    create_topic(&env, &output, 4);
+    create_topic(&env, &format!("{output}.dlq"), 4);
+    let storage = format!("s3://{}/{name}", env.s3_bucket);
+    let manifest = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": name, "namespace": "e2e"},
+        "spec": {
+            "parallelism": 1,
+            "source": {"kafka": {
+                "bootstrapServers": env.kafka_bootstrap, "topics": [input], "format": "json",
+                "startingOffsets": "latest",
+            }},
+            "steps": [{"name": "all", "filter": {"expr": "true"}}],
+            "sink": {"kafka": {"topic": output}},
+            "checkpoint": {"storage": storage, "endpoint": env.s3_endpoint, "interval": "1s"},
+        },
+    });
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, serde_norway::to_string(&manifest).expect("yaml")).expect("write");
+    let files = JobFiles {
+        manifest: path,
+        namespace: "e2e".into(),
+        name,
+        storage,
+    };
+    let mut workers = Workers::new(
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        &files,
+        &dir,
+        1,
+    );
+    workers.start(0);
+    let checkpoints = Checkpoints::of(&env, &files);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoints.head(0).await.is_none() || checkpoints.head(1).await.is_none() {
+        assert_eq!(workers.crashed(), vec![], "{}", workers.log_tail(0));
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints: {}",
+            workers.log_tail(0)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    workers.stop_all();
+
+    grow_topic(&env, &input, 4);
+    let added = produce(&env, &input, "added", &[2, 3], 0..10);
+    let before = produce(&env, &input, "old", &[0, 1], 0..5);
+    workers.start(0);
+    let want: BTreeSet<String> = added.union(&before).cloned().collect();
+    let got = read_until(
+        &env,
+        &output,
+        4,
+        Duration::from_secs(90),
+        |r| want.is_subset(&keys(r)),
+        || {},
+    );
+    let read = keys(&got);
+    let missing: Vec<&String> = want.difference(&read).collect();
+    assert!(
+        missing.is_empty(),
+        "records skipped: {missing:?}\n{}",
+        workers.log_tail(0)
+    );
+    assert!(
+        workers
+            .log(0)
+            .contains("taking them as added while the job ran"),
+        "{}",
+        workers.log_tail(0)
+    );
+    workers.stop_all();
 }

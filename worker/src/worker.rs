@@ -70,6 +70,18 @@ pub struct WorkerConfig {
     pub backend: Backend,
 }
 
+/// One past the last of the first `partitions` tasks that has a checkpoint HEAD; `partitions`
+/// when none has one (a new job: nothing was read, so nothing was added).
+async fn added_from_heads(env: &TaskEnv, partitions: u32) -> Result<u32, WorkerError> {
+    let mut last = None;
+    for task in 0..partitions {
+        if env.store.read_head(&env.layout.task(task)).await?.is_some() {
+            last = Some(task);
+        }
+    }
+    Ok(last.map_or(partitions, |t| t + 1))
+}
+
 /// Runs the worker until SIGTERM/SIGINT (final checkpoints) or until every task was taken over.
 pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -116,17 +128,46 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         }
         None => kafka::source_partitions(&job)?,
     };
+    let base = TaskEnv::new(
+        job.clone(),
+        &config.checkpoint_storage,
+        config.state_dir.clone(),
+        config.owner.clone(),
+        runtime.handle().clone(),
+    )?;
+    // Without pinned partitions (`sluice-worker local`, or a job file from an operator that
+    // pinned none), what an earlier run read is not written down, and the topics may have
+    // grown since: the tasks up to the last one with a checkpoint count as read, any after it
+    // as added, so that their partitions start at their earliest offset and not at `latest`.
+    let job = match job.partitions {
+        Some(_) => job,
+        None => {
+            let added_from = runtime.block_on(added_from_heads(&base, partitions))?;
+            if added_from < partitions {
+                warn!(
+                    partitions,
+                    added_from,
+                    "the tasks of partitions {added_from}–{} have no checkpoint while earlier \
+                     ones have: taking them as added while the job ran and reading them from \
+                     their earliest offset",
+                    partitions - 1
+                );
+            }
+            Arc::new(Job {
+                partitions: Some(sluice_core::job::Partitions {
+                    read: partitions,
+                    added_from,
+                }),
+                ..(*job).clone()
+            })
+        }
+    };
     let env = Arc::new(TaskEnv {
+        job: job.clone(),
         stop: stop.clone(),
         rollout: config.rollout,
         tasks: partitions,
-        ..TaskEnv::new(
-            job.clone(),
-            &config.checkpoint_storage,
-            config.state_dir.clone(),
-            config.owner.clone(),
-            runtime.handle().clone(),
-        )?
+        ..base
     });
     // Fencing rests on conditional writes: refuse a store that does not honour them.
     runtime.block_on(
