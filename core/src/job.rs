@@ -158,10 +158,7 @@ impl Job {
 
     /// The dead-letter topic: `spec.deadLetter.topic`, or `<sink topic>.dlq`.
     pub fn dead_letter_topic(&self) -> String {
-        self.spec.dead_letter.as_ref().map_or_else(
-            || format!("{}.dlq", self.spec.sink.kafka.topic),
-            |d| d.topic.clone(),
-        )
+        self.spec.dead_letter_topic()
     }
 }
 

@@ -195,6 +195,14 @@ pub struct SavepointSpec {
 }
 
 impl StreamJobSpec {
+    /// The dead-letter topic: `deadLetter.topic`, or `<sink topic>.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter.as_ref().map_or_else(
+            || format!("{}.dlq", self.sink.kafka.topic),
+            |d| d.topic.clone(),
+        )
+    }
+
     /// `progressDeadline` when unset: 10 minutes.
     pub fn default_progress_deadline() -> Duration {
         std::time::Duration::from_secs(600).into()

@@ -102,11 +102,14 @@ async fn new_partitions_are_reported_then_adopted_from_their_earliest_offset_and
     let (output, keyed_output) = (format!("{name}.out"), format!("{name}.keyed.out"));
     create_topic(&env, &input, 2);
     // Task p writes partition p of the sink and of the dead-letter topic: they have room for
-    // the adopted partitions (a worker refuses to start a task that could write nowhere).
+    // the adopted partitions (a worker refuses to start a task that could write nowhere), but
+    // for the stateless job's dead-letter topic, which the operator must find too small.
     for topic in [&output, &keyed_output] {
         create_topic(&env, topic, 4);
-        create_topic(&env, &format!("{topic}.dlq"), 4);
     }
+    let dead_letters = format!("{output}.dlq");
+    create_topic(&env, &dead_letters, 2);
+    create_topic(&env, &format!("{keyed_output}.dlq"), 4);
     let cluster = Cluster::start(
         &dir,
         env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
@@ -261,13 +264,29 @@ async fn new_partitions_are_reported_then_adopted_from_their_earliest_offset_and
         k["status"]["plan"]
     );
 
-    // Adopted: everything written to the new partitions before is read.
-    let adopting = Instant::now();
+    // Adopting onto a dead-letter topic with too few partitions would stop every worker: the
+    // operator refuses it first, and the job goes on reading its 2 partitions.
     apply(
         &cluster.kubeconfig,
         &dir,
         &streamjob(&name, spec(&name, &output, stateless, "adopt")),
     );
+    let refused = wait_condition(&cluster, &name, "SpecValid", Duration::from_secs(90), |c| {
+        c["reason"] == "OutputPartitionsTooFew"
+    });
+    let says = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        says.contains(&format!(
+            "adopting the source's 4 partitions (from 2) needs 4 in topic {dead_letters}, which \
+             has 2"
+        )),
+        "{refused}"
+    );
+    eprintln!("adoption refused: {refused}");
+
+    // Adopted once the topic has room: everything written to the new partitions before is read.
+    grow_topic(&env, &dead_letters, 4);
+    let adopting = Instant::now();
     let all = wait_condition(
         &cluster,
         &name,
@@ -293,7 +312,7 @@ async fn new_partitions_are_reported_then_adopted_from_their_earliest_offset_and
         tail(&cluster.operator.log)
     );
     eprintln!(
-        "adopted: all {} records of the new partitions in the output {:.1} s after kubectl apply; {all}",
+        "adopted: all {} records of the new partitions in the output {:.1} s after the dead-letter topic grew; {all}",
         added.len(),
         adopting.elapsed().as_secs_f64()
     );

@@ -27,8 +27,9 @@ use crate::validate::{Facts, Unasked, secret_refs};
 
 /// What lies outside the Kubernetes API: the brokers and the object store.
 pub trait Outside: Send + Sync {
-    /// Partition count of each source topic (0 when it does not exist), or why the brokers
-    /// could not be asked.
+    /// Partition count of each source topic (0 when it does not exist), and of the sink and
+    /// dead-letter topics when they are on the source's cluster, or why the brokers could not
+    /// be asked.
     fn source_partitions(
         &self,
         job: &StreamJob,
@@ -334,6 +335,15 @@ impl Outside for RealOutside {
         job: &StreamJob,
     ) -> BoxFuture<'static, Result<BTreeMap<String, u32>, Unasked>> {
         let kafka = job.spec.source.kafka.clone();
+        // The sink and dead-letter topics too, when they are on the source's cluster: an
+        // adoption needs them to have as many partitions.
+        let output: Vec<String> = match job.spec.sink.kafka.bootstrap_servers {
+            None => vec![
+                job.spec.sink.kafka.topic.clone(),
+                job.spec.dead_letter_topic(),
+            ],
+            Some(_) => Vec::new(),
+        };
         let client = self
             .auth_of(job)
             .and_then(|auth| self.metadata_client(&kafka.bootstrap_servers, &auth));
@@ -341,7 +351,7 @@ impl Outside for RealOutside {
             let client = client.map_err(Unasked::Unreachable)?;
             tokio::task::spawn_blocking(move || {
                 let mut counts = BTreeMap::new();
-                for topic in &kafka.topics {
+                for topic in kafka.topics.iter().chain(&output) {
                     let metadata = client
                         .fetch_metadata(Some(topic), Duration::from_secs(5))
                         .map_err(|e| match refused(&client) {

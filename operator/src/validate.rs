@@ -304,6 +304,34 @@ pub fn validate(job: &StreamJob, facts: &Facts) -> Result<ValidJob, Vec<SpecErro
             }
             (_, Some(all)) => Some(all),
         };
+        // Adopting more partitions: task p writes partition p of the sink and dead-letter
+        // topics, so every worker would refuse to start (and the job stop) on one with fewer.
+        // Checked here, before the roll, when they are on the source's cluster (a missing one
+        // is created by the workers with enough).
+        if let (Some(rolled), Some(n)) = (facts.applied_partitions, read)
+            && n > rolled.read
+            && spec.sink.kafka.bootstrap_servers.is_none()
+        {
+            for (field, topic) in [
+                ("spec.sink.kafka.topic", spec.sink.kafka.topic.clone()),
+                ("spec.deadLetter.topic", spec.dead_letter_topic()),
+            ] {
+                if let Some(&have) = counts.get(&topic).filter(|have| (1..n).contains(*have)) {
+                    fail(
+                        field.into(),
+                        "OutputPartitionsTooFew",
+                        format!(
+                            "adopting the source's {n} partitions (from {}) needs {n} in topic \
+                             {topic}, which has {have}: task p writes partition p of it, so \
+                             every worker would refuse to start; add partitions to {topic} (to \
+                             at least {n}) and the job adopts them on the next reconcile, \
+                             reading {} until then",
+                            rolled.read, rolled.read
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(n) = read {
             partitions = Some(n);
             if spec.parallelism > n as i32 {

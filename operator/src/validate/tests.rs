@@ -127,6 +127,39 @@ fn cases() -> Vec<Case> {
             says: "customers: 8, addresses: 6",
         },
         Case {
+            name: "an adoption onto more partitions than the sink topic has",
+            patch: json!({"spec": {"source": {"kafka": {"onNewPartitions": "adopt"}}}}),
+            facts: Facts {
+                applied_partitions: Some(Partitions {
+                    read: 6,
+                    added_from: 6,
+                }),
+                ..with_partitions(&[("customers", 8), ("customers-table", 6)])
+            },
+            field: "spec.sink.kafka.topic",
+            reason: "OutputPartitionsTooFew",
+            says: "adopting the source's 8 partitions (from 6) needs 8 in topic customers-table, \
+                   which has 6",
+        },
+        Case {
+            name: "an adoption onto more partitions than the dead-letter topic has",
+            patch: json!({"spec": {"source": {"kafka": {"onNewPartitions": "adopt"}}}}),
+            facts: Facts {
+                applied_partitions: Some(Partitions {
+                    read: 6,
+                    added_from: 6,
+                }),
+                ..with_partitions(&[
+                    ("customers", 8),
+                    ("customers-table", 8),
+                    ("customers-table.dlq", 7),
+                ])
+            },
+            field: "spec.deadLetter.topic",
+            reason: "OutputPartitionsTooFew",
+            says: "needs 8 in topic customers-table.dlq, which has 7",
+        },
+        Case {
             name: "a checkpoint credentials Secret that does not exist",
             patch: json!({"spec": {"checkpoint": {"credentialsSecret": {"name": "s3-creds"}}}}),
             facts: with_secrets(&[("s3-creds", None)]),
@@ -390,6 +423,21 @@ fn a_running_job_reads_the_partitions_it_was_rolled_out_onto_unless_it_adopts_ne
         read(adopt.clone(), &grown(&[("customers", 8)], Some(6))),
         (Some(8), Some(8), Some(6)),
         "adopt reads all"
+    );
+    assert_eq!(
+        read(
+            adopt.clone(),
+            &grown(
+                &[
+                    ("customers", 8),
+                    ("customers-table", 8),
+                    ("customers-table.dlq", 12)
+                ],
+                Some(6)
+            )
+        ),
+        (Some(8), Some(8), Some(6)),
+        "sink and dead-letter topics with enough partitions"
     );
     // Under report, a topic that grew alone is not an error: every topic has the ones read.
     let two = json!({"spec": {"source": {"kafka": {"topics": ["customers", "addresses"]}}}});
