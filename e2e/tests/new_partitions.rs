@@ -283,6 +283,20 @@ async fn new_partitions_are_reported_then_adopted_from_their_earliest_offset_and
         "{refused}"
     );
     eprintln!("adoption refused: {refused}");
+    let held = wait_condition(
+        &cluster,
+        &name,
+        "PartitionsChanged",
+        Duration::from_secs(60),
+        |c| c["reason"] == "AdoptionHeld",
+    );
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is held by SpecValid: OutputPartitionsTooFew, see that condition"),
+        "{held}"
+    );
 
     // Adopted once the topic has room: everything written to the new partitions before is read.
     grow_topic(&env, &dead_letters, 4);

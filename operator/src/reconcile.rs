@@ -31,7 +31,7 @@ use crate::observe::{ObserveError, Observed, Outside, observe};
 use crate::plan;
 use crate::savepoint;
 use crate::status::{self, Inputs, SPEC_VALID};
-use crate::validate::{ValidJob, validate};
+use crate::validate::{SpecError, ValidJob, validate};
 use sluice_core::checkpoint::descriptor::{Decision, Descriptor, TaskReport};
 use sluice_core::upgrade::Plan;
 
@@ -516,26 +516,33 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         last_checkpoint,
         lag,
         tasks: &tasks,
-        partitions: validated.as_ref().ok().and_then(|valid| {
-            let pinned = build::pinned_partitions(&ValidJob {
-                partitions: match (&held, valid.rolled) {
-                    (Some(_), Some(rolled)) => Some(rolled.read),
-                    _ => valid.partitions,
-                },
-                ..valid.clone()
-            })?;
-            Some(status::PartitionsSeen {
-                live: valid.live_partitions?,
-                read: pinned.read,
-                rolled: valid.rolled.map(|r| r.read),
-                added_from: pinned.added_from,
-                added_unread: own_heads.as_ref().map(|heads| {
-                    let added = heads.get(pinned.added_from as usize..pinned.read as usize);
-                    added.map_or(0, |a| a.iter().filter(|h| h.is_none()).count() as u32)
-                }),
-                adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
-            })
-        }),
+        partitions: match &validated {
+            // The job stays on what it was rolled out onto; say why it does not adopt.
+            Err(errors) => held_partitions(job, &facts, errors),
+            Ok(_) => validated.as_ref().ok().and_then(|valid| {
+                let pinned = build::pinned_partitions(&ValidJob {
+                    partitions: match (&held, valid.rolled) {
+                        (Some(_), Some(rolled)) => Some(rolled.read),
+                        _ => valid.partitions,
+                    },
+                    ..valid.clone()
+                })?;
+                Some(status::PartitionsSeen {
+                    live: valid.live_partitions?,
+                    read: pinned.read,
+                    rolled: valid.rolled.map(|r| r.read),
+                    added_from: pinned.added_from,
+                    added_unread: own_heads.as_ref().map(|heads| {
+                        let added = heads.get(pinned.added_from as usize..pinned.read as usize);
+                        added.map_or(0, |a| a.iter().filter(|h| h.is_none()).count() as u32)
+                    }),
+                    adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
+                    held_by: held
+                        .as_ref()
+                        .map(|(reason, _, _)| format!("Progressing: {reason}")),
+                })
+            }),
+        },
         selector: build::selector_string(&name),
         now: k8s_openapi::jiff::Timestamp::now(),
     };
@@ -615,6 +622,30 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
 /// its trigger, applies savepoint retention, and lists what the store holds. `heads` is None
 /// for an invalid job (nothing is done), `Some(None)` when the store cannot be read. The
 /// third value is true while a savepoint is pending.
+/// [`status::PartitionsSeen`] for a running job whose spec was refused: it reads what it was
+/// rolled out onto, held by the first error. None for a job not rolled out yet, or when the
+/// brokers did not answer (the condition is then kept as it was).
+fn held_partitions(
+    job: &StreamJob,
+    facts: &crate::validate::Facts,
+    errors: &[SpecError],
+) -> Option<status::PartitionsSeen> {
+    let rolled = facts.applied_partitions?;
+    let counts = facts.source_partitions.as_ref().ok()?;
+    let live = (job.spec.source.kafka.topics.iter())
+        .filter_map(|t| counts.get(t).copied())
+        .max()?;
+    Some(status::PartitionsSeen {
+        live,
+        read: rolled.read,
+        rolled: Some(rolled.read),
+        added_from: rolled.added_from,
+        added_unread: None,
+        adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
+        held_by: errors.first().map(|e| format!("SpecValid: {}", e.reason)),
+    })
+}
+
 async fn savepoints<F, Fut>(
     job: &StreamJob,
     ctx: &Context,

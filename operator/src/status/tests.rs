@@ -664,6 +664,7 @@ fn partitions_added_to_the_input_are_reported_with_the_counts_until_the_job_read
         added_from,
         added_unread: Some(0),
         adopt,
+        held_by: None,
     };
     let before = status(&Inputs {
         partitions: Some(seen(6, 6, Some(6), 6, false)),
@@ -710,6 +711,20 @@ fn partitions_added_to_the_input_are_reported_with_the_counts_until_the_job_read
     let (value, reason, message) = condition(&held, PARTITIONS_CHANGED);
     assert_eq!((value, reason), ("True", "AdoptionHeld"));
     assert!(message.contains("partition 6 is not read"), "{message}");
+    // Held by a spec that cannot be rolled out: that condition is named, not keyed state.
+    let refused = status(&Inputs {
+        partitions: Some(PartitionsSeen {
+            held_by: Some("SpecValid: OutputPartitionsTooFew".into()),
+            ..seen(7, 6, Some(6), 6, true)
+        }),
+        ..inputs(&pods, Some(&added))
+    });
+    let (_, reason, message) = condition(&refused, PARTITIONS_CHANGED);
+    assert_eq!(reason, "AdoptionHeld");
+    assert!(
+        message.ends_with("is held by SpecValid: OutputPartitionsTooFew, see that condition"),
+        "{message}"
+    );
 
     let adopting = status(&Inputs {
         partitions: Some(seen(8, 8, Some(6), 6, true)),
