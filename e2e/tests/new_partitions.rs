@@ -420,7 +420,7 @@ async fn a_local_worker_restarted_after_its_topic_grew_reads_the_new_partitions_
     assert!(
         workers
             .log(0)
-            .contains("taking them as added while the job ran"),
+            .contains("as added while the job ran and reading them from their earliest offset"),
         "{}",
         workers.log_tail(0)
     );

@@ -115,14 +115,23 @@ async fn the_operator_reads_partitions_lag_and_checkpoints_from_the_real_broker_
         .expect("clock");
     assert!(age < Duration::from_secs(600));
 
-    job.spec.source.kafka.topics = vec![format!("{}-missing", s.input)];
+    let missing = format!("{}-missing", s.input);
+    job.spec.source.kafka.topics = vec![missing.clone()];
     let partitions = outside
         .source_partitions(&job)
         .await
         .expect("the broker answers");
     assert_eq!(
-        partitions.values().copied().collect::<Vec<_>>(),
-        vec![0],
+        partitions.get(&missing).copied(),
+        Some(0),
         "a missing topic counts 0"
     );
+    // The sink and dead-letter topics, on the source's cluster, are counted too (an adoption
+    // of more partitions needs them as wide).
+    for topic in [
+        job.spec.sink.kafka.topic.clone(),
+        job.spec.dead_letter_topic(),
+    ] {
+        assert_eq!(partitions.get(&topic).copied(), Some(PARTITIONS), "{topic}");
+    }
 }

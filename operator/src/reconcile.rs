@@ -532,9 +532,12 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
                     read: pinned.read,
                     rolled: valid.rolled.map(|r| r.read),
                     added_from: pinned.added_from,
+                    // Heads read before a roll onto more tasks are fewer: the missing ones
+                    // count as not checkpointed.
                     added_unread: own_heads.as_ref().map(|heads| {
-                        let added = heads.get(pinned.added_from as usize..pinned.read as usize);
-                        added.map_or(0, |a| a.iter().filter(|h| h.is_none()).count() as u32)
+                        (pinned.added_from..pinned.read)
+                            .filter(|&t| heads.get(t as usize).is_none_or(Option::is_none))
+                            .count() as u32
                     }),
                     adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
                     held_by: held
@@ -634,7 +637,9 @@ fn held_partitions(
     let counts = facts.source_partitions.as_ref().ok()?;
     let live = (job.spec.source.kafka.topics.iter())
         .filter_map(|t| counts.get(t).copied())
-        .max()?;
+        .max()
+        // Fewer than it reads (SourcePartitionsRemoved): SpecValid says it all.
+        .filter(|live| *live >= rolled.read)?;
     Some(status::PartitionsSeen {
         live,
         read: rolled.read,

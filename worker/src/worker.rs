@@ -70,16 +70,25 @@ pub struct WorkerConfig {
     pub backend: Backend,
 }
 
-/// One past the last of the first `partitions` tasks that has a checkpoint HEAD; `partitions`
-/// when none has one (a new job: nothing was read, so nothing was added).
+/// The first of the first `partitions` tasks without a checkpoint (a HEAD that names one: a
+/// take-over writes a HEAD before the task's first checkpoint), when a task after it has one;
+/// `partitions` otherwise (a new job, nothing read yet, or none missing).
 async fn added_from_heads(env: &TaskEnv, partitions: u32) -> Result<u32, WorkerError> {
-    let mut last = None;
+    let mut checkpointed = Vec::with_capacity(partitions as usize);
     for task in 0..partitions {
-        if env.store.read_head(&env.layout.task(task)).await?.is_some() {
-            last = Some(task);
-        }
+        let head = env.store.read_head(&env.layout.task(task)).await?;
+        checkpointed.push(head.is_some_and(|(h, _)| h.checkpoint.is_some()));
     }
-    Ok(last.map_or(partitions, |t| t + 1))
+    Ok(added_from(&checkpointed))
+}
+
+/// See [`added_from_heads`]; `checkpointed[t]`: whether task `t` has a checkpoint.
+pub(crate) fn added_from(checkpointed: &[bool]) -> u32 {
+    let n = checkpointed.len() as u32;
+    match checkpointed.iter().rposition(|c| *c) {
+        None => n,
+        Some(_) => checkpointed.iter().position(|c| !c).map_or(n, |t| t as u32),
+    }
 }
 
 /// Runs the worker until SIGTERM/SIGINT (final checkpoints) or until every task was taken over.
@@ -137,8 +146,10 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     )?;
     // Without pinned partitions (`sluice-worker local`, or a job file from an operator that
     // pinned none), what an earlier run read is not written down, and the topics may have
-    // grown since: the tasks up to the last one with a checkpoint count as read, any after it
-    // as added, so that their partitions start at their earliest offset and not at `latest`.
+    // grown since: once some task has a checkpoint, the tasks from the first one without are
+    // taken as added, so that their partitions start at their earliest offset and not at
+    // `latest` (which would skip what was written to them; a task that has a checkpoint
+    // resumes from it either way).
     let job = match job.partitions {
         Some(_) => job,
         None => {
@@ -147,10 +158,9 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
                 warn!(
                     partitions,
                     added_from,
-                    "the tasks of partitions {added_from}–{} have no checkpoint while earlier \
-                     ones have: taking them as added while the job ran and reading them from \
-                     their earliest offset",
-                    partitions - 1
+                    "task {added_from} (of {partitions}) has no checkpoint while another task \
+                     has one: taking the partitions of tasks without a checkpoint from it on \
+                     as added while the job ran and reading them from their earliest offset"
                 );
             }
             Arc::new(Job {
@@ -447,4 +457,21 @@ async fn listen_for_stop(stop: Arc<AtomicBool>) {
         info!("stopping: taking a final checkpoint of every task");
         stop.store(true, Ordering::Relaxed);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::added_from;
+
+    #[test]
+    fn tasks_from_the_first_without_a_checkpoint_count_as_added_once_any_has_one() {
+        assert_eq!(added_from(&[false, false]), 2, "a new job: nothing added");
+        assert_eq!(added_from(&[true, true]), 2, "all checkpointed");
+        assert_eq!(added_from(&[true, true, false, false]), 2, "the topic grew");
+        assert_eq!(
+            added_from(&[true, false, true, false]),
+            1,
+            "a gap: its task never checkpointed and starts at earliest too"
+        );
+    }
 }
