@@ -62,6 +62,25 @@ fn keys(records: &[Received]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Reads the 4 partitions of `output` until every key of `want` is there, within `within`;
+/// panics naming the ones skipped, with `context` (a log tail).
+fn expect_keys(
+    env: &TestEnv,
+    output: &str,
+    want: &BTreeSet<String>,
+    within: Duration,
+    context: impl FnOnce() -> String,
+) {
+    let got = read_until(env, output, 4, within, |r| want.is_subset(&keys(r)), || {});
+    let read = keys(&got);
+    let missing: Vec<&String> = want.difference(&read).collect();
+    assert!(
+        missing.is_empty(),
+        "records skipped: {missing:?}\n{}",
+        context()
+    );
+}
+
 /// The condition `type_` of job `name` once `done` holds for it, within `within`.
 fn wait_condition(
     cluster: &Cluster,
@@ -310,21 +329,9 @@ async fn new_partitions_are_reported_then_adopted_from_their_earliest_offset_and
     );
     let after = produce(&env, &input, "after", &[0, 1, 2, 3], 0..5);
     let want: BTreeSet<String> = added.union(&after).cloned().collect();
-    let got = read_until(
-        &env,
-        &output,
-        4,
-        Duration::from_secs(120),
-        |r| want.is_subset(&keys(r)),
-        || {},
-    );
-    let read = keys(&got);
-    let missing: Vec<&String> = want.difference(&read).collect();
-    assert!(
-        missing.is_empty(),
-        "records skipped: {missing:?}\n{}",
+    expect_keys(&env, &output, &want, Duration::from_secs(120), || {
         tail(&cluster.operator.log)
-    );
+    });
     eprintln!(
         "adopted: all {} records of the new partitions in the output {:.1} s after the dead-letter topic grew; {all}",
         added.len(),
@@ -402,21 +409,9 @@ async fn a_local_worker_restarted_after_its_topic_grew_reads_the_new_partitions_
     let before = produce(&env, &input, "old", &[0, 1], 0..5);
     workers.start(0);
     let want: BTreeSet<String> = added.union(&before).cloned().collect();
-    let got = read_until(
-        &env,
-        &output,
-        4,
-        Duration::from_secs(90),
-        |r| want.is_subset(&keys(r)),
-        || {},
-    );
-    let read = keys(&got);
-    let missing: Vec<&String> = want.difference(&read).collect();
-    assert!(
-        missing.is_empty(),
-        "records skipped: {missing:?}\n{}",
+    expect_keys(&env, &output, &want, Duration::from_secs(90), || {
         workers.log_tail(0)
-    );
+    });
     assert!(
         workers
             .log(0)
