@@ -98,6 +98,20 @@ impl Partitions {
         }
     }
 
+    /// What an earlier run read when nothing wrote it down (a local job, or a job file from an
+    /// operator that pinned no partitions), from which tasks have a checkpoint
+    /// (`checkpointed[t]`): the topics may have grown since. The tasks up to the last one with
+    /// a checkpoint count as read, and from the first one without a checkpoint on as added, so
+    /// they start at their earliest offset and never skip what was written to them (one with a
+    /// checkpoint resumes from it either way). None when no task has a checkpoint: nothing was
+    /// read yet.
+    pub fn from_checkpoints(checkpointed: &[bool]) -> Option<Self> {
+        let read = checkpointed.iter().rposition(|c| *c)? as u32 + 1;
+        let added_from =
+            (checkpointed.iter().position(|c| !c)).map_or(read, |t| (t as u32).min(read));
+        Some(Self { read, added_from })
+    }
+
     /// Whether task `task`, without a checkpoint, reads a partition added while the job ran.
     pub fn added(partitions: Option<&Self>, task: u32) -> bool {
         partitions.is_some_and(|p| task >= p.added_from)
@@ -250,5 +264,26 @@ mod tests {
         let c = test_job("[{name: u, materialize: {}}]", "json");
         assert_eq!(a.pipeline_fingerprint(), b.pipeline_fingerprint());
         assert_ne!(a.pipeline_fingerprint(), c.pipeline_fingerprint());
+    }
+
+    #[test]
+    fn tasks_from_the_first_without_a_checkpoint_count_as_added_once_any_has_one() {
+        let from = |c: &[bool]| Partitions::from_checkpoints(c).map(|p| (p.read, p.added_from));
+        assert_eq!(
+            from(&[false, false]),
+            None,
+            "a new job: nothing read, nothing added"
+        );
+        assert_eq!(from(&[true, true]), Some((2, 2)), "all checkpointed");
+        assert_eq!(
+            from(&[true, true, false, false]),
+            Some((2, 2)),
+            "the topic grew"
+        );
+        assert_eq!(
+            from(&[true, false, true, false]),
+            Some((3, 1)),
+            "a gap: its task never checkpointed and starts at earliest too"
+        );
     }
 }

@@ -63,7 +63,11 @@ def put_uvarint(value):
     return bytes(out)
 
 
-def request_body(payload, flexible):
+def flexible(api_key, version):
+    return api_key == SASL_AUTHENTICATE and version >= 2
+
+
+def request_body(payload):
     """The request's api key, version, correlation id and body (after the header)."""
     api_key, version, correlation = struct.unpack(">hhi", payload[:8])
     client_id_len = struct.unpack(">h", payload[8:10])[0]
@@ -75,10 +79,6 @@ def request_body(payload, flexible):
             size, at = uvarint(payload, at)
             at += size
     return api_key, version, correlation, payload[at:]
-
-
-def flexible(api_key, version):
-    return api_key == SASL_AUTHENTICATE and version >= 2
 
 
 def handshake_response(correlation, error):
@@ -192,7 +192,7 @@ async def main(listen, target, users):
         try:
             while True:
                 payload = await read_frame(client_reader)
-                api_key, version, correlation, body = request_body(payload, flexible)
+                api_key, version, correlation, body = request_body(payload)
                 if api_key == API_VERSIONS:
                     if broker is None:
                         broker = await asyncio.open_connection("127.0.0.1", target)

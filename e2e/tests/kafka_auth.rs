@@ -23,6 +23,16 @@ use sluice_e2e::{TestEnv, unique_name};
 
 const RECORDS: usize = 200;
 
+/// The fake API server, the real operator and the workers' simulator, in `dir`.
+async fn start(dir: &std::path::Path) -> Cluster {
+    Cluster::start(
+        dir,
+        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
+        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
+    )
+    .await
+}
+
 fn secret(cluster: &Cluster, name: &str, data: Value) {
     cluster.store.write(
         "",
@@ -129,7 +139,7 @@ fn password_is_nowhere(cluster: &Cluster, name: &str, password: &str) {
         !status.contains(password),
         "the password is in status: {status}"
     );
-    let log = std::fs::read_to_string(&cluster.operator.log).unwrap_or_default();
+    let log = std::fs::read_to_string(&cluster.operator.log).expect("the operator's log");
     assert!(
         !log.contains(password),
         "the password is in the operator's log"
@@ -145,12 +155,7 @@ async fn a_job_on_a_tls_cluster_runs_and_the_operator_sees_its_partitions_lag_an
     let (input, output) = (format!("{name}.in"), format!("{name}.out"));
     create_topic(&env, &input, 2);
     create_topic(&env, &output, 2);
-    let cluster = Cluster::start(
-        &dir,
-        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
-        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
-    )
-    .await;
+    let cluster = start(&dir).await;
     let ca = std::fs::read_to_string(&env.tls_ca_file).expect("the TLS broker's CA");
     secret(&cluster, "kafka-tls", json!({"ca.crt": ca}));
     let spec = |storage: &str, ca_secret: &str| {
@@ -237,12 +242,7 @@ fn sasl_spec(env: &TestEnv, plain: &TestEnv, name: &str, mechanism: &str, secret
 async fn jobs_on_a_sasl_cluster_run_and_the_operator_sees_them_with_the_same_secret() {
     let plain = TestEnv::from_env();
     let dir = scratch_dir("sasl-runs");
-    let cluster = Cluster::start(
-        &dir,
-        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
-        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
-    )
-    .await;
+    let cluster = start(&dir).await;
     secret(
         &cluster,
         "kafka-user",
@@ -302,12 +302,7 @@ async fn refused_sasl_credentials_are_reported_with_the_secret_and_keys_not_a_ha
     let plain = TestEnv::from_env();
     let dir = scratch_dir("sasl");
     let name = unique_name("sasl");
-    let cluster = Cluster::start(
-        &dir,
-        env!("CARGO_BIN_EXE_sluice-worker").as_ref(),
-        env!("CARGO_BIN_EXE_sluice-operator").as_ref(),
-    )
-    .await;
+    let cluster = start(&dir).await;
     secret(
         &cluster,
         "kafka-user",

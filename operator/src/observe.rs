@@ -794,11 +794,9 @@ pub async fn observe(
     // workers read what the brokers said at their start, which nothing recorded, and the
     // topics may have grown since. Taking today's count as what they read would start the
     // tasks of partitions added in between, which have no checkpoint, at `latest` and skip
-    // their records. So the tasks up to the last one with a checkpoint count as read, and
-    // from the first one without a checkpoint on as added (read from their earliest offset,
-    // once adopted for those after the last checkpointed one). When the store cannot be
-    // read, every task counts as added: one with a checkpoint resumes from it anyway, and
-    // one without never skips its partition.
+    // their records: `Partitions::from_checkpoints` says what was read instead. When the
+    // store cannot be read, every task counts as added: one with a checkpoint resumes from
+    // it anyway, and one without never skips its partition.
     let applied_partitions = match (&applied, applied_partitions, &source_partitions) {
         (Some(_), None, Ok(counts)) => {
             let fewest = (job.spec.source.kafka.topics.iter())
@@ -806,14 +804,9 @@ pub async fn observe(
                 .min();
             match fewest {
                 Some(n) => match outside.heads(job, n, true).await {
-                    Some(heads) => heads.iter().rposition(Option::is_some).map(|last| {
-                        let first_missing = heads.iter().position(Option::is_none);
-                        let read = last as u32 + 1;
-                        sluice_core::job::Partitions {
-                            read,
-                            added_from: first_missing.map_or(read, |t| (t as u32).min(read)),
-                        }
-                    }),
+                    Some(heads) => sluice_core::job::Partitions::from_checkpoints(
+                        &heads.iter().map(Option::is_some).collect::<Vec<_>>(),
+                    ),
                     None => Some(sluice_core::job::Partitions {
                         read: n,
                         added_from: 0,

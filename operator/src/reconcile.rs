@@ -517,34 +517,9 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
         lag,
         tasks: &tasks,
         partitions: match &validated {
+            Ok(valid) => partitions_seen(job, valid, held.as_ref(), own_heads.as_deref()),
             // The job stays on what it was rolled out onto; say why it does not adopt.
             Err(errors) => held_partitions(job, &facts, errors),
-            Ok(_) => validated.as_ref().ok().and_then(|valid| {
-                let pinned = build::pinned_partitions(&ValidJob {
-                    partitions: match (&held, valid.rolled) {
-                        (Some(_), Some(rolled)) => Some(rolled.read),
-                        _ => valid.partitions,
-                    },
-                    ..valid.clone()
-                })?;
-                Some(status::PartitionsSeen {
-                    live: valid.live_partitions?,
-                    read: pinned.read,
-                    rolled: valid.rolled.map(|r| r.read),
-                    added_from: pinned.added_from,
-                    // Heads read before a roll onto more tasks are fewer: the missing ones
-                    // count as not checkpointed.
-                    added_unread: own_heads.as_ref().map(|heads| {
-                        (pinned.added_from..pinned.read)
-                            .filter(|&t| heads.get(t as usize).is_none_or(Option::is_none))
-                            .count() as u32
-                    }),
-                    adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
-                    held_by: held
-                        .as_ref()
-                        .map(|(reason, _, _)| format!("Progressing: {reason}")),
-                })
-            }),
         },
         selector: build::selector_string(&name),
         now: k8s_openapi::jiff::Timestamp::now(),
@@ -620,11 +595,38 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Recon
     Ok(Action::requeue(again))
 }
 
-/// The savepoint of the latest trigger and the job's savepoints, after this reconcile's part
-/// in them (see [`crate::savepoint`]): takes a savepoint once every task checkpointed after
-/// its trigger, applies savepoint retention, and lists what the store holds. `heads` is None
-/// for an invalid job (nothing is done), `Some(None)` when the store cannot be read. The
-/// third value is true while a savepoint is pending.
+/// [`status::PartitionsSeen`] for a job whose spec is valid: what it is rolled out onto now
+/// (what it was, for a held change), and how many added tasks have not checkpointed yet.
+fn partitions_seen(
+    job: &StreamJob,
+    valid: &ValidJob,
+    held: Option<&(&'static str, String, sluice_crds::StreamJobSpec)>,
+    own_heads: Option<&[Option<Descriptor>]>,
+) -> Option<status::PartitionsSeen> {
+    let pinned = build::pinned_partitions(&ValidJob {
+        partitions: match (held, valid.rolled) {
+            (Some(_), Some(rolled)) => Some(rolled.read),
+            _ => valid.partitions,
+        },
+        ..valid.clone()
+    })?;
+    Some(status::PartitionsSeen {
+        live: valid.live_partitions?,
+        read: pinned.read,
+        rolled: valid.rolled.map(|r| r.read),
+        added_from: pinned.added_from,
+        // Heads read before a roll onto more tasks are fewer: the missing ones count as not
+        // checkpointed.
+        added_unread: own_heads.map(|heads| {
+            (pinned.added_from..pinned.read)
+                .filter(|&t| heads.get(t as usize).is_none_or(Option::is_none))
+                .count() as u32
+        }),
+        adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
+        held_by: held.map(|(reason, _, _)| (status::PROGRESSING, *reason)),
+    })
+}
+
 /// [`status::PartitionsSeen`] for a running job whose spec was refused: it reads what it was
 /// rolled out onto, held by the first error. None for a job not rolled out yet, or when the
 /// brokers did not answer (the condition is then kept as it was).
@@ -647,10 +649,15 @@ fn held_partitions(
         added_from: rolled.added_from,
         added_unread: None,
         adopt: job.spec.source.kafka.on_new_partitions == OnNewPartitions::Adopt,
-        held_by: errors.first().map(|e| format!("SpecValid: {}", e.reason)),
+        held_by: errors.first().map(|e| (SPEC_VALID, e.reason)),
     })
 }
 
+/// The savepoint of the latest trigger and the job's savepoints, after this reconcile's part
+/// in them (see [`crate::savepoint`]): takes a savepoint once every task checkpointed after
+/// its trigger, applies savepoint retention, and lists what the store holds. `heads` is None
+/// for an invalid job (nothing is done), `Some(None)` when the store cannot be read. The
+/// third value is true while a savepoint is pending.
 async fn savepoints<F, Fut>(
     job: &StreamJob,
     ctx: &Context,

@@ -45,7 +45,7 @@ pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 pub const PARTITIONS_CHANGED: &str = "PartitionsChanged";
 
 /// What the job knows about its input partitions, for [`PARTITIONS_CHANGED`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionsSeen {
     /// The partitions each source topic has, as the brokers said.
     pub live: u32,
@@ -60,9 +60,9 @@ pub struct PartitionsSeen {
     pub added_unread: Option<u32>,
     /// `spec.source.kafka.onNewPartitions: adopt`.
     pub adopt: bool,
-    /// The condition and reason that hold the job on the partitions it reads (a held change,
-    /// or a spec that cannot be rolled out), e.g. `Progressing: StateIncompatible`.
-    pub held_by: Option<String>,
+    /// The condition type and reason that hold the job on the partitions it reads (a held
+    /// change, or a spec that cannot be rolled out), e.g. (`Progressing`, `StateIncompatible`).
+    pub held_by: Option<(&'static str, &'static str)>,
 }
 
 /// [`PARTITIONS_CHANGED`] as (status, reason, message).
@@ -74,7 +74,7 @@ pub fn partitions_condition(p: &PartitionsSeen) -> (bool, &'static str, String) 
         added_from,
         added_unread,
         adopt,
-        ref held_by,
+        held_by,
     } = *p;
     if live > read {
         let unread = if live - read == 1 {
@@ -89,13 +89,16 @@ pub fn partitions_condition(p: &PartitionsSeen) -> (bool, &'static str, String) 
                 format!(
                     "the source topics have {live} partitions, the job reads {read}: {unread} \
                      not read; adopting them (onNewPartitions: adopt) is held{}",
-                    match held_by.as_deref() {
-                        Some(by) if by.ends_with("StateIncompatible") => format!(
-                            " by {by}, see it and status.plan (more partitions move keys, and \
-                             so keyed state, between tasks: spec.upgrade.stateChanges: reset \
-                             adopts them with that state started empty)"
+                    match held_by {
+                        Some((condition, STATE_INCOMPATIBLE)) => format!(
+                            " by {condition}: {STATE_INCOMPATIBLE}, see it and status.plan (more \
+                             partitions move keys, and so keyed state, between tasks: \
+                             spec.upgrade.stateChanges: reset adopts them with that state \
+                             started empty)"
                         ),
-                        Some(by) => format!(" by {by}, see that condition"),
+                        Some((condition, reason)) => {
+                            format!(" by {condition}: {reason}, see that condition")
+                        }
                         None => ", see the Progressing condition and status.plan".into(),
                     }
                 ),

@@ -70,25 +70,15 @@ pub struct WorkerConfig {
     pub backend: Backend,
 }
 
-/// The first of the first `partitions` tasks without a checkpoint (a HEAD that names one: a
-/// take-over writes a HEAD before the task's first checkpoint), when a task after it has one;
-/// `partitions` otherwise (a new job, nothing read yet, or none missing).
-async fn added_from_heads(env: &TaskEnv, partitions: u32) -> Result<u32, WorkerError> {
+/// Which of the first `partitions` tasks have a checkpoint (a HEAD that names one: a
+/// take-over writes a HEAD before the task's first checkpoint).
+async fn checkpointed(env: &TaskEnv, partitions: u32) -> Result<Vec<bool>, WorkerError> {
     let mut checkpointed = Vec::with_capacity(partitions as usize);
     for task in 0..partitions {
         let head = env.store.read_head(&env.layout.task(task)).await?;
         checkpointed.push(head.is_some_and(|(h, _)| h.checkpoint.is_some()));
     }
-    Ok(added_from(&checkpointed))
-}
-
-/// See [`added_from_heads`]; `checkpointed[t]`: whether task `t` has a checkpoint.
-pub(crate) fn added_from(checkpointed: &[bool]) -> u32 {
-    let n = checkpointed.len() as u32;
-    match checkpointed.iter().rposition(|c| *c) {
-        None => n,
-        Some(_) => checkpointed.iter().position(|c| !c).map_or(n, |t| t as u32),
-    }
+    Ok(checkpointed)
 }
 
 /// Runs the worker until SIGTERM/SIGINT (final checkpoints) or until every task was taken over.
@@ -145,15 +135,14 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         runtime.handle().clone(),
     )?;
     // Without pinned partitions (`sluice-worker local`, or a job file from an operator that
-    // pinned none), what an earlier run read is not written down, and the topics may have
-    // grown since: once some task has a checkpoint, the tasks from the first one without are
-    // taken as added, so that their partitions start at their earliest offset and not at
-    // `latest` (which would skip what was written to them; a task that has a checkpoint
-    // resumes from it either way).
+    // pinned none), what an earlier run read is not written down: see
+    // `Partitions::from_checkpoints`. Every partition the topics have now is read.
     let job = match job.partitions {
         Some(_) => job,
         None => {
-            let added_from = runtime.block_on(added_from_heads(&base, partitions))?;
+            let checkpointed = runtime.block_on(checkpointed(&base, partitions))?;
+            let added_from = sluice_core::job::Partitions::from_checkpoints(&checkpointed)
+                .map_or(partitions, |p| p.added_from);
             if added_from < partitions {
                 warn!(
                     partitions,
@@ -457,21 +446,4 @@ async fn listen_for_stop(stop: Arc<AtomicBool>) {
         info!("stopping: taking a final checkpoint of every task");
         stop.store(true, Ordering::Relaxed);
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::added_from;
-
-    #[test]
-    fn tasks_from_the_first_without_a_checkpoint_count_as_added_once_any_has_one() {
-        assert_eq!(added_from(&[false, false]), 2, "a new job: nothing added");
-        assert_eq!(added_from(&[true, true]), 2, "all checkpointed");
-        assert_eq!(added_from(&[true, true, false, false]), 2, "the topic grew");
-        assert_eq!(
-            added_from(&[true, false, true, false]),
-            1,
-            "a gap: its task never checkpointed and starts at earliest too"
-        );
-    }
 }

@@ -714,7 +714,7 @@ fn partitions_added_to_the_input_are_reported_with_the_counts_until_the_job_read
     // Held by a spec that cannot be rolled out: that condition is named, not keyed state.
     let refused = status(&Inputs {
         partitions: Some(PartitionsSeen {
-            held_by: Some("SpecValid: OutputPartitionsTooFew".into()),
+            held_by: Some((SPEC_VALID, "OutputPartitionsTooFew")),
             ..seen(7, 6, Some(6), 6, true)
         }),
         ..inputs(&pods, Some(&added))
